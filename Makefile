@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each builds its own virtual environment.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test test-system-deps bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The whole stack on the embedded defaults: UI :3000, API :8000, sample images :8001; data in ./data.
+run: $(STAMP)
+	$(VENV)/bin/imgpipe up
+
+# ImageMagick's `identify` cross-checks the quality estimate; installed when missing and we may (CI is root).
+test-system-deps:
+	@command -v identify >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq imagemagick >/dev/null) || echo "note: ImageMagick not installed; its cross-check will be skipped"; }
+
+test: $(STAMP) test-system-deps
+	$(PY) -m pytest -q -ra
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,105 @@
+"""Planning and running batches of images: the work inside one mapped Dagster step.
+
+A Dagster step costs 0.4-1.4 s of orchestration (see the brief), so a step takes a batch of images and the
+number of steps stays bounded whatever the image count. Inside a step, downloads run in threads and overlap
+with compression, and each image is still decoded and encoded in a fresh OS process of its own.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+from imgpipe.compressor import compress_isolated
+from imgpipe.fetcher import FetchError, FetchLimits, fetch
+from imgpipe.settings import Settings
+from imgpipe.status_store import ImageResult, ImageSlot
+from imgpipe.storage import LocalStorage
+from imgpipe.url_safety import AllowList, UnresolvableHost, UnsafeUrl
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unique input URL of a request; its output name comes from the first slot that names it."""
+
+    input_url: str
+    output_stem: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def work_items(slots: Sequence[ImageSlot]) -> list[WorkItem]:
+    """A URL named by several slots is fetched and compressed once."""
+    items: dict[str, WorkItem] = {}
+    for slot in slots:
+        if slot.input_url not in items:
+            items[slot.input_url] = WorkItem(slot.input_url, f"r{slot.row_number}-p{slot.position}")
+    return list(items.values())
+
+
+def split_into_batches(items: Sequence[WorkItem], max_batches: int, min_batch_size: int) -> list[list[WorkItem]]:
+    """Near-equal contiguous batches: as many as parallelism can use, none smaller than is worth a step."""
+    if not items:
+        return []
+    count = max(1, min(max_batches, math.ceil(len(items) / min_batch_size)))
+    size = math.ceil(len(items) / count)
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+class BatchRunner:
+    """Downloads and compresses a batch, reporting results in groups so status writes stay few."""
+
+    def __init__(self, settings: Settings, storage: LocalStorage, request_id: str):
+        self.settings = settings
+        self.storage = storage
+        self.request_id = request_id
+        self.allow = AllowList.parse(settings.allow_private_hosts)
+        self.fetch_limits = FetchLimits.from_settings(settings.limits)
+        # More downloads than compressions may wait on the network; compressions are capped at the cores.
+        self.compress_slots = threading.Semaphore(settings.compress_workers)
+
+    def run(self, items: Sequence[WorkItem], report: Callable[[list[ImageResult]], None],
+            report_interval: float = 1.0) -> list[ImageResult]:
+        results: list[ImageResult] = []
+        unreported: list[ImageResult] = []
+        last_report = time.monotonic()
+        with ThreadPoolExecutor(max_workers=min(self.settings.download_threads, max(1, len(items)))) as pool:
+            futures = [pool.submit(self.process, item) for item in items]
+            for future in as_completed(futures):
+                result = future.result()
+                results.append(result)
+                unreported.append(result)
+                if time.monotonic() - last_report >= report_interval:
+                    report(unreported)
+                    unreported, last_report = [], time.monotonic()
+        if unreported:
+            report(unreported)
+        return results
+
+    def process(self, item: WorkItem) -> ImageResult:
+        limits = self.settings.limits
+        started = time.monotonic()
+        try:
+            download = fetch(item.input_url, allow=self.allow, limits=self.fetch_limits)
+        except (FetchError, UnsafeUrl, UnresolvableHost) as exc:
+            return ImageResult(item.input_url, "failed", error=f"download failed: {exc}")
+        bytes_in = len(download.content)
+        # The per-image budget covers download and compression, not the wait for a free core.
+        remaining = max(1.0, limits.image_timeout - (time.monotonic() - started))
+        with self.compress_slots:
+            outcome = compress_isolated(download.content, max_pixels=limits.max_pixels,
+                                        max_frames=limits.max_frames, timeout=remaining,
+                                        memory_bytes=limits.process_memory_bytes)
+        if not outcome.ok:
+            return ImageResult(item.input_url, "failed", bytes_in=bytes_in, error=outcome.error)
+        image = outcome.image
+        stored = self.storage.write_image(self.request_id, item.output_stem + image.extension, image.data)
+        return ImageResult(
+            item.input_url, "compressed", output_path=stored.path, output_url=stored.url, bytes_in=bytes_in,
+            bytes_out=len(image.data), quality_in=image.quality_in, quality_out=image.quality_out,
+            format_out=image.format,
+        )

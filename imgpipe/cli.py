@@ -1,0 +1,248 @@
+"""The `imgpipe` command (contract section 8).
+
+Exit codes: 0 done (a request that completed with some failed images too), 1 the request failed or the API
+could not be reached, 2 the input was refused (invalid CSV, unknown request), 130 interrupted while waiting.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TextIO
+
+import requests
+
+from imgpipe.settings import Settings
+from imgpipe.status_store import TERMINAL_STATUSES, DuckDBStatusStore
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+POLL_INTERVAL = 0.5
+HTTP_TIMEOUT = 60.0
+
+
+class ProgressBar:
+    """`[#####.....] 45/100 images (3 failed)` on stderr: redrawn in place on a terminal; in a log, one line
+    per tenth of the way so that the log stays short."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.in_place = stream.isatty()
+        self.last_tenth: int | None = None
+
+    def draw(self, counts: dict) -> None:
+        total, failed = counts["total"], counts["failed"]
+        done = counts["compressed"] + failed
+        filled = self.WIDTH * done // total if total else 0
+        line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total} images ({failed} failed)"
+        if self.in_place:
+            self.stream.write("\r" + line)
+        else:
+            tenth = 10 * done // total if total else 0
+            if tenth == self.last_tenth:
+                return
+            self.last_tenth = tenth
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.in_place:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def wait_until_terminal(fetch: Callable[[], dict], stream: TextIO, interval: float = POLL_INTERVAL) -> dict:
+    """Poll the request document until its status is terminal, drawing the progress bar; return it."""
+    progress = ProgressBar(stream)
+    try:
+        while True:
+            document = fetch()
+            progress.draw(document["counts"])
+            if document["status"] in TERMINAL_STATUSES:
+                return document
+            time.sleep(interval)
+    finally:  # also on an error or Ctrl-C, so that what is printed next starts on a line of its own
+        progress.finish()
+
+
+def report_outcome(document: dict) -> int:
+    status, failed = document["status"], document["counts"]["failed"]
+    if status in ("completed", "completed_with_errors"):
+        if failed:
+            print(f"{failed} image(s) failed; their slots in the output CSV are empty")
+        print(f"output_csv_url: {document['output_csv_url']}")
+        return 0
+    print(f"request {document['request_id']} {status}", file=sys.stderr)
+    for error in document["errors"]:
+        print(f"  {format_error(error)}", file=sys.stderr)
+    return 1
+
+
+def format_error(error: dict) -> str:
+    """`row R, column C: message`, leaving out what does not apply."""
+    where = [f"row {error['row']}"] if error.get("row") is not None else []
+    if error.get("column"):
+        where.append(f"column {error['column']}")
+    return f"{', '.join(where)}: {error['message']}" if where else error["message"]
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200] or response.reason
+
+
+# ---------------------------------------------------------------------- commands
+
+
+# The API module is imported only where needed: it pulls in Starlette, pandas and pandera, which `submit`
+# does without.
+def run_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from imgpipe.api import create_app
+
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def run_stack(args: argparse.Namespace) -> int:
+    from imgpipe.stack import run_stack as run
+
+    return run(samples_port=args.samples_port, api_port=args.api_port, ui_port=args.ui_port,
+               submit_sample=not args.no_sample)
+
+
+def submit(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        print(f"{args.file}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 2
+    api = args.api.rstrip("/")
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    response = requests.post(
+        f"{api}/requests",
+        files={"file": (path.name, data, "text/csv")},
+        data={"webhook_url": args.webhook_url} if args.webhook_url else None,
+        headers=headers,
+        timeout=HTTP_TIMEOUT,
+    )
+    if response.status_code == 422:
+        for error in response.json().get("errors", []):
+            print(f"{args.file}: {format_error(error)}", file=sys.stderr)
+        return 2
+    if response.status_code == 413:
+        print(f"{args.file}: {_error_message(response)}", file=sys.stderr)
+        return 2
+    if response.status_code != 202:
+        print(f"{api}/requests answered {response.status_code}: {_error_message(response)}", file=sys.stderr)
+        return 1
+    accepted = response.json()
+    request_id = accepted["request_id"]
+    print(f"request_id: {request_id}")
+    print(f"status_url: {accepted['status_url']}")
+    if not args.wait:
+        return 0
+
+    def fetch() -> dict:
+        status = requests.get(f"{api}/requests/{request_id}", headers=headers, timeout=HTTP_TIMEOUT)
+        status.raise_for_status()
+        return status.json()
+
+    return report_outcome(wait_until_terminal(fetch, sys.stderr))
+
+
+def retry(args: argparse.Namespace) -> int:
+    from imgpipe.api import request_document
+
+    settings = Settings.from_env()
+    store = DuckDBStatusStore(settings.db_path)
+    try:
+        todo = store.requeue_for_retry(args.request_id)
+    except KeyError:
+        print(f"no request {args.request_id} in {settings.db_path}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{todo} image(s) of request {args.request_id} will be processed again; "
+          f"the running daemon starts a run within about {settings.sensor_interval} s")
+    if not args.wait:
+        return 0
+    return report_outcome(wait_until_terminal(lambda: request_document(store, settings, args.request_id),
+                                              sys.stderr))
+
+
+def status(args: argparse.Namespace) -> int:
+    from imgpipe.api import request_document
+
+    settings = Settings.from_env()
+    document = request_document(DuckDBStatusStore(settings.db_path), settings, args.request_id)
+    if document is None:
+        print(f"no request {args.request_id} in {settings.db_path}", file=sys.stderr)
+        return 2
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgpipe", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    api = commands.add_parser("api", help="serve the REST API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(run=run_api)
+
+    up = commands.add_parser("up", help="the whole embedded stack: sample images, REST API and Dagster UI")
+    up.add_argument("--api-port", type=int, default=8000)
+    up.add_argument("--ui-port", type=int, default=3000)
+    up.add_argument("--samples-port", type=int, default=8001)
+    up.add_argument("--no-sample", action="store_true", help="do not drop the sample CSV into the inbox")
+    up.set_defaults(run=run_stack)
+
+    upload = commands.add_parser("submit", help="upload a CSV through the REST API")
+    upload.add_argument("file", metavar="FILE.csv")
+    upload.add_argument("--webhook-url", help="called when the request ends")
+    upload.add_argument("--wait", action="store_true", help="show progress until the request ends")
+    upload.add_argument("--api", default=os.environ.get("IMGPIPE_API_URL") or DEFAULT_API_URL,
+                        help=f"the API's base URL (default: $IMGPIPE_API_URL or {DEFAULT_API_URL})")
+    upload.add_argument("--token", default=os.environ.get("IMGPIPE_API_TOKEN"),
+                        help="bearer token (default: $IMGPIPE_API_TOKEN)")
+    upload.add_argument("--idempotency-key", help="the same key again returns the same request")
+    upload.set_defaults(run=submit)
+
+    again = commands.add_parser("retry", help="process again the images of a request that are not compressed")
+    again.add_argument("request_id", metavar="REQUEST_ID")
+    again.add_argument("--wait", action="store_true", help="show progress until the request ends")
+    again.set_defaults(run=retry)
+
+    show = commands.add_parser("status", help="print a request's status document (as GET /requests/{id})")
+    show.add_argument("request_id", metavar="REQUEST_ID")
+    show.set_defaults(run=status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except requests.RequestException as exc:
+        print(f"cannot talk to the API: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; a request already sent goes on (see `imgpipe status REQUEST_ID`)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The image policy of contract section 9: how one downloaded image is decoded, checked and re-encoded.
+
+Runs inside a short-lived child process (`imgpipe.compressor`), so it logs nothing and starts no threads;
+every problem with the image itself is an `ImageRejected` carrying a reason fit for the status store.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
+
+from imgpipe.quality import estimate_jpeg_quality, output_quality
+
+# Registers every Pillow plugin now, in the parent, so that each forked child finds them already imported.
+Image.init()
+
+# AVIF only when this Pillow build can read it. An MPO (a JPEG with extra frames) opens through "JPEG".
+READABLE_FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "AVIF") if f in Image.OPEN)
+# In these formats further frames are animation; a TIFF's are pages of a document, of which the first is used.
+ANIMATION_FORMATS = frozenset({"GIF", "PNG", "WEBP", "AVIF"})
+# Lossless input, and lossy input whose quality cannot be read, counts as this quality.
+ASSUMED_QUALITY = 100
+
+# What Pillow raises for data it cannot decode; its own open() treats the last three as "not this format".
+_DECODE_ERRORS = (OSError, EOFError, ValueError, SyntaxError, IndexError, struct.error)
+
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+_SRGB_BYTES = _SRGB.tobytes()
+_GRAY_MODES = frozenset({"L", "LA", "La", "1", "I", "F"})
+_PROFILE_SPACES = {"L": "GRAY", "RGB": "RGB "}
+
+
+class ImageRejected(Exception):
+    """The image cannot or must not be compressed; the message says why, for the person who sent it."""
+
+
+@dataclass(frozen=True)
+class CompressedImage:
+    data: bytes
+    format: str  # "JPEG" or "WEBP"
+    extension: str  # ".jpg" or ".webp"
+    quality_in: int
+    quality_out: int
+    width: int
+    height: int
+    input_format: str  # as Pillow names it: "JPEG", "MPO", "PNG", "GIF", ...
+
+
+def compress_image(data: bytes, *, max_pixels: int, max_frames: int) -> CompressedImage:
+    """Re-encode one image per contract section 9, or raise `ImageRejected`.
+
+    Changes the process-wide warnings filter while it runs, which is why it belongs in a child process.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            # Opening reads only the header, so the size is checked before any pixel is decoded.
+            with Image.open(io.BytesIO(data), formats=READABLE_FORMATS) as source:
+                return _compress(source, max_pixels, max_frames)
+        except UnidentifiedImageError:
+            raise ImageRejected("not an image (unrecognised format)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _beyond_pillow_limit(exc, max_pixels) from None
+
+
+def _compress(source: ImageFile.ImageFile, max_pixels: int, max_frames: int) -> CompressedImage:
+    is_jpeg = source.format in ("JPEG", "MPO")
+    # Read before any transform: a transposed copy is no longer a JPEG, and "keep" would lose the sampling.
+    subsampling = JpegImagePlugin.get_sampling(source)
+    try:
+        quality_in = estimate_jpeg_quality(source.quantization) if is_jpeg else ASSUMED_QUALITY
+        frame_count = source.n_frames if source.format in ANIMATION_FORMATS else 1
+        if frame_count > max_frames:
+            raise ImageRejected(f"animation has {frame_count} frames, the limit is {max_frames}")
+        frames, durations, icc_profile = _decode(source, frame_count, max_pixels)
+    except _DECODE_ERRORS as exc:
+        raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+
+    quality_out = output_quality(quality_in)
+    if frame_count == 1 and _is_opaque(frames[0]):
+        image, out_format, extension = _without_alpha(frames[0]), "JPEG", ".jpg"
+        output = _encode_jpeg(image, quality_out, subsampling, _profile_for(image.mode, icc_profile))
+    else:
+        image, out_format, extension = frames[0], "WEBP", ".webp"
+        loop = source.info.get("loop", 1)  # a GIF without a loop count plays once
+        output = _encode_webp(frames, durations, loop, quality_out, _profile_for("RGB", icc_profile))
+
+    return CompressedImage(
+        data=output,
+        format=out_format,
+        extension=extension,
+        quality_in=quality_in,
+        quality_out=quality_out,
+        width=image.width,
+        height=image.height,
+        input_format=source.format,
+    )
+
+
+def _decode(
+    source: ImageFile.ImageFile, frame_count: int, max_pixels: int
+) -> tuple[list[Image.Image], list[float], bytes | None]:
+    """Every frame decoded and upright, in L, LA, RGB or RGBA (animation frames in RGBA, as WebP stores
+    them); the frames' durations; the ICC profile that came with the pixels."""
+    frames, durations = [], []
+    source_profile = icc_profile = source.info.get("icc_profile")
+    for index in range(frame_count):
+        source.seek(index)
+        _check_pixels(source.size, max_pixels)  # a GIF frame may grow the canvas beyond the header's size
+        source.load()
+        frame, icc_profile = _normalise(source, source_profile)
+        if frame_count > 1:
+            # Also a copy of its own: the next seek overwrites `source`, and a GIF draws on the previous frame.
+            frame = frame.convert("RGBA")
+        ImageOps.exif_transpose(frame, in_place=True)
+        frames.append(frame)
+        durations.append(source.info.get("duration", 0))
+    return frames, durations, icc_profile
+
+
+def _encode_jpeg(image: Image.Image, quality: int, subsampling: int, icc_profile: bytes | None) -> bytes:
+    output = io.BytesIO()
+    # comment=b"": Pillow would otherwise copy a JPEG comment across; of the metadata only the profile stays.
+    image.save(
+        output,
+        "JPEG",
+        quality=quality,
+        subsampling=subsampling,
+        optimize=True,
+        icc_profile=icc_profile,
+        comment=b"",
+    )
+    return output.getvalue()
+
+
+def _encode_webp(
+    frames: list[Image.Image], durations: list[float], loop: int, quality: int, icc_profile: bytes | None
+) -> bytes:
+    output = io.BytesIO()
+    frames[0].save(
+        output,
+        "WEBP",
+        save_all=True,
+        append_images=frames[1:],
+        duration=durations,
+        loop=loop,
+        quality=quality,
+        icc_profile=icc_profile,
+    )
+    return output.getvalue()
+
+
+def _normalise(frame: Image.Image, icc_profile: bytes | None) -> tuple[Image.Image, bytes | None]:
+    """`frame` in L, LA, RGB or RGBA, with the ICC profile that describes the result."""
+    if frame.mode == "CMYK":
+        return _cmyk_to_rgb(frame, icc_profile)
+    if frame.mode.startswith("I"):
+        # 16-bit samples (PNG, TIFF): a plain convert would clip everything above 255 to white.
+        frame = frame.convert("I").point(lambda value: value / 257)
+    has_alpha = frame.has_transparency_data
+    if frame.mode in _GRAY_MODES:
+        target = "LA" if has_alpha else "L"
+    else:
+        target = "RGBA" if has_alpha else "RGB"
+    return (frame if frame.mode == target else frame.convert(target)), icc_profile
+
+
+def _cmyk_to_rgb(frame: Image.Image, icc_profile: bytes | None) -> tuple[Image.Image, bytes | None]:
+    if icc_profile:
+        try:
+            converted = ImageCms.profileToProfile(
+                frame, ImageCms.ImageCmsProfile(io.BytesIO(icc_profile)), _SRGB, outputMode="RGB"
+            )
+            return converted, _SRGB_BYTES
+        except ImageCms.PyCMSError:
+            pass  # a broken or non-CMYK profile: the plain conversion below still gives a usable image
+    return frame.convert("RGB"), None
+
+
+def _is_opaque(frame: Image.Image) -> bool:
+    return frame.mode not in ("LA", "RGBA") or frame.getchannel("A").getextrema()[0] == 255
+
+
+def _without_alpha(frame: Image.Image) -> Image.Image:
+    return frame.convert(frame.mode.removesuffix("A")) if frame.mode in ("LA", "RGBA") else frame
+
+
+def _profile_for(mode: str, icc_profile: bytes | None) -> bytes | None:
+    """`icc_profile` when it describes pixels of `mode`; a grayscale profile on RGB pixels, or one that
+    cannot be read, would mislead the viewer and is dropped."""
+    if not icc_profile:
+        return None
+    try:
+        space = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile)).profile.xcolor_space
+    except (OSError, ImageCms.PyCMSError):
+        return None
+    return icc_profile if space == _PROFILE_SPACES[mode] else None
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    pixels = size[0] * size[1]
+    if pixels > max_pixels:
+        raise ImageRejected(f"image is {pixels / 1e6:.1f} megapixels, the limit is {max_pixels / 1e6:.3g}")
+
+
+def _beyond_pillow_limit(exc: Exception, max_pixels: int) -> ImageRejected:
+    # Pillow checks the size itself while opening, before `_check_pixels` can: past MAX_IMAGE_PIXELS it
+    # warns (an error here) and past twice that it raises. Either way the limit in force is the lower one.
+    threshold = Image.MAX_IMAGE_PIXELS * (2 if isinstance(exc, Image.DecompressionBombError) else 1)
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS)
+    return ImageRejected(f"image is over {threshold / 1e6:.1f} megapixels, the limit is {limit / 1e6:.3g}")

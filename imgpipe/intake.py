@@ -1,0 +1,198 @@
+"""One intake path for every upload: the inbox folder (contract section 2).
+
+A folder drop, a REST upload and a UI launch all end as a file in `inbox/`; the inbox sensor calls
+`take_inbox`, which gives each file a request ID, validates it and moves it either to
+`requests/<id>/input.csv` or to `rejected/<id>/<name>` beside `errors.json`.
+
+Exactly once, also across crashes: the rename out of the inbox is the commit point. `request.json` (who sent
+the file, under which name, with which webhook) is written into the destination folder before that rename,
+and the database row after it; `recover` records any folder whose row a crash prevented, and removes a
+folder whose rename never happened (its file is still in the inbox and will be taken again).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from imgpipe.csv_schema import RowError, UploadRejected, parse_upload
+from imgpipe.files import write_atomically
+from imgpipe.settings import Settings
+from imgpipe.status_store import DuckDBStatusStore
+
+TEMPORARY_SUFFIXES = (".tmp", ".part")
+REQUEST_META = "request.json"
+INPUT_NAME = "input.csv"
+
+
+def new_request_id() -> str:
+    """Sortable by arrival, unguessable, and safe as a folder name and a Dagster partition key."""
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
+
+
+def is_candidate(path: Path) -> bool:
+    name = path.name
+    return (
+        path.is_file()
+        and not name.startswith(".")
+        and not name.endswith(TEMPORARY_SUFFIXES)
+        and path.suffix.lower() != ".json"
+    )
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    request_id: str
+    file_name: str
+    accepted: bool
+    errors: tuple[RowError, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    webhook_url: str | None = None
+    request_id: str | None = None  # set by the REST API, which has already recorded the request
+    file_name: str | None = None
+    source: str = "folder"
+    problem: str | None = None
+
+
+def read_sidecar(csv_path: Path) -> Sidecar:
+    path = csv_path.with_suffix(".json")
+    if not path.is_file():
+        return Sidecar()
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Sidecar(problem=f"sidecar {path.name} is not valid JSON: {exc}")
+    webhook_url = doc.get("webhook_url")
+    if webhook_url is not None and not isinstance(webhook_url, str):
+        return Sidecar(problem=f"sidecar {path.name}: webhook_url must be a string")
+    return Sidecar(
+        webhook_url=webhook_url or None,
+        request_id=doc.get("request_id"),
+        file_name=doc.get("file_name"),
+        source="api" if doc.get("source") == "api" else "folder",
+    )
+
+
+def submit_to_inbox(settings: Settings, data: bytes, sidecar: dict, stem: str) -> Path:
+    """Place an upload in the inbox as the contract asks a user to: sidecar first, then the CSV renamed in."""
+    settings.ensure_folders()
+    write_atomically(settings.inbox / f"{stem}.json", json.dumps(sidecar).encode())
+    target = settings.inbox / f"{stem}.csv"
+    write_atomically(target, data)
+    return target
+
+
+class Intake:
+    def __init__(self, settings: Settings, store: DuckDBStatusStore):
+        self.settings = settings
+        self.store = store
+
+    def take_inbox(self) -> list[IntakeResult]:
+        self.settings.ensure_folders()
+        self.recover()
+        files = sorted((p for p in self.settings.inbox.iterdir() if is_candidate(p)),
+                       key=lambda p: (p.stat().st_mtime, p.name))
+        return [self.take(path) for path in files]
+
+    def take(self, path: Path) -> IntakeResult:
+        sidecar = read_sidecar(path)
+        request_id = self._claimed_request_id(sidecar) or new_request_id()
+        file_name = Path(sidecar.file_name).name if sidecar.file_name else path.name
+        errors = self._validate(path)
+        if sidecar.problem:
+            errors.insert(0, RowError(row=None, column=None, message=sidecar.problem))
+        meta = {"request_id": request_id, "file_name": file_name, "source": sidecar.source,
+                "webhook_url": sidecar.webhook_url}
+        if errors:
+            folder = self.settings.rejected_dir / request_id
+            destination = folder / _safe_file_name(file_name)
+            error_doc = {"request_id": request_id, "file_name": file_name,
+                         "errors": [e.to_dict() for e in errors]}
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomically(folder / "errors.json", json.dumps(error_doc, indent=2).encode())
+        else:
+            folder = self.settings.requests_dir / request_id
+            destination = folder / INPUT_NAME
+            folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(folder / REQUEST_META, json.dumps(meta).encode())
+        os.replace(path, destination)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        self._record(meta, errors)
+        return IntakeResult(request_id, file_name, accepted=not errors, errors=tuple(errors))
+
+    def _claimed_request_id(self, sidecar: Sidecar) -> str | None:
+        """The REST API records its request before the file reaches the inbox; honour that ID only when it
+        names such a request that has no file yet, so a hand-written sidecar cannot hijack another."""
+        rid = sidecar.request_id
+        if not rid or sidecar.source != "api":
+            return None
+        row = self.store.get_request(rid)
+        if row is None or row["source"] != "api" or row["status"] != "queued":
+            return None
+        if (self.settings.requests_dir / rid).exists() or (self.settings.rejected_dir / rid).exists():
+            return None
+        return rid
+
+    def _validate(self, path: Path) -> list[RowError]:
+        limit = self.settings.limits.max_csv_bytes
+        size = path.stat().st_size
+        if size > limit:
+            return [RowError(row=None, column=None,
+                             message=f"file is {size} bytes, the limit is {limit} bytes")]
+        try:
+            parse_upload(path.read_bytes(), limits=self.settings.limits)
+        except UploadRejected as exc:
+            return list(exc.errors)
+        return []
+
+    def _record(self, meta: dict, errors: list[RowError]) -> None:
+        if errors:
+            self.store.record_rejected(meta["request_id"], source=meta["source"], file_name=meta["file_name"],
+                                       webhook_url=meta["webhook_url"], errors=[e.to_dict() for e in errors])
+        else:
+            self.store.create_request(meta["request_id"], source=meta["source"], file_name=meta["file_name"],
+                                      webhook_url=meta["webhook_url"])
+
+    def recover(self) -> None:
+        """Finish what a crash interrupted between the rename and the database row."""
+        folders = [p for base in (self.settings.requests_dir, self.settings.rejected_dir)
+                   if base.is_dir() for p in base.iterdir() if p.is_dir()]
+        if not folders:
+            return
+        known = self.store.known_request_ids(p.name for p in folders)
+        for folder in folders:
+            if folder.name in known:
+                continue
+            meta_path = folder / REQUEST_META
+            if not meta_path.is_file():
+                continue
+            meta = json.loads(meta_path.read_text())
+            if folder.parent == self.settings.requests_dir:
+                if (folder / INPUT_NAME).is_file():
+                    self._record(meta, [])
+                else:
+                    shutil.rmtree(folder, ignore_errors=True)
+            else:
+                kept = folder / _safe_file_name(meta["file_name"])
+                if kept.is_file():
+                    doc = json.loads((folder / "errors.json").read_text())
+                    self._record(meta, [RowError(**e) for e in doc["errors"]])
+                else:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _safe_file_name(name: str) -> str:
+    """The dropped file's own name (already without folders), made harmless as a single path component."""
+    cleaned = "".join(ch if ch.isprintable() and ch not in "/\\" else "_" for ch in name).strip()
+    if cleaned in ("", ".", "..", REQUEST_META, "errors.json"):
+        cleaned = f"upload-{cleaned.strip('.') or 'file'}.csv"
+    return cleaned

@@ -1,0 +1,118 @@
+"""`imgpipe up`: the whole embedded stack in one command (what `make run` starts).
+
+Starts a server for the bundled sample images, the REST API and `dagster dev` (webserver + daemon, so the
+sensors run), drops the sample CSV into the inbox, prints where its output CSV is, and keeps everything up
+until interrupted.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from imgpipe.files import write_atomically
+from imgpipe.settings import Settings
+from imgpipe.status_store import TERMINAL_STATUSES, DuckDBStatusStore
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = REPO_ROOT / "data" / "samples"
+
+
+def serve_samples(port: int) -> http.server.ThreadingHTTPServer:
+    handler = functools.partial(_QuietHandler, directory=str(SAMPLES / "images"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def stack_environment(samples_port: int, api_port: int) -> dict:
+    env = dict(os.environ)
+    env.setdefault("IMGPIPE_HOME", str(REPO_ROOT / "data"))
+    env.setdefault("DAGSTER_HOME", str(Path(env["IMGPIPE_HOME"]).resolve() / "dagster_home"))
+    env.setdefault("IMGPIPE_PUBLIC_BASE_URL", f"http://127.0.0.1:{api_port}")
+    allowed = [h for h in env.get("IMGPIPE_ALLOW_PRIVATE_HOSTS", "").split(",") if h.strip()]
+    env["IMGPIPE_ALLOW_PRIVATE_HOSTS"] = ",".join(allowed + [f"127.0.0.1:{samples_port}"])
+    return env
+
+
+def prepare_dagster_home(env: dict) -> None:
+    home = Path(env["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+
+
+def wait_for_terminal(store: DuckDBStatusStore, file_name: str, timeout: float) -> dict | None:
+    deadline = time.monotonic() + timeout
+    request_id = None
+    while time.monotonic() < deadline:
+        if request_id is None:
+            found = store.latest_request_for_file(file_name)
+            request_id = found and found["request_id"]
+        if request_id:
+            request = store.get_request(request_id)
+            counts = store.counts(request_id)
+            print(f"\r  {request['status']:<22} {counts['compressed'] + counts['failed']}/{counts['total']} images",
+                  end="", flush=True)
+            if request["status"] in TERMINAL_STATUSES:
+                print()
+                return request
+        time.sleep(1)
+    print()
+    return None
+
+
+def run_stack(samples_port: int = 8001, api_port: int = 8000, ui_port: int = 3000, submit_sample: bool = True) -> int:
+    env = stack_environment(samples_port, api_port)
+    prepare_dagster_home(env)
+    os.environ.update(env)
+    settings = Settings.from_env(env)
+    settings.ensure_folders()
+    samples = serve_samples(samples_port)
+    children = [
+        subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "api", "--port", str(api_port)], env=env,
+                         cwd=REPO_ROOT),
+        subprocess.Popen([shutil.which("dagster") or "dagster", "dev", "-w", "workspace.yaml", "-p", str(ui_port)],
+                         env=env, cwd=REPO_ROOT, start_new_session=True),
+    ]
+    print(f"imgpipe is starting: UI http://127.0.0.1:{ui_port}  API http://127.0.0.1:{api_port}  "
+          f"sample images http://127.0.0.1:{samples_port}  data {settings.home}")
+    try:
+        if submit_sample:
+            name = f"sample-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+            write_atomically(settings.inbox / name, (SAMPLES / "products.csv").read_bytes())
+            print(f"dropped the sample CSV into {settings.inbox / name}; waiting for the daemon...")
+            request = wait_for_terminal(DuckDBStatusStore(settings.db_path), name, timeout=300)
+            if request is None:
+                print("the sample request did not finish within 300 s; see the Dagster UI for why")
+            else:
+                print(f"request {request['request_id']}: {request['status']}")
+                print(f"output CSV: {settings.outputs_dir / (request['request_id'] + '.csv')}")
+                print(f"       URL: {settings.output_csv_url(request['request_id'])}")
+        print("running until interrupted (Ctrl-C)")
+        while all(child.poll() is None for child in children):
+            time.sleep(1)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT if child.args[0].endswith("dagster") else signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        samples.shutdown()

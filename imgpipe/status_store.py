@@ -1,0 +1,424 @@
+"""The status store: requests, products, images and webhook deliveries (contract section 4).
+
+DuckDB lets one process at a time open the file, so no connection outlives an operation: every method opens,
+works inside one transaction and closes, retrying with jittered backoff while another process holds the
+lock. Readers (the REST API, the contract's checks) get in between writes the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import duckdb
+
+TERMINAL_STATUSES = frozenset({"completed", "completed_with_errors", "failed", "rejected"})
+IMAGE_STATUSES = ("pending", "processing", "compressed", "failed")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id VARCHAR PRIMARY KEY,
+    status VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,
+    file_name VARCHAR,
+    webhook_url VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    completed_at TIMESTAMP,
+    total_images INTEGER,
+    error VARCHAR,
+    errors_json VARCHAR,
+    idempotency_key VARCHAR,
+    generation INTEGER NOT NULL DEFAULT 0,
+    run_id VARCHAR
+);
+CREATE TABLE IF NOT EXISTS products (
+    request_id VARCHAR NOT NULL,
+    serial VARCHAR NOT NULL,
+    product_name VARCHAR NOT NULL,
+    row_number INTEGER NOT NULL,
+    PRIMARY KEY (request_id, row_number)
+);
+CREATE TABLE IF NOT EXISTS images (
+    request_id VARCHAR NOT NULL,
+    serial VARCHAR NOT NULL,
+    position INTEGER NOT NULL,
+    row_number INTEGER NOT NULL,
+    input_url VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    output_path VARCHAR,
+    output_url VARCHAR,
+    bytes_in BIGINT,
+    bytes_out BIGINT,
+    quality_in INTEGER,
+    quality_out INTEGER,
+    format_out VARCHAR,
+    error VARCHAR,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    updated_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (request_id, row_number, position)
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    request_id VARCHAR NOT NULL,
+    attempt INTEGER NOT NULL,
+    url VARCHAR NOT NULL,
+    status_code INTEGER,
+    error VARCHAR,
+    attempted_at TIMESTAMP NOT NULL,
+    webhook_id VARCHAR NOT NULL,
+    event_type VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    webhook_id VARCHAR PRIMARY KEY,
+    request_id VARCHAR NOT NULL,
+    url VARCHAR NOT NULL,
+    event_type VARCHAR NOT NULL,
+    payload VARCHAR NOT NULL,
+    state VARCHAR NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at TIMESTAMP NOT NULL,
+    first_attempt_at TIMESTAMP,
+    next_attempt_at TIMESTAMP NOT NULL
+);
+"""
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as DuckDB's TIMESTAMP stores it."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class StoreBusy(RuntimeError):
+    """The database stayed locked by other processes for longer than the store is willing to wait."""
+
+
+@dataclass(frozen=True)
+class ImageSlot:
+    row_number: int
+    position: int
+    input_url: str
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The outcome of one unique input URL, applied to every slot that names it."""
+
+    input_url: str
+    status: str  # compressed | failed
+    output_path: str | None = None
+    output_url: str | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    quality_in: int | None = None
+    quality_out: int | None = None
+    format_out: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    webhook_id: str
+    request_id: str
+    url: str
+    event_type: str
+    payload: bytes
+    attempts: int
+    first_attempt_at: datetime | None
+
+
+def _is_lock_conflict(exc: Exception) -> bool:
+    text = str(exc)
+    return "Could not set lock" in text or "Conflicting lock" in text
+
+
+class DuckDBStatusStore:
+    """Short-lived DuckDB connections with retry; the schema is created on first use."""
+
+    _schema_ready: set[str] = set()
+    _schema_lock = threading.Lock()
+
+    def __init__(self, path: Path | str, lock_timeout: float = 60.0):
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+
+    # ------------------------------------------------------------------ connections
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.005
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as exc:
+                if not _is_lock_conflict(exc) or time.monotonic() > deadline:
+                    if _is_lock_conflict(exc):
+                        raise StoreBusy(f"{self.path} stayed locked for {self.lock_timeout:.0f} s") from exc
+                    raise
+            # Jitter keeps several waiting writers from retrying in lock-step.
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.2)
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Always read-write: within one process DuckDB refuses a read-only and a read-write connection to the
+        same file at once, and across processes either kind takes the whole file anyway."""
+        self._ensure_schema()
+        con = self._open()
+        try:
+            con.begin()
+            try:
+                yield con
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        finally:
+            con.close()
+
+    def _ensure_schema(self) -> None:
+        key = str(self.path.resolve())
+        if key in self._schema_ready:
+            return
+        with self._schema_lock:
+            if key in self._schema_ready:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = self._open()
+            try:
+                con.execute(SCHEMA)
+            finally:
+                con.close()
+            self._schema_ready.add(key)
+
+    def _rows(self, sql: str, params: Sequence = ()) -> list[dict]:
+        with self._connection() as con:
+            cur = con.execute(sql, list(params))
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    # ------------------------------------------------------------------ requests
+
+    def create_request(self, request_id: str, *, source: str, file_name: str | None,
+                       webhook_url: str | None, idempotency_key: str | None = None) -> None:
+        now = utcnow()
+        with self._connection() as con:
+            con.execute(
+                "INSERT INTO requests (request_id, status, source, file_name, webhook_url, created_at,"
+                " updated_at, idempotency_key) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [request_id, source, file_name, webhook_url, now, now, idempotency_key],
+            )
+
+    def record_rejected(self, request_id: str, *, source: str, file_name: str | None,
+                        webhook_url: str | None, errors: list[dict]) -> None:
+        now = utcnow()
+        summary = f"{len(errors)} problem(s): " + "; ".join(e["message"] for e in errors[:3])
+        with self._connection() as con:
+            con.execute(
+                "INSERT INTO requests (request_id, status, source, file_name, webhook_url, created_at,"
+                " updated_at, completed_at, total_images, error, errors_json)"
+                " VALUES (?, 'rejected', ?, ?, ?, ?, ?, ?, 0, ?, ?)"
+                " ON CONFLICT (request_id) DO UPDATE SET status = 'rejected', updated_at = excluded.updated_at,"
+                " completed_at = excluded.completed_at, error = excluded.error, errors_json = excluded.errors_json",
+                [request_id, source, file_name, webhook_url, now, now, now, summary, json.dumps(errors)],
+            )
+
+    def get_request(self, request_id: str) -> dict | None:
+        rows = self._rows("SELECT * FROM requests WHERE request_id = ?", [request_id])
+        return rows[0] if rows else None
+
+    def find_by_idempotency_key(self, key: str) -> dict | None:
+        rows = self._rows("SELECT * FROM requests WHERE idempotency_key = ? ORDER BY created_at LIMIT 1", [key])
+        return rows[0] if rows else None
+
+    def latest_request_for_file(self, file_name: str) -> dict | None:
+        rows = self._rows("SELECT * FROM requests WHERE file_name = ? ORDER BY created_at DESC LIMIT 1", [file_name])
+        return rows[0] if rows else None
+
+    def known_request_ids(self, request_ids: Iterable[str]) -> set[str]:
+        wanted = list(request_ids)
+        if not wanted:
+            return set()
+        rows = self._rows("SELECT request_id FROM requests WHERE request_id IN (SELECT unnest(?))", [wanted])
+        return {r["request_id"] for r in rows}
+
+    def queued_requests(self) -> list[dict]:
+        return self._rows(
+            "SELECT request_id, generation, source, file_name FROM requests WHERE status = 'queued'"
+            " ORDER BY created_at"
+        )
+
+    def start_processing(self, request_id: str, run_id: str, manifest) -> None:
+        """Record products and image slots (idempotent: a re-executed run keeps finished images) and mark
+        the request `processing`. Slots a crashed run left `processing` go back to `pending`."""
+        now = utcnow()
+        products = manifest.drop_duplicates("row_number")
+        with self._connection() as con:
+            con.executemany(
+                "INSERT INTO products VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [[request_id, r.serial, r.product_name, int(r.row_number)] for r in products.itertuples()],
+            )
+            con.executemany(
+                "INSERT INTO images (request_id, serial, position, row_number, input_url, status, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT DO NOTHING",
+                [[request_id, r.serial, int(r.position), int(r.row_number), r.input_url, now]
+                 for r in manifest.itertuples()],
+            )
+            con.execute(
+                "UPDATE images SET status = 'pending', updated_at = ? WHERE request_id = ? AND status = 'processing'",
+                [now, request_id],
+            )
+            con.execute(
+                "UPDATE requests SET status = 'processing', run_id = ?, updated_at = ?, total_images = ?,"
+                " completed_at = NULL, error = NULL WHERE request_id = ?",
+                [run_id, now, len(manifest), request_id],
+            )
+
+    def finish_request(self, request_id: str, status: str, error: str | None = None) -> None:
+        now = utcnow()
+        with self._connection() as con:
+            con.execute(
+                "UPDATE requests SET status = ?, error = ?, updated_at = ?, completed_at = ? WHERE request_id = ?",
+                [status, error, now, now, request_id],
+            )
+
+    def requeue_for_retry(self, request_id: str) -> int:
+        """Put a request back in the queue for another run over its images that are not `compressed`;
+        returns how many images will be processed again."""
+        now = utcnow()
+        with self._connection() as con:
+            row = con.execute("SELECT status FROM requests WHERE request_id = ?", [request_id]).fetchone()
+            if row is None:
+                raise KeyError(request_id)
+            if row[0] == "rejected":
+                raise ValueError(f"request {request_id} was rejected; fix the CSV and upload it again")
+            con.execute(
+                "UPDATE images SET status = 'pending', error = NULL, updated_at = ?"
+                " WHERE request_id = ? AND status <> 'compressed'",
+                [now, request_id],
+            )
+            con.execute(
+                "UPDATE requests SET status = 'queued', generation = generation + 1, updated_at = ?,"
+                " completed_at = NULL, error = NULL WHERE request_id = ?",
+                [now, request_id],
+            )
+            (todo,) = con.execute(
+                "SELECT count(*) FROM images WHERE request_id = ? AND status <> 'compressed'", [request_id]
+            ).fetchone()
+        return int(todo)
+
+    # ------------------------------------------------------------------ images
+
+    def unfinished_slots(self, request_id: str) -> list[ImageSlot]:
+        rows = self._rows(
+            "SELECT row_number, position, input_url FROM images WHERE request_id = ? AND status <> 'compressed'"
+            " ORDER BY row_number, position",
+            [request_id],
+        )
+        return [ImageSlot(**r) for r in rows]
+
+    def mark_processing(self, request_id: str, input_urls: Sequence[str]) -> None:
+        if not input_urls:
+            return
+        with self._connection() as con:
+            con.execute(
+                "UPDATE images SET status = 'processing', attempts = attempts + 1, updated_at = ?"
+                " WHERE request_id = ? AND status <> 'compressed' AND input_url IN (SELECT unnest(?))",
+                [utcnow(), request_id, list(input_urls)],
+            )
+
+    def record_results(self, request_id: str, results: Sequence[ImageResult]) -> None:
+        if not results:
+            return
+        now = utcnow()
+        with self._connection() as con:
+            con.executemany(
+                "UPDATE images SET status = ?, output_path = ?, output_url = ?, bytes_in = ?, bytes_out = ?,"
+                " quality_in = ?, quality_out = ?, format_out = ?, error = ?, updated_at = ?"
+                " WHERE request_id = ? AND input_url = ? AND status <> 'compressed'",
+                [[r.status, r.output_path, r.output_url, r.bytes_in, r.bytes_out, r.quality_in, r.quality_out,
+                  r.format_out, r.error, now, request_id, r.input_url] for r in results],
+            )
+            con.execute("UPDATE requests SET updated_at = ? WHERE request_id = ?", [now, request_id])
+
+    def images(self, request_id: str) -> list[dict]:
+        return self._rows(
+            "SELECT * FROM images WHERE request_id = ? ORDER BY row_number, position", [request_id]
+        )
+
+    def products(self, request_id: str) -> list[dict]:
+        return self._rows("SELECT * FROM products WHERE request_id = ? ORDER BY row_number", [request_id])
+
+    def counts(self, request_id: str) -> dict[str, int]:
+        rows = self._rows(
+            "SELECT status, count(*) AS n FROM images WHERE request_id = ? GROUP BY status", [request_id]
+        )
+        counts = {status: 0 for status in IMAGE_STATUSES}
+        for r in rows:
+            counts[r["status"]] = int(r["n"])
+        counts["total"] = sum(counts[s] for s in IMAGE_STATUSES)
+        return counts
+
+    # ------------------------------------------------------------------ webhook outbox
+
+    def enqueue_webhook(self, *, webhook_id: str, request_id: str, url: str, event_type: str,
+                        payload: bytes) -> None:
+        now = utcnow()
+        with self._connection() as con:
+            con.execute(
+                "INSERT INTO webhook_outbox (webhook_id, request_id, url, event_type, payload, state, created_at,"
+                " next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
+                [webhook_id, request_id, url, event_type, payload.decode(), now, now],
+            )
+
+    def claim_webhook(self, webhook_id: str, lease_seconds: float) -> OutboxEntry | None:
+        """Take a pending entry that is due, pushing its due time out by the lease so that no other
+        process attempts it meanwhile; None when it is not due, delivered or given up."""
+        now = utcnow()
+        with self._connection() as con:
+            row = con.execute(
+                "SELECT webhook_id, request_id, url, event_type, payload, attempts, first_attempt_at"
+                " FROM webhook_outbox WHERE webhook_id = ? AND state = 'pending' AND next_attempt_at <= ?",
+                [webhook_id, now],
+            ).fetchone()
+            if row is None:
+                return None
+            con.execute(
+                "UPDATE webhook_outbox SET next_attempt_at = ? WHERE webhook_id = ?",
+                [datetime.fromtimestamp(now.timestamp() + lease_seconds), webhook_id],
+            )
+        return OutboxEntry(row[0], row[1], row[2], row[3], row[4].encode(), int(row[5]), row[6])
+
+    def due_webhook_ids(self) -> list[str]:
+        rows = self._rows(
+            "SELECT webhook_id FROM webhook_outbox WHERE state = 'pending' AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at",
+            [utcnow()],
+        )
+        return [r["webhook_id"] for r in rows]
+
+    def record_webhook_attempt(self, entry: OutboxEntry, *, status_code: int | None, error: str | None,
+                               attempted_at: datetime, state: str, next_attempt_at: datetime | None) -> None:
+        attempt = entry.attempts + 1
+        with self._connection() as con:
+            con.execute(
+                "INSERT INTO webhook_deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [entry.request_id, attempt, entry.url, status_code, error, attempted_at, entry.webhook_id,
+                 entry.event_type],
+            )
+            con.execute(
+                "UPDATE webhook_outbox SET state = ?, attempts = ?, first_attempt_at = coalesce(first_attempt_at, ?),"
+                " next_attempt_at = ? WHERE webhook_id = ?",
+                [state, attempt, attempted_at, next_attempt_at or attempted_at, entry.webhook_id],
+            )
+
+    def webhook_deliveries(self, request_id: str) -> list[dict]:
+        return self._rows(
+            "SELECT * FROM webhook_deliveries WHERE request_id = ? ORDER BY attempted_at, attempt", [request_id]
+        )

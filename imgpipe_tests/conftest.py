@@ -1,0 +1,91 @@
+"""Session-wide settings for tests that run the pipeline.
+
+Step processes start from a forkserver that inherits the environment of the moment it starts, and the code
+location reads its settings when imported; so the environment is fixed here, before anything is imported or
+started, and every pipeline test shares one IMGPIPE_HOME (requests are isolated by their IDs).
+"""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import uvicorn
+
+from imgpipe.api import create_app
+from imgpipe.settings import Settings
+from imgpipe.status_store import DuckDBStatusStore
+from imgpipe_tests.servers import ImageServer, WebhookReceiver
+
+PIPELINE_HOME = Path(tempfile.mkdtemp(prefix="imgpipe-test-home-"))
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"imgpipe-test-secret-0123456789ab").decode()
+
+os.environ.update({
+    "IMGPIPE_HOME": str(PIPELINE_HOME),
+    "IMGPIPE_PUBLIC_BASE_URL": "http://127.0.0.1:8000",
+    "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1",
+    "IMGPIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "IMGPIPE_WEBHOOK_RETRY_DELAYS": "0.5,1,2,4",
+    "IMGPIPE_SENSOR_INTERVAL": "1",
+})
+for name in ("IMGPIPE_API_TOKEN", "IMGPIPE_WEBHOOK_URL", "IMGPIPE_PROFILE"):
+    os.environ.pop(name, None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(PIPELINE_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("served-images")
+
+
+@pytest.fixture(scope="session")
+def image_server(image_root):
+    server = ImageServer(image_root)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def webhook_receiver():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def api_server(tmp_path):
+    """Start the REST API on a free port, in a thread, over an IMGPIPE_HOME of its own; extra IMGPIPE_* variables
+    as keyword arguments. Returns `.url`, `.settings` and `.store`."""
+    running = []
+
+    def start(**env: str) -> SimpleNamespace:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))  # bound before the server starts, so no other process can take the port
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        settings = Settings.from_env({"IMGPIPE_HOME": str(tmp_path / f"home{len(running)}"),
+                                      "IMGPIPE_PUBLIC_BASE_URL": url, **env})
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        running.append((server, thread, sock))
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
+            time.sleep(0.01)
+        return SimpleNamespace(url=url, settings=settings, store=DuckDBStatusStore(settings.db_path))
+
+    yield start
+    for server, thread, sock in running:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -1,0 +1,142 @@
+"""Real servers on 127.0.0.1 for the tests: images (with misbehaviours) and a webhook receiver."""
+from __future__ import annotations
+
+import http.server
+import random
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+
+def photo_like(width: int, height: int, seed: int) -> Image.Image:
+    """Gradients, shapes and grain: compresses like a photo, unlike a flat test card."""
+    rng = random.Random(seed)
+    im = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    draw = ImageDraw.Draw(im)
+    for _ in range(30):
+        x, y, r = rng.randrange(width), rng.randrange(height), rng.randrange(8, max(9, width // 6))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(rng.randrange(256) for _ in range(3)))
+    return im.filter(ImageFilter.GaussianBlur(1.5)).effect_spread(2)
+
+
+def save_jpeg(path: Path, quality: int, size=(640, 480), seed: int = 1) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    photo_like(*size, seed=seed).save(path, quality=quality)
+    return path
+
+
+class ImageServer:
+    """/img/<name> serves a file from root; /status/<code> answers that code; /flaky/<n>/<name> answers 500
+    to the first n hits; /redirect?to=<url> answers 302. Counts hits per path."""
+
+    def __init__(self, root: Path, host: str = "127.0.0.1"):
+        self.root = Path(root)
+        self.hits: dict[str, int] = {}
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                url = urllib.parse.urlparse(self.path)
+                with server.lock:
+                    server.hits[url.path] = server.hits.get(url.path, 0) + 1
+                    count = server.hits[url.path]
+                parts = url.path.strip("/").split("/")
+                if parts[0] == "status":
+                    return self._send(int(parts[1]), b"no image here", "text/plain")
+                if parts[0] == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", urllib.parse.parse_qs(url.query)["to"][0])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if parts[0] == "flaky":
+                    if count <= int(parts[1]):
+                        return self._send(500, b"try later", "text/plain")
+                    parts = ["img", *parts[2:]]
+                if parts[0] == "img":
+                    path = (server.root / "/".join(parts[1:])).resolve()
+                    if server.root.resolve() in path.parents and path.is_file():
+                        return self._send(200, path.read_bytes(), "application/octet-stream")
+                return self._send(404, b"not found", "text/plain")
+
+            def _send(self, code, body, content_type):
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://{host}:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"{self.base}/{path.lstrip('/')}"
+
+    def hits_for(self, path: str) -> int:
+        with self.lock:
+            return self.hits.get("/" + path.lstrip("/"), 0)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class WebhookReceiver:
+    """Records every POST; answers from a list of status codes, then 200."""
+
+    def __init__(self, codes: list[int] | None = None):
+        self.codes = list(codes or [])
+        self.calls: list[dict] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                code = receiver.codes.pop(0) if receiver.codes else 200
+                receiver.calls.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                       "body": body, "code": code, "at": time.time()})
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, name: str = "hook") -> str:
+        return f"{self.base}/{name}"
+
+    def calls_to(self, name: str) -> list[dict]:
+        return [c for c in self.calls if c["path"] == f"/{name}"]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def wait_for(predicate, timeout: float = 30.0, step: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)

@@ -1,0 +1,193 @@
+"""The `imgpipe` command: submit through a real API server, retry and status against the store."""
+from __future__ import annotations
+
+import io
+import json
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import requests
+
+from imgpipe import cli
+from imgpipe.settings import Settings
+from imgpipe.status_store import DuckDBStatusStore, ImageResult
+
+CSV = (b"S. No.,Product Name,Input Image Urls\n"
+       b"1,Shoe,\"https://e.com/a.jpg,https://e.com/b.jpg\"\n"
+       b"2,Hat,https://e.com/c.jpg\n")
+MANIFEST = pd.DataFrame(
+    [(1, "1", "Shoe", 1, "https://e.com/a.jpg"), (1, "1", "Shoe", 2, "https://e.com/b.jpg"),
+     (2, "2", "Hat", 1, "https://e.com/c.jpg")],
+    columns=["row_number", "serial", "product_name", "position", "input_url"],
+)
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    path = tmp_path / "products.csv"
+    path.write_bytes(CSV)
+    return path
+
+
+@pytest.fixture
+def home_store(tmp_path, monkeypatch) -> DuckDBStatusStore:
+    monkeypatch.setenv("IMGPIPE_HOME", str(tmp_path / "cli-home"))
+    return DuckDBStatusStore(Settings.from_env().db_path)
+
+
+def fake_pipeline(monkeypatch, *steps):
+    """Each poll's pause runs the next step instead of sleeping: the pipeline advances between two polls,
+    while the API server (if any) is idle."""
+    pending = list(steps)
+    monkeypatch.setattr(cli, "time", SimpleNamespace(sleep=lambda seconds: pending.pop(0)()))
+
+
+def printed_value(output: str, key: str) -> str:
+    return next(line.split(": ", 1)[1] for line in output.splitlines() if line.startswith(f"{key}: "))
+
+
+def test_submit_prints_the_request_id_and_status_url(api_server, csv_file, capsys):
+    server = api_server()
+    assert cli.main(["submit", str(csv_file), "--api", server.url]) == 0
+    out = capsys.readouterr().out
+    request_id = printed_value(out, "request_id")
+    assert printed_value(out, "status_url") == f"{server.url}/requests/{request_id}"
+    row = server.store.get_request(request_id)
+    assert (row["status"], row["source"], row["file_name"]) == ("queued", "api", "products.csv")
+
+
+def test_submit_sends_token_webhook_and_idempotency_key(api_server, csv_file, capsys, monkeypatch):
+    server = api_server(IMGPIPE_API_TOKEN="s3cret")
+    assert cli.main(["submit", str(csv_file), "--api", server.url]) == 1
+    assert "401" in capsys.readouterr().err
+
+    monkeypatch.setenv("IMGPIPE_API_TOKEN", "s3cret")
+    args = ["submit", str(csv_file), "--api", server.url, "--webhook-url", "https://hooks.example.com/x",
+            "--idempotency-key", "k1"]
+    assert cli.main(args) == 0
+    first = printed_value(capsys.readouterr().out, "request_id")
+    assert cli.main(args) == 0
+    assert printed_value(capsys.readouterr().out, "request_id") == first
+    assert server.store.get_request(first)["webhook_url"] == "https://hooks.example.com/x"
+
+
+def test_submit_of_an_invalid_csv_prints_every_problem_and_exits_2(api_server, tmp_path, capsys):
+    server = api_server()
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"S. No.,Product Name,Input Image Urls\n1,,https://e.com/a.jpg\n2,Shoe,ftp://e.com/b.jpg\n")
+    assert cli.main(["submit", str(bad), "--api", server.url]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{bad}: row 2, column Product Name: product name is empty",
+        f"{bad}: row 3, column Input Image Urls: URL 'ftp://e.com/b.jpg' is not an absolute http(s) URL",
+    ]
+
+
+def test_submit_without_a_reachable_api_exits_1(csv_file, capsys):
+    assert cli.main(["submit", str(csv_file), "--api", "http://127.0.0.1:9"]) == 1
+    assert "cannot talk to the API" in capsys.readouterr().err
+
+
+def test_submit_wait_shows_progress_until_the_request_ends(api_server, csv_file, capsys, monkeypatch):
+    server = api_server()
+    store, settings = server.store, server.settings
+    started = []
+
+    def start():
+        request_id = store.queued_requests()[0]["request_id"]
+        started.append(request_id)
+        store.start_processing(request_id, "run-1", MANIFEST)
+        store.record_results(request_id, [ImageResult("https://e.com/a.jpg", "compressed")])
+
+    def finish():
+        request_id = started[0]
+        store.record_results(request_id, [
+            ImageResult("https://e.com/b.jpg", "compressed"), ImageResult("https://e.com/c.jpg", "failed")])
+        (settings.outputs_dir / f"{request_id}.csv").write_text("S. No.\n")
+        store.finish_request(request_id, "completed_with_errors")
+
+    fake_pipeline(monkeypatch, start, finish)
+    assert cli.main(["submit", str(csv_file), "--api", server.url, "--wait"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"[{'.' * 30}] 0/0 images (0 failed)",
+        f"[{'#' * 10}{'.' * 20}] 1/3 images (0 failed)",
+        f"[{'#' * 30}] 3/3 images (1 failed)",
+    ]
+    assert "1 image(s) failed" in captured.out
+    assert printed_value(captured.out, "output_csv_url").endswith("/output.csv")
+
+
+def seed_finished_request(store: DuckDBStatusStore, request_id: str) -> None:
+    store.create_request(request_id, source="folder", file_name="products.csv", webhook_url=None)
+    store.start_processing(request_id, "run-1", MANIFEST)
+    store.record_results(request_id, [
+        ImageResult("https://e.com/a.jpg", "compressed"), ImageResult("https://e.com/b.jpg", "compressed"),
+        ImageResult("https://e.com/c.jpg", "failed", error="HTTP 404"),
+    ])
+    store.finish_request(request_id, "completed_with_errors")
+
+
+def test_retry_requeues_what_is_not_compressed(home_store, capsys):
+    seed_finished_request(home_store, "r1")
+    generation = home_store.get_request("r1")["generation"]
+    assert cli.main(["retry", "r1"]) == 0
+    assert "1 image(s) of request r1 will be processed again" in capsys.readouterr().out
+    row = home_store.get_request("r1")
+    assert (row["status"], row["generation"]) == ("queued", generation + 1)
+    assert [i["status"] for i in home_store.images("r1")] == ["compressed", "compressed", "pending"]
+
+
+def test_retry_wait_exits_1_when_the_request_fails(home_store, capsys, monkeypatch):
+    seed_finished_request(home_store, "r1")
+    fake_pipeline(monkeypatch, lambda: home_store.finish_request("r1", "failed", "the run crashed"))
+    assert cli.main(["retry", "r1", "--wait"]) == 1
+    err = capsys.readouterr().err
+    assert "request r1 failed" in err and "the run crashed" in err
+
+
+def test_retry_of_an_unknown_or_rejected_request_exits_2(home_store, capsys):
+    assert cli.main(["retry", "nope"]) == 2
+    assert "no request nope" in capsys.readouterr().err
+    home_store.record_rejected("bad", source="folder", file_name="x.csv", webhook_url=None,
+                               errors=[{"row": 2, "column": "Product Name", "message": "product name is empty"}])
+    assert cli.main(["retry", "bad"]) == 2
+    assert "rejected" in capsys.readouterr().err
+
+
+def test_status_prints_what_the_api_answers(api_server, capsys, monkeypatch):
+    server = api_server()
+    request_id = requests.post(f"{server.url}/requests", data=CSV, headers={"Content-Type": "text/csv"},
+                               timeout=10).json()["request_id"]
+    monkeypatch.setenv("IMGPIPE_HOME", str(server.settings.home))
+    monkeypatch.setenv("IMGPIPE_PUBLIC_BASE_URL", server.url)
+    assert cli.main(["status", request_id]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == requests.get(f"{server.url}/requests/{request_id}", timeout=10).json()
+    assert cli.main(["status", "nope"]) == 2
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_redraws_on_a_terminal_and_logs_tenths_otherwise():
+    def counts(done: int) -> dict:
+        return {"total": 100, "pending": 100 - done, "processing": 0, "compressed": done, "failed": 0}
+
+    log = io.StringIO()
+    bar = cli.ProgressBar(log)
+    for done in range(101):
+        bar.draw(counts(done))
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 11
+    assert lines[4] == f"[{'#' * 12}{'.' * 18}] 40/100 images (0 failed)"
+
+    terminal = Terminal()
+    bar = cli.ProgressBar(terminal)
+    bar.draw(counts(45))
+    bar.draw(counts(46))
+    bar.finish()
+    assert terminal.getvalue() == (f"\r[{'#' * 13}{'.' * 17}] 45/100 images (0 failed)"
+                                   f"\r[{'#' * 13}{'.' * 17}] 46/100 images (0 failed)\n")

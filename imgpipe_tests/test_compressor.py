@@ -1,0 +1,123 @@
+"""Compression in a child process per image: same result as in-process, and every failure stays in the child.
+
+Some tests replace `compressor.compress_image` with monkeypatch: the child is forked after the patch, so it
+runs the replacement, which is how a hang or a crash inside a decoder is staged here.
+"""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imgpipe import compressor
+from imgpipe.compressor import MIB, compress_isolated
+from imgpipe.image_policy import compress_image
+
+LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}
+GENEROUS = {"timeout": 60.0, "memory_bytes": 2048 * MIB}
+
+
+def jpeg(size: tuple[int, int] = (320, 240), quality: int = 80, seed: int = 0) -> bytes:
+    image = Image.merge(
+        "RGB",
+        (Image.linear_gradient("L").resize(size), Image.effect_noise(size, 30 + seed), Image.new("L", size, seed)),
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def assert_reaped(pid: int) -> None:
+    assert not Path(f"/proc/{pid}").exists(), f"child {pid} is still there (a zombie?)"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_result_is_the_in_process_result_made_in_another_process():
+    data = jpeg()
+
+    outcome = compress_isolated(data, **LIMITS, **GENEROUS)
+
+    assert (outcome.ok, outcome.error) == (True, None)
+    assert outcome.image == compress_image(data, **LIMITS)
+    assert outcome.pid != os.getpid()
+    assert_reaped(outcome.pid)
+
+
+def test_rejected_image_comes_back_with_its_reason():
+    outcome = compress_isolated(b"not an image at all", **LIMITS, **GENEROUS)
+
+    assert (outcome.ok, outcome.image) == (False, None)
+    assert outcome.error == "not an image (unrecognised format)"
+
+
+def test_unexpected_error_in_the_child_is_reported(monkeypatch):
+    def broken(data, **limits):
+        raise RuntimeError("decoder bug")
+
+    monkeypatch.setattr(compressor, "compress_image", broken)
+
+    outcome = compress_isolated(jpeg(), **LIMITS, **GENEROUS)
+
+    assert (outcome.ok, outcome.error) == (False, "compression failed: RuntimeError: decoder bug")
+    assert_reaped(outcome.pid)
+
+
+def test_hung_child_is_killed_at_the_timeout(monkeypatch):
+    monkeypatch.setattr(compressor, "compress_image", lambda data, **limits: time.sleep(60))
+
+    started = time.monotonic()
+    outcome = compress_isolated(jpeg(), **LIMITS, timeout=0.5, memory_bytes=2048 * MIB)
+
+    assert time.monotonic() - started < 5
+    assert (outcome.ok, outcome.error) == (False, "compression took longer than 0.5 s")
+    assert_reaped(outcome.pid)
+
+
+@pytest.mark.parametrize(
+    ("end_child", "error"),
+    [
+        # As the kernel's OOM killer would; SIGKILL, not a segfault, keeps faulthandler's report out of the log.
+        (lambda: os.kill(os.getpid(), signal.SIGKILL), "compression process died (signal 9)"),
+        (lambda: os._exit(3), "compression process died (exit code 3)"),
+    ],
+    ids=["killed", "exited"],
+)
+def test_child_that_ends_without_answering_fails_only_its_image(monkeypatch, end_child, error):
+    monkeypatch.setattr(compressor, "compress_image", lambda data, **limits: end_child())
+
+    outcome = compress_isolated(jpeg(), **LIMITS, **GENEROUS)
+
+    assert (outcome.ok, outcome.error) == (False, error)
+    assert_reaped(outcome.pid)
+
+
+def test_memory_cap_fails_a_large_image_and_not_the_parent():
+    # 24 megapixels decode to about 96 MB, far beyond a 16 MiB allowance.
+    large = jpeg(size=(6000, 4000), quality=50)
+
+    outcome = compress_isolated(large, **LIMITS, timeout=60.0, memory_bytes=16 * MIB)
+
+    assert not outcome.ok
+    assert outcome.error == "out of memory: the image needs more than 16 MiB"
+    assert_reaped(outcome.pid)
+    assert compress_isolated(jpeg(), **LIMITS, **GENEROUS).ok  # the parent carries on
+
+
+def test_concurrent_calls_from_eight_threads_all_succeed():
+    images = [jpeg(seed=seed) for seed in range(16)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(lambda data: compress_isolated(data, **LIMITS, **GENEROUS), images))
+
+    assert [outcome.error for outcome in outcomes] == [None] * len(images)
+    assert [outcome.image for outcome in outcomes] == [compress_image(data, **LIMITS) for data in images]
+    assert len({outcome.pid for outcome in outcomes}) == len(images)
+    for outcome in outcomes:
+        assert_reaped(outcome.pid)

@@ -1,0 +1,317 @@
+"""The image policy of contract section 9, per input format and mode, on images generated here."""
+from __future__ import annotations
+
+import io
+import random
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageCms, ImageFile, JpegImagePlugin, features
+
+from imgpipe.image_policy import CompressedImage, ImageRejected, compress_image
+from imgpipe.quality import estimate_jpeg_quality
+
+LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}
+SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+GHOSTSCRIPT_CMYK_PROFILE = Path("/usr/share/color/icc/ghostscript/default_cmyk.icc")
+RED, BLUE = (220, 30, 30), (30, 30, 220)
+
+
+def photo_like(size: tuple[int, int] = (96, 64)) -> Image.Image:
+    """Gradients plus noise, so that a JPEG's quality shows in its tables and its bytes."""
+    return Image.merge(
+        "RGB",
+        (
+            Image.linear_gradient("L").resize(size),
+            Image.effect_noise(size, 40),
+            Image.radial_gradient("L").resize(size),
+        ),
+    )
+
+
+def encode(image: Image.Image, image_format: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **params)
+    return buffer.getvalue()
+
+
+def decoded(result: CompressedImage) -> Image.Image:
+    image = Image.open(io.BytesIO(result.data))
+    image.load()
+    return image
+
+
+def with_transparent_pixel(mode: str) -> Image.Image:
+    image = photo_like().convert(mode)
+    image.putpixel((0, 0), (0, 0) if mode == "LA" else (0, 0, 0, 0))
+    return image
+
+
+def channel_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+# ---- JPEG input ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("quality_in", "quality_out"), [(20, 10), (60, 30), (90, 45)])
+def test_jpeg_is_written_at_half_its_estimated_quality(quality_in, quality_out):
+    result = compress_image(encode(photo_like(), "JPEG", quality=quality_in), **LIMITS)
+
+    assert (result.quality_in, result.quality_out) == (quality_in, quality_out)
+    assert (result.format, result.extension, result.input_format) == ("JPEG", ".jpg", "JPEG")
+    assert (result.width, result.height) == (96, 64)
+    with decoded(result) as output:
+        assert output.format == "JPEG"
+        assert estimate_jpeg_quality(output.quantization) == quality_out
+
+
+@pytest.mark.skipif(shutil.which("identify") is None, reason="ImageMagick's identify is not installed")
+@pytest.mark.parametrize(("quality_in", "quality_out"), [(20, 10), (60, 30), (90, 45)])
+def test_imagemagick_agrees_on_the_output_quality(tmp_path, quality_in, quality_out):
+    result = compress_image(encode(photo_like(), "JPEG", quality=quality_in), **LIMITS)
+    path = tmp_path / "output.jpg"
+    path.write_bytes(result.data)
+
+    identified = subprocess.run(["identify", "-format", "%Q", str(path)], capture_output=True, text=True, check=True)
+
+    assert abs(int(identified.stdout) - quality_out) <= 1
+
+
+@pytest.mark.parametrize(("subsampling", "name"), [(0, "4:4:4"), (1, "4:2:2"), (2, "4:2:0")])
+def test_chroma_subsampling_is_kept_also_through_a_rotation(subsampling, name):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate, so the output is a new image and not the decoded JPEG
+    data = encode(photo_like(), "JPEG", quality=80, subsampling=subsampling, exif=exif)
+
+    with decoded(compress_image(data, **LIMITS)) as output:
+        assert output.size == (64, 96)
+        assert JpegImagePlugin.get_sampling(output) == subsampling, name
+
+
+def test_exif_orientation_is_applied_then_every_metadata_but_the_profile_is_dropped():
+    image = Image.new("RGB", (60, 40), RED)
+    image.paste(BLUE, (30, 0, 60, 40))  # left half red, right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: show rotated 90 degrees clockwise
+    exif[0x010F] = "Camera Maker"
+    exif.get_ifd(0x8825)[2] = (48.0, 51.0, 29.0)  # GPS latitude
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+    data = encode(image, "JPEG", quality=90, exif=exif, xmp=xmp, icc_profile=SRGB_PROFILE, comment=b"secret note")
+
+    result = compress_image(data, **LIMITS)
+
+    assert (result.width, result.height) == (40, 60)
+    with decoded(result) as output:
+        assert output.size == (40, 60)
+        # Turned clockwise, the left (red) half is now on top.
+        assert channel_distance(output.getpixel((20, 5)), RED) < 40
+        assert channel_distance(output.getpixel((20, 55)), BLUE) < 40
+        assert len(output.getexif()) == 0
+        assert "exif" not in output.info and "xmp" not in output.info and "comment" not in output.info
+        assert output.info["icc_profile"] == SRGB_PROFILE
+    for leak in (b"Exif", b"Camera Maker", b"xmpmeta", b"secret note"):
+        assert leak not in result.data
+
+
+def test_cmyk_jpeg_without_profile_becomes_rgb():
+    data = encode(Image.new("CMYK", (32, 32), (255, 0, 0, 0)), "JPEG", quality=90)  # pure cyan
+
+    with decoded(compress_image(data, **LIMITS)) as output:
+        assert output.mode == "RGB"
+        assert channel_distance(output.getpixel((16, 16)), (0, 255, 255)) < 12
+        assert "icc_profile" not in output.info
+
+
+@pytest.mark.skipif(not GHOSTSCRIPT_CMYK_PROFILE.exists(), reason="no CMYK ICC profile (ghostscript's) on this machine")
+def test_cmyk_jpeg_is_converted_through_its_profile_and_tagged_srgb():
+    cmyk_profile = GHOSTSCRIPT_CMYK_PROFILE.read_bytes()
+    cyan = Image.new("CMYK", (32, 32), (255, 0, 0, 0))
+    expected = ImageCms.profileToProfile(
+        cyan, ImageCms.ImageCmsProfile(io.BytesIO(cmyk_profile)), ImageCms.createProfile("sRGB"), outputMode="RGB"
+    ).getpixel((0, 0))
+    assert channel_distance(expected, (0, 255, 255)) > 30  # else the test could not tell the two paths apart
+
+    data = encode(cyan, "JPEG", quality=90, icc_profile=cmyk_profile)
+    with decoded(compress_image(data, **LIMITS)) as output:
+        assert output.mode == "RGB"
+        assert channel_distance(output.getpixel((16, 16)), expected) < 12
+        assert output.info["icc_profile"] == SRGB_PROFILE
+
+
+def test_mpo_is_compressed_from_its_first_frame():
+    first, second = Image.new("RGB", (48, 32), RED), Image.new("RGB", (48, 32), BLUE)
+    data = encode(first, "MPO", save_all=True, append_images=[second], quality=80)
+
+    result = compress_image(data, **LIMITS)
+
+    assert (result.input_format, result.format, result.quality_in, result.quality_out) == ("MPO", "JPEG", 80, 40)
+    with decoded(result) as output:
+        assert channel_distance(output.getpixel((24, 16)), RED) < 12
+
+
+# ---- lossless and unreadable-quality input --------------------------------------------------------------
+
+def palette_with_transparency() -> bytes:
+    image = photo_like().convert("P")
+    image.putpixel((0, 0), 7)
+    return encode(image, "PNG", transparency=7)
+
+
+def rgb_with_colour_key() -> bytes:
+    image = photo_like()
+    image.putpixel((0, 0), (1, 2, 3))
+    return encode(image, "PNG", transparency=(1, 2, 3))  # tRNS: this one colour is transparent
+
+
+NO_AVIF = pytest.mark.skipif(not features.check("avif"), reason="this Pillow build has no AVIF support")
+LOSSLESS_CASES = [
+    pytest.param(lambda: encode(photo_like(), "PNG"), "PNG", "JPEG", id="opaque RGB PNG"),
+    pytest.param(lambda: encode(photo_like().convert("RGBA"), "PNG"), "PNG", "JPEG", id="RGBA PNG all opaque"),
+    pytest.param(lambda: encode(with_transparent_pixel("RGBA"), "PNG"), "PNG", "WEBP", id="RGBA PNG transparent"),
+    pytest.param(lambda: encode(with_transparent_pixel("LA"), "PNG"), "PNG", "WEBP", id="LA PNG transparent"),
+    pytest.param(palette_with_transparency, "PNG", "WEBP", id="palette PNG transparent"),
+    pytest.param(lambda: encode(photo_like().convert("P"), "PNG"), "PNG", "JPEG", id="palette PNG opaque"),
+    pytest.param(rgb_with_colour_key, "PNG", "WEBP", id="RGB PNG with a transparent colour"),
+    pytest.param(lambda: encode(photo_like().convert("1"), "PNG"), "PNG", "JPEG", id="1-bit PNG"),
+    pytest.param(lambda: encode(photo_like(), "GIF"), "GIF", "JPEG", id="still GIF"),
+    pytest.param(lambda: encode(photo_like(), "BMP"), "BMP", "JPEG", id="BMP"),
+    pytest.param(lambda: encode(photo_like(), "TIFF"), "TIFF", "JPEG", id="TIFF"),
+    pytest.param(lambda: encode(photo_like().convert("CMYK"), "TIFF"), "TIFF", "JPEG", id="CMYK TIFF"),
+    pytest.param(lambda: encode(photo_like(), "WEBP", quality=30), "WEBP", "JPEG", id="lossy WebP"),
+    pytest.param(
+        lambda: encode(with_transparent_pixel("RGBA"), "WEBP", quality=30), "WEBP", "WEBP", id="WebP with alpha"
+    ),
+    pytest.param(lambda: encode(photo_like(), "AVIF", quality=30), "AVIF", "JPEG", id="AVIF", marks=NO_AVIF),
+]
+
+
+@pytest.mark.parametrize(("make", "input_format", "output_format"), LOSSLESS_CASES)
+def test_input_without_readable_quality_counts_as_100_and_is_written_at_50(make, input_format, output_format):
+    result = compress_image(make(), **LIMITS)
+
+    assert (result.input_format, result.quality_in, result.quality_out) == (input_format, 100, 50)
+    assert (result.format, result.extension) == (output_format, {"JPEG": ".jpg", "WEBP": ".webp"}[output_format])
+    assert (result.width, result.height) == (96, 64)
+    with decoded(result) as output:
+        assert output.format == output_format
+        if output_format == "JPEG":
+            assert estimate_jpeg_quality(output.quantization) == 50
+        else:
+            assert output.mode == "RGBA"
+            assert output.getpixel((0, 0))[3] == 0  # the transparent pixel stayed transparent
+
+
+def test_icc_profile_is_kept_on_webp_output():
+    data = encode(with_transparent_pixel("RGBA"), "PNG", icc_profile=SRGB_PROFILE)
+
+    result = compress_image(data, **LIMITS)
+
+    assert result.format == "WEBP"
+    with decoded(result) as output:
+        assert output.info["icc_profile"] == SRGB_PROFILE
+
+
+def test_16_bit_grayscale_png_keeps_its_tones():
+    # A left-to-right ramp over the full 16-bit range; clipped to 8 bits it would be all white.
+    ramp = Image.linear_gradient("L").rotate(90).resize((256, 16)).convert("I").point(lambda v: v * 257)
+    data = encode(ramp.convert("I;16"), "PNG")
+    with Image.open(io.BytesIO(data)) as source:
+        assert source.mode == "I;16"
+
+    with decoded(compress_image(data, **LIMITS)) as output:
+        assert output.mode == "L"
+        left, middle, right = (output.getpixel((x, 8)) for x in (4, 128, 251))
+        assert left < 20 and 100 < middle < 156 and right > 235
+
+
+@pytest.mark.parametrize("input_format", ["GIF", "PNG", "WEBP"])
+def test_animation_becomes_animated_webp_with_every_frame_and_its_timing(input_format):
+    colours = [RED, BLUE, (30, 220, 30), (240, 240, 30)]
+    frames = [Image.new("RGB", (40, 30), colour) for colour in colours]
+    durations = [100, 200, 300, 400]
+    data = encode(frames[0], input_format, save_all=True, append_images=frames[1:], duration=durations, loop=2)
+
+    result = compress_image(data, **LIMITS)
+
+    assert (result.format, result.extension, result.quality_in, result.quality_out) == ("WEBP", ".webp", 100, 50)
+    assert result.input_format == input_format
+    with Image.open(io.BytesIO(result.data)) as output:
+        assert output.n_frames == 4
+        assert output.info["loop"] == 2
+        for index, (colour, duration) in enumerate(zip(colours, durations, strict=True)):
+            output.seek(index)
+            output.load()  # a WebP frame's duration is known once it is read
+            assert output.info["duration"] == duration
+            assert channel_distance(output.convert("RGB").getpixel((20, 15)), colour) < 24
+
+
+# ---- rejected input --------------------------------------------------------------------------------------
+
+def black_1bit_png(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of the given size: all black, so it compresses to almost nothing."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte, then the packed pixels
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def decoding_forbidden(monkeypatch):
+    def refuse(self):
+        raise AssertionError("the image was decoded although its header was enough to reject it")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((8000, 8000), "image is 64.0 megapixels, the limit is 50"),
+        ((20000, 20000), "image is over 179.0 megapixels, the limit is 50"),  # past Pillow's own bomb check
+    ],
+)
+def test_pixel_bomb_is_rejected_from_its_header(decoding_forbidden, size, message):
+    data = black_1bit_png(*size)
+    assert len(data) < 200_000
+
+    with pytest.raises(ImageRejected) as rejected:
+        compress_image(data, **LIMITS)
+    assert str(rejected.value) == message
+
+
+def test_too_many_frames_is_rejected():
+    frames = [Image.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(5)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+
+    with pytest.raises(ImageRejected, match="^animation has 5 frames, the limit is 3$"):
+        compress_image(data, max_pixels=50_000_000, max_frames=3)
+
+
+def test_truncated_jpeg_is_rejected():
+    data = encode(photo_like((400, 300)), "JPEG", quality=90)
+
+    with pytest.raises(ImageRejected, match="^corrupt or truncated image: "):
+        compress_image(data[: len(data) // 2], **LIMITS)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        random.Random(7).randbytes(4096),
+        b"",
+        b"<html><body>Not found</body></html>",
+        encode(photo_like((32, 32)), "ICO"),  # an image, but not a format the pipeline accepts
+    ],
+    ids=["random bytes", "empty", "html", "ico"],
+)
+def test_data_that_is_not_a_supported_image_is_rejected(data):
+    with pytest.raises(ImageRejected, match=r"^not an image \(unrecognised format\)$"):
+        compress_image(data, **LIMITS)

@@ -1,0 +1,172 @@
+"""End to end through Dagster: a real instance, the multiprocess executor, a real HTTP server, real DuckDB."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import uuid
+
+import pytest
+from dagster import DagsterInstance, execute_job, instance_for_test, reconstructable
+from PIL import Image
+
+from imgpipe.definitions import resolved_process_request_job
+from imgpipe.intake import Intake
+from imgpipe.quality import estimate_jpeg_quality
+from imgpipe.settings import Settings
+from imgpipe.signing import verify
+from imgpipe.status_store import DuckDBStatusStore
+from imgpipe_tests.conftest import WEBHOOK_SECRET
+from imgpipe_tests.servers import save_jpeg
+
+HEADER = ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
+
+
+@pytest.fixture(scope="module")
+def instance():
+    with instance_for_test() as instance:
+        yield instance
+
+
+def submit(settings: Settings, csv_text: str, name: str, webhook_url: str | None = None) -> str:
+    settings.ensure_folders()
+    if webhook_url:
+        (settings.inbox / f"{name.rsplit('.', 1)[0]}.json").write_text(json.dumps({"webhook_url": webhook_url}))
+    (settings.inbox / name).write_text(csv_text)
+    store = DuckDBStatusStore(settings.db_path)
+    [result] = [r for r in Intake(settings, store).take_inbox() if r.file_name == name]
+    assert result.accepted, result.errors
+    return result.request_id
+
+
+def run(instance: DagsterInstance, request_id: str):
+    instance.add_dynamic_partitions("requests", [request_id])
+    with execute_job(reconstructable(resolved_process_request_job), instance=instance,
+                     tags={"dagster/partition": request_id}) as result:
+        return result.success, [e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"]
+
+
+def csv_for(rows: list[list[str]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
+    for serial, row in enumerate(rows, 1):
+        writer.writerow([serial, f"Product {serial}", ", ".join(row)])
+    return out.getvalue()
+
+
+def read_output(settings: Settings, request_id: str) -> list[list[str]]:
+    with open(settings.outputs_dir / f"{request_id}.csv", newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def slots_of(cell: str) -> list[str]:
+    return [u.strip() for u in cell.split(",")]
+
+
+def test_mixed_request_ends_completed_with_errors_and_aligned(instance, image_server, image_root):
+    settings = Settings.from_env()
+    folder = uuid.uuid4().hex[:8]
+    for i in range(8):
+        save_jpeg(image_root / folder / f"{i}.jpg", quality=60 + i * 4, seed=i)
+    urls = [image_server.url(f"img/{folder}/{i}.jpg") for i in range(8)]
+    rows = [urls[0:3], [urls[3], image_server.url(f"status/404/{folder}"), urls[4]], urls[5:8]]
+    request_id = submit(settings, csv_for(rows), f"mixed-{folder}.csv")
+
+    ok, steps = run(instance, request_id)
+
+    assert ok
+    store = DuckDBStatusStore(settings.db_path)
+    request = store.get_request(request_id)
+    assert request["status"] == "completed_with_errors"
+    assert request["completed_at"] is not None and request["total_images"] == 9
+    images = store.images(request_id)
+    assert [i["status"] for i in images].count("compressed") == 8
+    [failed] = [i for i in images if i["status"] == "failed"]
+    assert (failed["serial"], failed["position"]) == ("2", 2) and "404" in failed["error"]
+    for image in images:
+        if image["status"] == "compressed":
+            assert 0 < image["bytes_out"] < image["bytes_in"]
+            assert image["quality_out"] == max(1, round(image["quality_in"] / 2))
+            assert Image.open(image["output_path"]).format == "JPEG"
+    output = read_output(settings, request_id)
+    assert output[0] == HEADER
+    assert [r[0] for r in output[1:]] == ["1", "2", "3"]
+    assert [slots_of(r[2]) for r in output[1:]] == rows
+    outputs = [slots_of(r[3]) for r in output[1:]]
+    assert [len(s) for s in outputs] == [3, 3, 3]
+    assert outputs[1][1] == "" and all(u.startswith("http://127.0.0.1:8000/images/") for u in outputs[0])
+    # Nine images stay a handful of steps: upload_manifest, plan, one batch, summarize, output_csv.
+    assert len(steps) <= 6, steps
+
+
+def test_jpeg_quality_halved_and_identify_agrees(instance, image_server, image_root):
+    settings = Settings.from_env()
+    folder = uuid.uuid4().hex[:8]
+    for q in (20, 60, 90):
+        save_jpeg(image_root / folder / f"q{q}.jpg", quality=q, seed=q)
+    request_id = submit(settings, csv_for([[image_server.url(f"img/{folder}/q{q}.jpg")] for q in (20, 60, 90)]),
+                        f"quality-{folder}.csv")
+
+    ok, _ = run(instance, request_id)
+
+    assert ok
+    images = DuckDBStatusStore(settings.db_path).images(request_id)
+    assert [(i["quality_in"], i["quality_out"]) for i in images] == [(20, 10), (60, 30), (90, 45)]
+    for image in images:
+        with Image.open(image["output_path"]) as out:
+            assert estimate_jpeg_quality(out.quantization) == image["quality_out"]
+    if shutil.which("identify") is None:
+        pytest.skip("ImageMagick's identify is not installed (make test installs it where it can)")
+    for image in images:
+        q = int(subprocess.run(["identify", "-format", "%Q", image["output_path"]], capture_output=True,
+                               text=True, check=True).stdout)
+        assert abs(q - image["quality_out"]) <= 1
+
+
+def test_repeated_url_is_fetched_once_and_fills_every_slot(instance, image_server, image_root, webhook_receiver):
+    settings = Settings.from_env()
+    folder = uuid.uuid4().hex[:8]
+    save_jpeg(image_root / folder / "same.jpg", quality=80)
+    same = image_server.url(f"img/{folder}/same.jpg")
+    request_id = submit(settings, csv_for([[same], [same, same]]), f"repeat-{folder}.csv",
+                        webhook_url=webhook_receiver.url("repeat"))
+
+    ok, _ = run(instance, request_id)
+
+    assert ok
+    assert image_server.hits_for(f"img/{folder}/same.jpg") == 1
+    output = read_output(settings, request_id)
+    cells = [slots_of(r[3]) for r in output[1:]]
+    assert len({u for cell in cells for u in cell}) == 1 and [len(c) for c in cells] == [1, 2]
+    [call] = webhook_receiver.calls_to("repeat")
+    assert verify(WEBHOOK_SECRET, call["headers"], call["body"])
+    body = json.loads(call["body"])
+    assert body["type"] == "request.completed" and body["request_id"] == request_id
+    assert body["status"] == "completed" and body["counts"]["compressed"] == 3
+    [delivery] = DuckDBStatusStore(settings.db_path).webhook_deliveries(request_id)
+    assert delivery["status_code"] == 200 and delivery["attempt"] == 1
+
+
+def test_retry_redoes_only_failed_images(instance, image_server, image_root):
+    settings = Settings.from_env()
+    folder = uuid.uuid4().hex[:8]
+    for name in ("a", "b", "c"):
+        save_jpeg(image_root / folder / f"{name}.jpg", quality=75)
+    urls = [image_server.url(f"img/{folder}/a.jpg"), image_server.url(f"flaky/1/{folder}/b.jpg"),
+            image_server.url(f"flaky/1/{folder}/c.jpg")]
+    request_id = submit(settings, csv_for([urls]), f"retry-{folder}.csv")
+    store = DuckDBStatusStore(settings.db_path)
+
+    assert run(instance, request_id)[0]
+    assert store.get_request(request_id)["status"] == "completed_with_errors"
+    assert store.requeue_for_retry(request_id) == 2
+    assert run(instance, request_id)[0]
+
+    assert store.get_request(request_id)["status"] == "completed"
+    assert image_server.hits_for(f"img/{folder}/a.jpg") == 1
+    assert image_server.hits_for(f"flaky/1/{folder}/b.jpg") == 2
+    assert len(store.images(request_id)) == 3
+    assert all(slots_of(read_output(settings, request_id)[1][3]))

@@ -1,0 +1,88 @@
+"""JPEG quality estimation against files Pillow (libjpeg) writes, and the halving rule."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from imgpipe.quality import (
+    CHROMINANCE_TABLE,
+    LUMINANCE_TABLE,
+    estimate_jpeg_quality,
+    ijg_tables,
+    output_quality,
+)
+
+
+def photo_like(size: tuple[int, int] = (64, 48)) -> Image.Image:
+    """Gradients plus noise: every quantization step matters, as in a photograph."""
+    return Image.merge(
+        "RGB",
+        (
+            Image.linear_gradient("L").resize(size),
+            Image.effect_noise(size, 40),
+            Image.radial_gradient("L").resize(size),
+        ),
+    )
+
+
+def saved_tables(image: Image.Image, quality: int) -> dict[int, list[int]]:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    with Image.open(buffer) as saved:
+        return saved.quantization
+
+
+def test_quality_50_is_the_unscaled_annex_k_tables():
+    assert ijg_tables(50) == (LUMINANCE_TABLE, CHROMINANCE_TABLE)
+
+
+def test_tables_match_what_pillow_writes_in_natural_order():
+    image = photo_like()
+    mismatched = []
+    for quality in range(1, 101):
+        tables = saved_tables(image, quality)
+        if (tuple(tables[0]), tuple(tables[1])) != ijg_tables(quality):
+            mismatched.append(quality)
+    assert mismatched == []
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_estimate_recovers_every_quality_pillow_writes(mode):
+    image = photo_like().convert(mode)
+    wrong = {}
+    for quality in range(1, 101):
+        tables = saved_tables(image, quality)
+        assert len(tables) == (2 if mode == "RGB" else 1)
+        estimate = estimate_jpeg_quality(tables)
+        if estimate != quality:
+            wrong[quality] = estimate
+    assert wrong == {}
+
+
+def test_non_ijg_tables_give_the_closest_quality():
+    luminance, chrominance = ijg_tables(75)
+    # Another encoder's tables: close to IJG 75, but not equal to any IJG table.
+    tweaked = {0: [v + (1 if i % 3 == 0 else 0) for i, v in enumerate(luminance)], 1: list(chrominance)}
+    assert tweaked[0] not in [list(ijg_tables(q)[0]) for q in range(1, 101)]
+    assert estimate_jpeg_quality(tweaked) == 75
+
+
+def test_tables_without_luminance_are_refused():
+    with pytest.raises(ValueError, match="luminance"):
+        estimate_jpeg_quality({1: list(CHROMINANCE_TABLE)})
+
+
+@pytest.mark.parametrize("quality", [0, 101])
+def test_ijg_tables_refuse_qualities_outside_1_to_100(quality):
+    with pytest.raises(ValueError):
+        ijg_tables(quality)
+
+
+@pytest.mark.parametrize(
+    ("quality_in", "allowed"),
+    [(1, {1}), (2, {1}), (3, {1, 2}), (20, {10}), (60, {30}), (90, {45}), (99, {49, 50}), (100, {50})],
+)
+def test_output_quality_is_half_the_input_and_at_least_1(quality_in, allowed):
+    assert output_quality(quality_in) in allowed
