@@ -20,8 +20,7 @@ from multiprocessing.connection import Connection
 from typing import NoReturn
 
 from imgpipe.image_policy import CompressedImage, ImageRejected, compress_image
-
-MIB = 1024 * 1024
+from imgpipe.settings import MIB
 
 # Held from creating a pipe until the parent has closed its copy of the write end, so that no child forked
 # by another thread inherits that copy: it would keep the pipe open, and the parent would not see the end of
@@ -56,8 +55,8 @@ def compress_isolated(
                 answer = receiver.recv()
             else:
                 timed_out = True
-    except EOFError:
-        pass  # the child ended without answering
+    except (EOFError, OSError):
+        pass  # the child ended without answering, or part way through its answer
     finally:
         # Ends a child that overran its time; one that has answered is only exiting, and one that has died
         # (the end of file above) keeps the exit status it had.
@@ -86,7 +85,9 @@ def _run_child(
         os._exit(exit_code)
 
 
-def _compress_or_explain(data: bytes, max_pixels: int, max_frames: int, memory_bytes: int) -> CompressedImage | str:
+def _compress_or_explain(
+    data: bytes, max_pixels: int, max_frames: int, memory_bytes: int
+) -> CompressedImage | str:
     try:
         return compress_image(data, max_pixels=max_pixels, max_frames=max_frames)
     except ImageRejected as exc:

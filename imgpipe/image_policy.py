@@ -24,7 +24,7 @@ ANIMATION_FORMATS = frozenset({"GIF", "PNG", "WEBP", "AVIF"})
 # Lossless input, and lossy input whose quality cannot be read, counts as this quality.
 ASSUMED_QUALITY = 100
 
-# What Pillow raises for data it cannot decode; its own open() treats the last three as "not this format".
+# What Pillow raises for data it cannot decode (its own open() takes the last three for "not this format").
 _DECODE_ERRORS = (OSError, EOFError, ValueError, SyntaxError, IndexError, struct.error)
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
@@ -57,13 +57,20 @@ def compress_image(data: bytes, *, max_pixels: int, max_frames: int) -> Compress
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            # Opening reads only the header, so the size is checked before any pixel is decoded.
-            with Image.open(io.BytesIO(data), formats=READABLE_FORMATS) as source:
+            with _open(data) as source:
                 return _compress(source, max_pixels, max_frames)
-        except UnidentifiedImageError:
-            raise ImageRejected("not an image (unrecognised format)") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _beyond_pillow_limit(exc, max_pixels) from None
+
+
+def _open(data: bytes) -> ImageFile.ImageFile:
+    # Opening reads only the header, so the size is checked before any pixel is decoded.
+    try:
+        return Image.open(io.BytesIO(data), formats=READABLE_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (unrecognised format)") from None
+    except _DECODE_ERRORS as exc:
+        raise _corrupt(exc) from None
 
 
 def _compress(source: ImageFile.ImageFile, max_pixels: int, max_frames: int) -> CompressedImage:
@@ -77,7 +84,7 @@ def _compress(source: ImageFile.ImageFile, max_pixels: int, max_frames: int) -> 
             raise ImageRejected(f"animation has {frame_count} frames, the limit is {max_frames}")
         frames, durations, icc_profile = _decode(source, frame_count, max_pixels)
     except _DECODE_ERRORS as exc:
-        raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+        raise _corrupt(exc) from None
 
     quality_out = output_quality(quality_in)
     if frame_count == 1 and _is_opaque(frames[0]):
@@ -107,14 +114,20 @@ def _decode(
     them); the frames' durations; the ICC profile that came with the pixels."""
     frames, durations = [], []
     source_profile = icc_profile = source.info.get("icc_profile")
+    canvas = (0, 0, *source.size)
     for index in range(frame_count):
         source.seek(index)
-        _check_pixels(source.size, max_pixels)  # a GIF frame may grow the canvas beyond the header's size
+        # From the header, before decoding; for every frame, as a GIF frame may grow the canvas.
+        _check_pixels(source.size, max_pixels)
         source.load()
         frame, icc_profile = _normalise(source, source_profile)
         if frame_count > 1:
             # Also a copy of its own: the next seek overwrites `source`, and a GIF draws on the previous frame.
             frame = frame.convert("RGBA")
+            # WebP needs one size for all frames, but Pillow grows a GIF's canvas for a frame that lies partly
+            # outside it; such frames are cut to the canvas the header declares, as the GIF format intends.
+            if frame.size != canvas[2:]:
+                frame = frame.crop(canvas)
         ImageOps.exif_transpose(frame, in_place=True)
         frames.append(frame)
         durations.append(source.info.get("duration", 0))
@@ -198,6 +211,10 @@ def _profile_for(mode: str, icc_profile: bytes | None) -> bytes | None:
     except (OSError, ImageCms.PyCMSError):
         return None
     return icc_profile if space == _PROFILE_SPACES[mode] else None
+
+
+def _corrupt(exc: Exception) -> ImageRejected:
+    return ImageRejected(f"corrupt or truncated image: {exc}")
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:

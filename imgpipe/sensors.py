@@ -37,7 +37,7 @@ def inbox_sensor(context: SensorEvaluationContext, status_store: StatusStoreReso
         verdict = "accepted" if result.accepted else f"rejected ({len(result.errors)} problems)"
         context.log.info(f"{result.file_name} -> request {result.request_id}: {verdict}")
     queued = store.queued_requests()
-    known = set(context.instance.get_dynamic_partition_keys(requests_partitions.name)) if queued else set()
+    known = set(context.instance.get_dynamic_partitions(requests_partitions.name)) if queued else set()
     new_keys = [r["request_id"] for r in queued if r["request_id"] not in known]
     return SensorResult(
         run_requests=[

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from imgpipe import compressor
-from imgpipe.compressor import MIB, compress_isolated
+from imgpipe.compressor import compress_isolated
 from imgpipe.image_policy import compress_image
+from imgpipe.settings import MIB
 
 LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}
 GENEROUS = {"timeout": 60.0, "memory_bytes": 2048 * MIB}
@@ -99,13 +100,14 @@ def test_child_that_ends_without_answering_fails_only_its_image(monkeypatch, end
 
 
 def test_memory_cap_fails_a_large_image_and_not_the_parent():
-    # 24 megapixels decode to about 96 MB, far beyond a 16 MiB allowance.
-    large = jpeg(size=(6000, 4000), quality=50)
+    # 40 megapixels decode to 160 MB: far beyond the allowance, even with what the child inherits as free heap.
+    buffer = io.BytesIO()
+    Image.new("RGB", (8000, 5000), (40, 120, 200)).save(buffer, "JPEG", quality=50)
 
-    outcome = compress_isolated(large, **LIMITS, timeout=60.0, memory_bytes=16 * MIB)
+    outcome = compress_isolated(buffer.getvalue(), **LIMITS, timeout=60.0, memory_bytes=8 * MIB)
 
     assert not outcome.ok
-    assert outcome.error == "out of memory: the image needs more than 16 MiB"
+    assert outcome.error == "out of memory: the image needs more than 8 MiB"
     assert_reaped(outcome.pid)
     assert compress_isolated(jpeg(), **LIMITS, **GENEROUS).ok  # the parent carries on
 

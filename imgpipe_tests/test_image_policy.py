@@ -249,6 +249,36 @@ def test_animation_becomes_animated_webp_with_every_frame_and_its_timing(input_f
             assert channel_distance(output.convert("RGB").getpixel((20, 15)), colour) < 24
 
 
+def gif_with_a_frame_beyond_its_canvas() -> bytes:
+    """A 20x20 GIF whose second frame is 30x30: invalid, but found in the wild, and Pillow reads it."""
+    palette = [*RED, *BLUE]
+
+    def screen_and_frame(size: tuple[int, int]) -> tuple[bytes, bytes]:
+        image = Image.new("P", size, 0)
+        image.putpalette(palette)
+        image.paste(1, (0, 0, size[0] // 2, size[1]))  # both colours used, so Pillow keeps the same palette
+        data = encode(image, "GIF")
+        frame_start = 13 + 3 * 2 ** ((data[10] & 7) + 1)  # after the header and the global colour table
+        assert data[frame_start:frame_start + 1] == b"," and data.endswith(b";")
+        return data[:frame_start], data[frame_start:-1]
+
+    screen, small_frame = screen_and_frame((20, 20))
+    _, large_frame = screen_and_frame((30, 30))
+    return screen + small_frame + large_frame + b";"
+
+
+def test_gif_frame_beyond_the_canvas_is_cut_to_it():
+    data = gif_with_a_frame_beyond_its_canvas()
+    with Image.open(io.BytesIO(data)) as source:
+        assert source.n_frames == 2
+
+    result = compress_image(data, **LIMITS)
+
+    assert (result.format, result.width, result.height) == ("WEBP", 20, 20)
+    with Image.open(io.BytesIO(result.data)) as output:
+        assert (output.n_frames, output.size) == (2, (20, 20))
+
+
 # ---- rejected input --------------------------------------------------------------------------------------
 
 def black_1bit_png(width: int, height: int) -> bytes:
@@ -295,11 +325,13 @@ def test_too_many_frames_is_rejected():
         compress_image(data, max_pixels=50_000_000, max_frames=3)
 
 
-def test_truncated_jpeg_is_rejected():
+@pytest.mark.parametrize("length", [300, 20_000], ids=["cut in the header", "cut in the pixels"])
+def test_truncated_jpeg_is_rejected(length):
     data = encode(photo_like((400, 300)), "JPEG", quality=90)
+    assert len(data) > 2 * length
 
     with pytest.raises(ImageRejected, match="^corrupt or truncated image: "):
-        compress_image(data[: len(data) // 2], **LIMITS)
+        compress_image(data[:length], **LIMITS)
 
 
 @pytest.mark.parametrize(
