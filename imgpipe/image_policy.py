@@ -76,6 +76,7 @@ def _open(data: bytes) -> ImageFile.ImageFile:
 def _compress(source: ImageFile.ImageFile, max_pixels: int, max_frames: int) -> CompressedImage:
     is_jpeg = source.format in ("JPEG", "MPO")
     # Read before any transform: a transposed copy is no longer a JPEG, and "keep" would lose the sampling.
+    # Anything but a JPEG gets -1, the encoder's default (4:2:0).
     subsampling = JpegImagePlugin.get_sampling(source)
     try:
         quality_in = estimate_jpeg_quality(source.quantization) if is_jpeg else ASSUMED_QUALITY
@@ -114,7 +115,7 @@ def _decode(
     them); the frames' durations; the ICC profile that came with the pixels."""
     frames, durations = [], []
     source_profile = icc_profile = source.info.get("icc_profile")
-    canvas = (0, 0, *source.size)
+    canvas_size = source.size
     for index in range(frame_count):
         source.seek(index)
         # From the header, before decoding; for every frame, as a GIF frame may grow the canvas.
@@ -126,8 +127,8 @@ def _decode(
             frame = frame.convert("RGBA")
             # WebP needs one size for all frames, but Pillow grows a GIF's canvas for a frame that lies partly
             # outside it; such frames are cut to the canvas the header declares, as the GIF format intends.
-            if frame.size != canvas[2:]:
-                frame = frame.crop(canvas)
+            if frame.size != canvas_size:
+                frame = frame.crop((0, 0, *canvas_size))
         ImageOps.exif_transpose(frame, in_place=True)
         frames.append(frame)
         durations.append(source.info.get("duration", 0))
