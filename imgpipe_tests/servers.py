@@ -30,7 +30,8 @@ def save_jpeg(path: Path, quality: int, size=(640, 480), seed: int = 1) -> Path:
 
 class ImageServer:
     """/img/<name> serves a file from root; /status/<code> answers that code; /flaky/<n>/<name> answers 500
-    to the first n hits; /redirect?to=<url> answers 302. Counts hits per path."""
+    to the first n hits; /slow/<seconds>/<name> pauses first; /redirect?to=<url> answers 302. Counts hits
+    per path."""
 
     def __init__(self, root: Path, host: str = "127.0.0.1"):
         self.root = Path(root)
@@ -61,6 +62,9 @@ class ImageServer:
                 if parts[0] == "flaky":
                     if count <= int(parts[1]):
                         return self._send(500, b"try later", "text/plain")
+                    parts = ["img", *parts[2:]]
+                if parts[0] == "slow":  # /slow/<seconds>/<name>: serve the file after a pause
+                    time.sleep(float(parts[1]))
                     parts = ["img", *parts[2:]]
                 if parts[0] == "img":
                     path = (server.root / "/".join(parts[1:])).resolve()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import uuid
@@ -18,7 +19,6 @@ from imgpipe.quality import estimate_jpeg_quality
 from imgpipe.settings import Settings
 from imgpipe.signing import verify
 from imgpipe.status_store import DuckDBStatusStore
-from imgpipe_tests.conftest import WEBHOOK_SECRET
 from imgpipe_tests.servers import save_jpeg
 
 HEADER = ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
@@ -142,7 +142,7 @@ def test_repeated_url_is_fetched_once_and_fills_every_slot(instance, image_serve
     cells = [slots_of(r[3]) for r in output[1:]]
     assert len({u for cell in cells for u in cell}) == 1 and [len(c) for c in cells] == [1, 2]
     [call] = webhook_receiver.calls_to("repeat")
-    assert verify(WEBHOOK_SECRET, call["headers"], call["body"])
+    assert verify(os.environ["IMGPIPE_WEBHOOK_SECRET"], call["headers"], call["body"])
     body = json.loads(call["body"])
     assert body["type"] == "request.completed" and body["request_id"] == request_id
     assert body["status"] == "completed" and body["counts"]["compressed"] == 3

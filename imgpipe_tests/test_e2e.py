@@ -1,0 +1,237 @@
+"""The whole stack as a user meets it: a real `dagster-daemon` watching a real inbox, the real REST API
+(`imgpipe api`), images from a real HTTP server and a real webhook receiver, all on 127.0.0.1."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+from standardwebhooks import Webhook
+
+from imgpipe.status_store import DuckDBStatusStore
+from imgpipe_tests.servers import WebhookReceiver, save_jpeg, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TERMINAL = {"completed", "completed_with_errors", "failed", "rejected"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    def __init__(self, root: Path):
+        self.home = root / "home"
+        self.dagster_home = root / "dagster_home"
+        self.dagster_home.mkdir(parents=True)
+        shutil.copy(REPO / "dagster.yaml", self.dagster_home / "dagster.yaml")
+        self.api_port = free_port()
+        self.api = f"http://127.0.0.1:{self.api_port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPIPE_")}
+        self.env.update({
+            "IMGPIPE_HOME": str(self.home), "DAGSTER_HOME": str(self.dagster_home),
+            "IMGPIPE_PUBLIC_BASE_URL": self.api, "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1",
+            "IMGPIPE_SENSOR_INTERVAL": "1", "IMGPIPE_WEBHOOK_RETRY_DELAYS": "1,2,30",
+            "IMGPIPE_WEBHOOK_SECRET": os.environ["IMGPIPE_WEBHOOK_SECRET"],
+        })
+        self.store = DuckDBStatusStore(self.home / "imgpipe.duckdb")
+        self.logs = root
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self):
+        for name, cmd in (("daemon", [BIN / "dagster-daemon", "run", "-w", "workspace.yaml"]),
+                          ("api", [BIN / "imgpipe", "api", "--port", str(self.api_port)])):
+            self.procs.append(subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=self.env,
+                                               stdout=open(self.logs / f"{name}.log", "wb"),
+                                               stderr=subprocess.STDOUT, start_new_session=True))
+        assert wait_for(self._healthy, 60), "the API did not come up"
+
+    def _healthy(self) -> bool:
+        try:
+            return requests.get(f"{self.api}/healthz", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def stop(self):
+        for proc in self.procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def drop(self, name: str, text: str) -> None:
+        inbox = self.home / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        (inbox / f".{name}.tmp").write_text(text)
+        os.replace(inbox / f".{name}.tmp", inbox / name)
+
+    def request_for(self, file_name: str, timeout: float) -> dict:
+        found = wait_for(lambda: self.store.latest_request_for_file(file_name), timeout)
+        assert found, f"no request for {file_name}; daemon log: {self.log_tail()}"
+        return found
+
+    def wait_terminal(self, request_id: str, timeout: float) -> dict:
+        request = wait_for(lambda: (r := self.store.get_request(request_id)) and r["status"] in TERMINAL and r,
+                           timeout)
+        assert request, f"{request_id} not terminal: {self.store.get_request(request_id)}; {self.log_tail()}"
+        return request
+
+    def log_tail(self) -> str:
+        return (self.logs / "daemon.log").read_text(errors="replace")[-1500:]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("stack"))
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def product_csv(rows: list[list[str]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
+    writer.writerows([i, f"Item {i}", ", ".join(urls)] for i, urls in enumerate(rows, 1))
+    return out.getvalue()
+
+
+def images(image_root: Path, image_server, count: int, quality: int = 80) -> list[str]:
+    folder = uuid.uuid4().hex[:8]
+    for i in range(count):
+        save_jpeg(image_root / folder / f"{i}.jpg", quality=quality, seed=i)
+    return [image_server.url(f"img/{folder}/{i}.jpg") for i in range(count)]
+
+
+def test_folder_drop_with_a_dead_url_ends_completed_with_errors_within_60s(stack, image_server, image_root):
+    urls = images(image_root, image_server, 8)
+    rows = [urls[:3], [urls[3], image_server.url("status/404/gone.jpg"), urls[4]], urls[5:]]
+    started = time.monotonic()
+    stack.drop("three-by-three.csv", product_csv(rows))
+
+    request = stack.wait_terminal(stack.request_for("three-by-three.csv", 30)["request_id"], 60)
+
+    assert time.monotonic() - started < 60
+    assert request["status"] == "completed_with_errors" and request["source"] == "folder"
+    counts = stack.store.counts(request["request_id"])
+    assert (counts["compressed"], counts["failed"]) == (8, 1)
+    [failed] = [i for i in stack.store.images(request["request_id"]) if i["status"] == "failed"]
+    assert "HTTP 404" in failed["error"]
+    with open(stack.home / "public" / "outputs" / f"{request['request_id']}.csv", newline="") as f:
+        output = list(csv.reader(f))
+    assert output[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
+    assert [r[0] for r in output[1:]] == ["1", "2", "3"]
+    assert [u.strip() for u in output[2][3].split(",")][1] == ""
+
+
+def test_api_upload_is_queued_processed_served_and_signed_once(stack, image_server, image_root):
+    receiver = WebhookReceiver()
+    urls = images(image_root, image_server, 6)
+    data = product_csv([urls[:3], urls[3:]]).encode()
+
+    answer = requests.post(f"{stack.api}/requests", files={"file": ("catalogue.csv", data, "text/csv")},
+                           data={"webhook_url": receiver.url()}, timeout=30)
+
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert body["status"] == "queued"
+    seen = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        doc = requests.get(body["status_url"], timeout=10).json()
+        if not seen or seen[-1] != doc["status"]:
+            seen.append(doc["status"])
+        if doc["status"] in TERMINAL:
+            break
+        time.sleep(0.1)
+    assert seen[0] == "queued" and seen[-1] == "completed", seen
+    assert "processing" in seen, seen
+    output = requests.get(f"{stack.api}/requests/{body['request_id']}/output.csv", timeout=10)
+    assert output.status_code == 200
+    rows = list(csv.reader(io.StringIO(output.text)))
+    served = [u.strip() for row in rows[1:] for u in row[3].split(",")]
+    assert len(served) == 6
+    for url in served:
+        image = requests.get(url, timeout=10)
+        assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).format == "JPEG"
+    assert wait_for(lambda: receiver.calls, 30)
+    time.sleep(2)
+    [call] = receiver.calls
+    payload = Webhook(os.environ["IMGPIPE_WEBHOOK_SECRET"]).verify(call["body"], call["headers"])
+    assert payload["type"] == "request.completed" and payload["request_id"] == body["request_id"]
+    assert payload["counts"]["compressed"] == 6
+    receiver.close()
+
+
+def test_webhook_is_retried_after_two_503s_and_delivered_once(stack, image_server, image_root):
+    receiver = WebhookReceiver(codes=[503, 503])
+    [url] = images(image_root, image_server, 1)
+    answer = requests.post(f"{stack.api}/requests", params={"webhook_url": receiver.url()},
+                           data=product_csv([[url]]).encode(), headers={"Content-Type": "text/csv"}, timeout=30)
+    request_id = answer.json()["request_id"]
+    stack.wait_terminal(request_id, 60)
+
+    deliveries = wait_for(lambda: (d := stack.store.webhook_deliveries(request_id)) and len(d) == 3 and d, 30)
+
+    assert [d["status_code"] for d in deliveries] == [503, 503, 200]
+    assert [d["attempt"] for d in deliveries] == [1, 2, 3]
+    assert len({c["headers"]["webhook-id"] for c in receiver.calls}) == 1
+    assert [c["code"] for c in receiver.calls] == [503, 503, 200]
+    receiver.close()
+
+
+def run_workers() -> list[int]:
+    """The run worker processes: what the code server spawned to execute a run."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent_cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"multiprocessing.spawn" in cmdline and b"dagster api grpc" in parent_cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_killed_run_ends_its_request_failed_with_a_webhook(stack, image_server, image_root):
+    receiver = WebhookReceiver()
+    [url] = images(image_root, image_server, 1)
+    slow = url.replace("/img/", "/slow/20/")
+    stack.drop("doomed.json", json.dumps({"webhook_url": receiver.url()}))
+    stack.drop("doomed.csv", product_csv([[slow]]))
+    request_id = stack.request_for("doomed.csv", 30)["request_id"]
+    assert wait_for(lambda: stack.store.counts(request_id)["processing"] == 1, 60), stack.log_tail()
+
+    workers = run_workers()
+    assert workers, "no run worker found"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+
+    request = stack.wait_terminal(request_id, 90)
+    assert request["status"] == "failed" and request["error"]
+    assert wait_for(lambda: receiver.calls, 30)
+    payload = json.loads(receiver.calls[0]["body"])
+    assert payload["type"] == "request.failed" and payload["request_id"] == request_id
+    assert (stack.home / "public" / "outputs" / f"{request_id}.csv").exists()
+    receiver.close()
