@@ -8,6 +8,9 @@ import os
 
 import pandas as pd
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     DynamicOut,
     DynamicOutput,
@@ -23,8 +26,9 @@ from dagster import (
 from dagster_pandera import pandera_schema_to_dagster_type
 
 from imgpipe.batch import BatchRunner, WorkItem, split_into_batches, work_items
-from imgpipe.completion import complete_request
+from imgpipe.completion import Completion, complete_request
 from imgpipe.csv_schema import ManifestModel, parse_upload
+from imgpipe.output_csv import alignment_problems
 from imgpipe.delivery import deliver
 from imgpipe.resources import LocalStorageResource, StatusStoreResource
 from imgpipe.settings import Settings
@@ -100,9 +104,18 @@ def compressed_images(upload_manifest: pd.DataFrame) -> dict:
     return summarize_batches(plan_batches(upload_manifest).map(compress_batch).collect())
 
 
-@asset(partitions_def=requests_partitions, group_name="imgpipe", deps=[upload_manifest])
-def output_csv(context: AssetExecutionContext, compressed_images: dict, status_store: StatusStoreResource,
-               storage: LocalStorageResource) -> MaterializeResult:
+@asset(
+    partitions_def=requests_partitions,
+    group_name="imgpipe",
+    check_specs=[
+        AssetCheckSpec("aligned_with_input", asset="output_csv",
+                       description="One row per input row, in order, one output slot per input URL."),
+        AssetCheckSpec("outputs_not_larger", asset="output_csv",
+                       description="No compressed image is larger than the image it came from."),
+    ],
+)
+def output_csv(context: AssetExecutionContext, upload_manifest: pd.DataFrame, compressed_images: dict,
+               status_store: StatusStoreResource, storage: LocalStorageResource) -> MaterializeResult:
     """The output CSV lined up with the input; then the terminal status and the signed webhook."""
     request_id = context.partition_key
     settings = Settings.from_env()
@@ -111,11 +124,24 @@ def output_csv(context: AssetExecutionContext, compressed_images: dict, status_s
     if completion.webhook_id:
         state = deliver(settings, store, completion.webhook_id, inline=True)
         context.log.info(f"webhook {completion.webhook_id}: {state}")
-    return MaterializeResult(metadata=request_metadata(store, request_id, completion))
-
-
-def request_metadata(store, request_id: str, completion) -> dict:
     images = store.images(request_id)
+    misaligned = alignment_problems(upload_manifest, completion.csv_bytes)
+    larger = [i for i in images if i["status"] == "compressed" and i["bytes_out"] > i["bytes_in"]]
+    return MaterializeResult(
+        metadata=request_metadata(images, completion),
+        check_results=[
+            AssetCheckResult(check_name="aligned_with_input", passed=not misaligned,
+                             severity=AssetCheckSeverity.ERROR,
+                             metadata={"problems": MetadataValue.md("\n".join(f"- {p}" for p in misaligned) or "none")}),
+            AssetCheckResult(check_name="outputs_not_larger", passed=not larger, severity=AssetCheckSeverity.ERROR,
+                             metadata={"larger_images": MetadataValue.md("\n".join(
+                                 f"- row {i['row_number']} position {i['position']}: {i['bytes_in']} -> "
+                                 f"{i['bytes_out']} bytes" for i in larger) or "none")}),
+        ],
+    )
+
+
+def request_metadata(images: list[dict], completion: Completion) -> dict:
     done = [i for i in images if i["status"] == "compressed"]
     bytes_in = sum(i["bytes_in"] or 0 for i in done)
     bytes_out = sum(i["bytes_out"] or 0 for i in done)

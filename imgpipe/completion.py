@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from imgpipe.csv_schema import UploadRejected, parse_upload
-from imgpipe.output_csv import OutputRow, render_output_csv
+from imgpipe.output_csv import OutputRow, render_output_csv, rows_from_manifest
 from imgpipe.settings import Settings
 from imgpipe.status_store import DuckDBStatusStore
 from imgpipe.storage import LocalStorage, StoredObject
@@ -23,6 +23,7 @@ class Completion:
     status: str
     counts: dict[str, int]
     output_csv: StoredObject
+    csv_bytes: bytes
     webhook_id: str | None
     error: str | None
 
@@ -70,17 +71,13 @@ def _rows_from_input(storage: LocalStorage, settings: Settings, request_id: str)
         manifest = parse_upload(storage.read_input(request_id), limits=settings.limits)
     except (OSError, UploadRejected):
         return []
-    rows = []
-    for _, group in manifest.groupby("row_number", sort=True):
-        urls = tuple(group.sort_values("position")["input_url"])
-        rows.append(OutputRow(group["serial"].iloc[0], group["product_name"].iloc[0], urls, (None,) * len(urls)))
-    return rows
+    return rows_from_manifest(manifest, {})
 
 
 def complete_request(settings: Settings, store: DuckDBStatusStore, storage: LocalStorage, request_id: str,
                      run_id: str, run_failure: str | None = None) -> Completion:
-    csv_object = storage.write_output_csv(request_id, render_output_csv(
-        output_rows(store, storage, settings, request_id)))
+    csv_bytes = render_output_csv(output_rows(store, storage, settings, request_id))
+    csv_object = storage.write_output_csv(request_id, csv_bytes)
     counts = store.counts(request_id)
     status, error = terminal_status(counts, run_failure)
     request = store.get_request(request_id) or {}
@@ -92,4 +89,4 @@ def complete_request(settings: Settings, store: DuckDBStatusStore, storage: Loca
         store.enqueue_webhook(webhook_id=webhook_id, request_id=request_id, url=url,
                               event_type=event_type(status), payload=payload)
     store.finish_request(request_id, status, error)
-    return Completion(status, counts, csv_object, webhook_id, error)
+    return Completion(status, counts, csv_object, csv_bytes, webhook_id, error)

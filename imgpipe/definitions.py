@@ -4,14 +4,14 @@ from __future__ import annotations
 from dagster import Definitions
 
 from imgpipe.assets import compressed_images, output_csv, upload_manifest
-from imgpipe.jobs import process_request_job
+from imgpipe.jobs import process_request_job, submit_csv_job
 from imgpipe.resources import resources_for
 from imgpipe.sensors import canceled_run_sensor, failed_run_sensor, inbox_sensor, webhook_retry_sensor
 from imgpipe.settings import Settings
 
 defs = Definitions(
     assets=[upload_manifest, compressed_images, output_csv],
-    jobs=[process_request_job],
+    jobs=[process_request_job, submit_csv_job],
     sensors=[inbox_sensor, failed_run_sensor, canceled_run_sensor, webhook_retry_sensor],
     resources=resources_for(Settings.from_env()),
 )

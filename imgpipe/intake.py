@@ -11,18 +11,22 @@ folder whose rename never happened (its file is still in the inbox and will be t
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
 import shutil
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from imgpipe.csv_schema import RowError, UploadRejected, parse_upload
+from imgpipe.fetcher import FetchLimits, fetch
 from imgpipe.files import write_atomically
 from imgpipe.settings import Settings
 from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.url_safety import AllowList
 
 TEMPORARY_SUFFIXES = (".tmp", ".part")
 REQUEST_META = "request.json"
@@ -82,6 +86,25 @@ def read_sidecar(csv_path: Path) -> Sidecar:
     )
 
 
+def load_csv_source(settings: Settings, source: str) -> tuple[bytes, str]:
+    """A CSV named by a path under IMGPIPE_HOME (nothing outside it) or by an http(s) URL fetched with the
+    safe fetcher; returns its bytes and file name."""
+    limit = settings.limits.max_csv_bytes
+    if source.lower().startswith(("http://", "https://")):
+        limits = FetchLimits.from_settings(settings.limits)
+        result = fetch(source, allow=AllowList.parse(settings.allow_private_hosts),
+                       limits=dataclasses.replace(limits, max_bytes=limit))
+        return result.content, Path(urllib.parse.urlsplit(result.url).path).name or "download.csv"
+    path = (settings.home / source).resolve()
+    if settings.home.resolve() not in path.parents:
+        raise ValueError(f"{source!r} is outside IMGPIPE_HOME ({settings.home})")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    if path.stat().st_size > limit:
+        raise ValueError(f"{path} is {path.stat().st_size} bytes, the limit is {limit} bytes")
+    return path.read_bytes(), path.name
+
+
 def submit_to_inbox(settings: Settings, data: bytes, sidecar: dict, stem: str) -> Path:
     """Place an upload in the inbox as the contract asks a user to: sidecar first, then the CSV renamed in."""
     settings.ensure_folders()
@@ -130,13 +153,13 @@ class Intake:
         return IntakeResult(request_id, file_name, accepted=not errors, errors=tuple(errors))
 
     def _claimed_request_id(self, sidecar: Sidecar) -> str | None:
-        """The REST API records its request before the file reaches the inbox; honour that ID only when it
-        names such a request that has no file yet, so a hand-written sidecar cannot hijack another."""
+        """The REST API and the UI launch record their request before the file reaches the inbox; honour
+        that ID only when it names such a request that has no file yet, so a sidecar cannot hijack another."""
         rid = sidecar.request_id
-        if not rid or sidecar.source != "api":
+        if not rid:
             return None
         row = self.store.get_request(rid)
-        if row is None or row["source"] != "api" or row["status"] != "queued":
+        if row is None or row["source"] != sidecar.source or row["status"] != "queued":
             return None
         if (self.settings.requests_dir / rid).exists() or (self.settings.rejected_dir / rid).exists():
             return None

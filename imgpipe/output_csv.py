@@ -69,3 +69,22 @@ def rows_from_manifest(
             output_urls=tuple(output_url_by_slot.get((int(row_number), int(position))) for position in slots.position),
         ))
     return rows
+
+
+def alignment_problems(manifest: pd.DataFrame, rendered: bytes) -> list[str]:
+    """What keeps a written output CSV from lining up with its input: rows, order and slot counts."""
+    rows = list(csv.reader(io.StringIO(rendered.decode("utf-8"))))
+    if not rows or tuple(rows[0]) != OUTPUT_HEADER:
+        return [f"header is {rows[0] if rows else 'missing'}, expected {list(OUTPUT_HEADER)}"]
+    expected = rows_from_manifest(manifest, {})
+    problems = []
+    if len(rows) - 1 != len(expected):
+        problems.append(f"{len(rows) - 1} rows, the input has {len(expected)}")
+    for number, (written, wanted) in enumerate(zip(rows[1:], expected), start=2):
+        if written[0] != _as_text(wanted.serial):
+            problems.append(f"row {number}: serial {written[0]!r}, the input has {wanted.serial!r}")
+        inputs = [u.strip() for u in written[2].split(",")]
+        outputs = [u.strip() for u in written[3].split(",")]
+        if inputs != list(wanted.input_urls) or len(outputs) != len(inputs):
+            problems.append(f"row {number}: {len(outputs)} output slots for {len(wanted.input_urls)} input URLs")
+    return problems

@@ -45,6 +45,9 @@ def run(instance: DagsterInstance, request_id: str):
     instance.add_dynamic_partitions("requests", [request_id])
     with execute_job(reconstructable(resolved_process_request_job), instance=instance,
                      tags={"dagster/partition": request_id}) as result:
+        checks = {e.event_specific_data.check_name: e.event_specific_data.passed
+                  for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+        assert checks == {"aligned_with_input": True, "outputs_not_larger": True}
         return result.success, [e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"]
 
 
