@@ -297,29 +297,27 @@ class Daemon:
     def timeline(self, record) -> dict:
         """Steps of the run from its event log: launch (worker starting -> step start) and work of each."""
         from dagster import DagsterEventType as T
-        marks: dict[str, dict[str, float]] = {}
-        run_marks: dict[T, float] = {}
+        marks: dict[str, dict[T, float]] = {}
+        created = dequeued = _utc_epoch(record.create_timestamp)
         for entry in self.instance.all_logs(record.dagster_run.run_id):
             event = entry.dagster_event
             if event is None:
                 continue
             if event.step_key:
-                marks.setdefault(event.step_key, {}).setdefault(event.event_type_value, entry.timestamp)
-            elif event.event_type in (T.RUN_DEQUEUED, T.RUN_STARTING, T.RUN_START):
-                run_marks[event.event_type] = entry.timestamp
+                marks.setdefault(event.step_key, {}).setdefault(event.event_type, entry.timestamp)
+            elif event.event_type == T.RUN_DEQUEUED:
+                dequeued = entry.timestamp
         start = record.start_time
         steps = []
         for key, m in marks.items():
-            if T.STEP_START.value not in m:
+            if T.STEP_START not in m:
                 continue
-            launched = m.get(T.STEP_WORKER_STARTING.value, m[T.STEP_START.value])
-            ended = m.get(T.STEP_SUCCESS.value, m.get(T.STEP_FAILURE.value, record.end_time))
+            launched = m.get(T.STEP_WORKER_STARTING, m[T.STEP_START])
+            ended = m.get(T.STEP_SUCCESS, m.get(T.STEP_FAILURE, record.end_time))
             steps.append({"step": key, "launched_at_s": round(launched - start, 3),
-                          "launch_s": round(m[T.STEP_START.value] - launched, 3),
-                          "work_s": round(ended - m[T.STEP_START.value], 3), "ended_at_s": round(ended - start, 3)})
+                          "launch_s": round(m[T.STEP_START] - launched, 3),
+                          "work_s": round(ended - m[T.STEP_START], 3), "ended_at_s": round(ended - start, 3)})
         steps.sort(key=lambda s: s["launched_at_s"])
-        created = _utc_epoch(record.create_timestamp)
-        dequeued = run_marks.get(T.RUN_DEQUEUED, created)
         return {
             "steps": len(steps),
             "run_phases_s": {"queued": round(dequeued - created, 3),

@@ -235,3 +235,28 @@ def test_a_killed_run_ends_its_request_failed_with_a_webhook(stack, image_server
     assert payload["type"] == "request.failed" and payload["request_id"] == request_id
     assert (stack.home / "public" / "outputs" / f"{request_id}.csv").exists()
     receiver.close()
+
+
+def test_retry_against_the_running_daemon_redoes_only_failed_images(stack, image_server, image_root):
+    receiver = WebhookReceiver()
+    good, first, second = images(image_root, image_server, 3)
+    flaky = [u.replace("/img/", "/flaky/1/") for u in (first, second)]
+    stack.drop("flaky.json", json.dumps({"webhook_url": receiver.url()}))
+    stack.drop("flaky.csv", product_csv([[good, flaky[0]], [flaky[1]]]))
+    request_id = stack.request_for("flaky.csv", 30)["request_id"]
+    assert stack.wait_terminal(request_id, 60)["status"] == "completed_with_errors"
+
+    retried = subprocess.run([str(BIN / "imgpipe"), "retry", request_id, "--wait"], env=stack.env, cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+
+    assert retried.returncode == 0, retried.stderr
+    assert stack.store.get_request(request_id)["status"] == "completed"
+    path_of = lambda url: url.split(str(image_server.port), 1)[1]  # noqa: E731
+    assert image_server.hits_for(path_of(good)) == 1
+    assert [image_server.hits_for(path_of(u)) for u in flaky] == [2, 2]
+    assert wait_for(lambda: len(receiver.calls) == 2, 30)
+    assert [json.loads(c["body"])["status"] for c in receiver.calls] == ["completed_with_errors", "completed"]
+    assert receiver.calls[0]["headers"]["webhook-id"] != receiver.calls[1]["headers"]["webhook-id"]
+    with open(stack.home / "public" / "outputs" / f"{request_id}.csv", newline="") as f:
+        assert all(u.strip() for row in list(csv.reader(f))[1:] for u in row[3].split(","))
+    receiver.close()
