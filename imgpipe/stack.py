@@ -73,19 +73,34 @@ def wait_for_terminal(store: DuckDBStatusStore, file_name: str, timeout: float) 
     return None
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_stack(samples_port: int = 8001, api_port: int = 8000, ui_port: int = 3000, submit_sample: bool = True) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the children on a plain `kill` too
     env = stack_environment(samples_port, api_port)
     prepare_dagster_home(env)
     os.environ.update(env)
     settings = Settings.from_env(env)
     settings.ensure_folders()
     samples = serve_samples(samples_port)
+    bin_dir = Path(sys.executable).parent
     children = [
         subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "api", "--port", str(api_port)], env=env,
                          cwd=REPO_ROOT),
-        subprocess.Popen([shutil.which("dagster") or "dagster", "dev", "-w", "workspace.yaml", "-p", str(ui_port)],
-                         env=env, cwd=REPO_ROOT, start_new_session=True),
     ]
+    try:
+        children.append(subprocess.Popen([str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-p",
+                                          str(ui_port)], env=env, cwd=REPO_ROOT, start_new_session=True))
+        return _report_and_wait(settings, children, samples_port, api_port, ui_port, submit_sample)
+    finally:
+        _stop(children)
+        samples.shutdown()
+
+
+def _report_and_wait(settings: Settings, children: list[subprocess.Popen], samples_port: int, api_port: int,
+                     ui_port: int, submit_sample: bool) -> int:
     print(f"imgpipe is starting: UI http://127.0.0.1:{ui_port}  API http://127.0.0.1:{api_port}  "
           f"sample images http://127.0.0.1:{samples_port}  data {settings.home}")
     try:
@@ -106,13 +121,15 @@ def run_stack(samples_port: int = 8001, api_port: int = 8000, ui_port: int = 300
         return 1
     except KeyboardInterrupt:
         return 0
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT if child.args[0].endswith("dagster") else signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        samples.shutdown()
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        if child.poll() is None:
+            # dagster dev shuts its webserver and daemon down cleanly on SIGINT.
+            child.send_signal(signal.SIGINT if "dev" in child.args else signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
