@@ -111,7 +111,8 @@ class ImageServer:
 
 # ---------------------------------------------------------------- memory of a process tree
 
-def _descendants(root: int) -> list[int]:
+def _tree(root: int) -> dict[int, int]:
+    """`root` and all its descendants, each with its parent."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -121,11 +122,12 @@ def _descendants(root: int) -> list[int]:
             except (OSError, IndexError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [root]
+    tree, todo = {root: 0}, [root]
     while todo:
         pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
+        for child in children.get(pid, []):
+            tree[child] = pid
+            todo.append(child)
     return tree
 
 
@@ -140,25 +142,55 @@ def _kib(path: str, field: str) -> int:
     return 0
 
 
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        args = [""]
+    if not args[0]:
+        return "(ended)"
+    return " ".join([Path(args[0]).name, *args[1:6]])[:80]
+
+
 class TreeMemory:
-    """Samples the summed VmRSS and PSS of `root` and all its descendants every 0.2 s; keeps the peaks."""
+    """Samples the summed VmRSS and PSS of `root` and all its descendants every 0.2 s; keeps the peaks and
+    the processes at the RSS peak."""
 
     def __init__(self, root: int):
         self.root = root
-        self.peak_rss = self.peak_pss = 0
+        self._lock = threading.Lock()
+        self._reset()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _reset(self) -> None:
+        self.peak_rss = self.peak_pss = 0
+        self.at_peak: list[dict] = []
+
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            pids = _descendants(self.root)
-            self.peak_rss = max(self.peak_rss, sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids))
-            self.peak_pss = max(self.peak_pss, sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids))
+            self._sample()
+
+    def _sample(self) -> None:
+        tree = _tree(self.root)
+        usage = {pid: (_kib(f"/proc/{pid}/status", "VmRSS:"), _kib(f"/proc/{pid}/smaps_rollup", "Pss:"))
+                 for pid in tree}
+        rss, pss = (sum(u[i] for u in usage.values()) for i in (0, 1))
+        with self._lock:
+            self.peak_pss = max(self.peak_pss, pss)
+            if rss > self.peak_rss:
+                self.peak_rss = rss
+                self.at_peak = [{"pid": pid, "ppid": tree[pid], "command": _command(pid), "rss_mib": r // 1024,
+                                 "pss_mib": p // 1024} for pid, (r, p) in usage.items() if r]
 
     def take_peaks(self) -> dict:
-        """The peaks since the last call, in MiB."""
-        peaks = {"peak_rss_mib": round(self.peak_rss / 1024), "peak_pss_mib": round(self.peak_pss / 1024)}
-        self.peak_rss = self.peak_pss = 0
+        """The peaks since the last call (at least the present use), in MiB."""
+        self._sample()
+        with self._lock:
+            peaks = {"peak_rss_mib": round(self.peak_rss / 1024), "peak_pss_mib": round(self.peak_pss / 1024),
+                     "processes_at_peak": self.at_peak}
+            self._reset()
         return peaks
 
     def __enter__(self) -> "TreeMemory":
@@ -236,7 +268,7 @@ class Daemon:
 
     def __exit__(self, *exc) -> None:
         self.instance.dispose()
-        tree = _descendants(self.proc.pid)
+        tree = _tree(self.proc.pid)
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=20)
@@ -268,7 +300,7 @@ class Daemon:
                 raise RuntimeError(f"dagster-daemon exited; see {self.log}")
             if found := get():
                 return found
-            time.sleep(0.25)
+            time.sleep(0.5)
         raise TimeoutError(f"{what} not within {timeout:.0f} s; see {self.log}")
 
     def process(self, name: str, urls: list[str], timeout: float) -> dict:
@@ -385,6 +417,9 @@ def report(sizes: list[int], baseline: dict, imgpipe: dict) -> dict:
         f"peak_tree_rss_mib_at_{high}_at_most_1024": imgpipe[high]["peak_rss_mib"],
         f"steps_per_run_at_{high}_at_most_{4 * CPUS}_plus_a_few": imgpipe[high]["steps"],
     }
+    print(f"\nimgpipe {high} images, processes at the RSS peak (pid<ppid, RSS / PSS MiB):")
+    for proc in sorted(imgpipe[high]["processes_at_peak"], key=lambda p: -p["rss_mib"]):
+        print(f"  {proc['pid']:>7}<{proc['ppid']:<7} {proc['rss_mib']:>5} / {proc['pss_mib']:>4}  {proc['command']}")
     print("\ntargets:", json.dumps(targets, indent=1))
     return {"base_marginal": base_marginal, "e2e_marginal": e2e_marginal, "run_marginal": run_marginal,
             "targets": targets}
@@ -398,6 +433,7 @@ def main() -> None:
     sizes = sorted(int(s) for s in ("50,200" if args.quick else args.sizes).split(","))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the daemon is stopped on `kill` too
     RESULTS.mkdir(exist_ok=True)
+    load_at_start = os.getloadavg()
     folder = ensure_images(sizes[-1])
     pool = multiprocessing.Pool(CPUS, initializer=_start_worker)  # forked before any thread of ours starts
     with tempfile.TemporaryDirectory(dir=RESULTS, prefix="work-") as tmp, ImageServer(folder) as server:
@@ -408,7 +444,8 @@ def main() -> None:
     summary = report(sizes, baseline, imgpipe)
     from importlib.metadata import version
     result = {
-        "machine": {"cpus": CPUS, "python": platform.python_version(),
+        "machine": {"cpus": CPUS, "python": platform.python_version(), "loadavg_at_start": load_at_start,
+                    "loadavg_at_end": os.getloadavg(),
                     **{p: version(p) for p in ("dagster", "pillow", "duckdb")}},
         "image": {"width": WIDTH, "height": HEIGHT, "quality_range": [40, 95]},
         "sizes": sizes,
@@ -420,7 +457,7 @@ def main() -> None:
     }
     out = RESULTS / "bench.json"
     out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nwritten {out}")
+    print(f"\nload average (1, 5, 15 min) at start {load_at_start}, at end {os.getloadavg()}; written {out}")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from dagster_pandera import pandera_schema_to_dagster_type
 from imgpipe.batch import BatchRunner, WorkItem, split_into_batches, work_items
 from imgpipe.completion import Completion, complete_request
 from imgpipe.csv_schema import ManifestModel, parse_upload
-from imgpipe.output_csv import alignment_problems
 from imgpipe.delivery import deliver
+from imgpipe.output_csv import alignment_problems
 from imgpipe.resources import LocalStorageResource, StatusStoreResource
 from imgpipe.settings import Settings
 

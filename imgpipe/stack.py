@@ -79,6 +79,7 @@ def _interrupt(signum, frame):
 
 def run_stack(samples_port: int = 8001, api_port: int = 8000, ui_port: int = 3000, submit_sample: bool = True) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children on a plain `kill` too
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up also when piped to a file
     env = stack_environment(samples_port, api_port)
     prepare_dagster_home(env)
     os.environ.update(env)

@@ -2,30 +2,10 @@
 from __future__ import annotations
 
 import http.server
-import random
 import threading
 import time
 import urllib.parse
 from pathlib import Path
-
-from PIL import Image, ImageDraw, ImageFilter
-
-
-def photo_like(width: int, height: int, seed: int) -> Image.Image:
-    """Gradients, shapes and grain: compresses like a photo, unlike a flat test card."""
-    rng = random.Random(seed)
-    im = Image.linear_gradient("L").resize((width, height)).convert("RGB")
-    draw = ImageDraw.Draw(im)
-    for _ in range(30):
-        x, y, r = rng.randrange(width), rng.randrange(height), rng.randrange(8, max(9, width // 6))
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(rng.randrange(256) for _ in range(3)))
-    return im.filter(ImageFilter.GaussianBlur(1.5)).effect_spread(2)
-
-
-def save_jpeg(path: Path, quality: int, size=(640, 480), seed: int = 1) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    photo_like(*size, seed=seed).save(path, quality=quality)
-    return path
 
 
 class ImageServer:
@@ -98,10 +78,11 @@ class ImageServer:
 
 
 class WebhookReceiver:
-    """Records every POST; answers from a list of status codes, then 200."""
+    """Records every POST; answers from a list of replies (a status code, or a status code with extra
+    headers), then 200."""
 
-    def __init__(self, codes: list[int] | None = None):
-        self.codes = list(codes or [])
+    def __init__(self, codes=()):
+        self.replies = [reply if isinstance(reply, tuple) else (reply, {}) for reply in codes]
         self.calls: list[dict] = []
         receiver = self
 
@@ -113,10 +94,12 @@ class WebhookReceiver:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                code = receiver.codes.pop(0) if receiver.codes else 200
+                code, headers = receiver.replies.pop(0) if receiver.replies else (200, {})
                 receiver.calls.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
                                        "body": body, "code": code, "at": time.time()})
                 self.send_response(code)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -21,7 +21,8 @@ from PIL import Image
 from standardwebhooks import Webhook
 
 from imgpipe.status_store import DuckDBStatusStore
-from imgpipe_tests.servers import WebhookReceiver, save_jpeg, wait_for
+from imgpipe_tests.images import save_jpeg
+from imgpipe_tests.servers import WebhookReceiver, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -14,23 +14,12 @@ from PIL import Image, ImageCms, ImageFile, JpegImagePlugin, features
 
 from imgpipe.image_policy import CompressedImage, ImageRejected, compress_image
 from imgpipe.quality import estimate_jpeg_quality
+from imgpipe_tests.images import noisy_gradient
 
 LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}
 SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 GHOSTSCRIPT_CMYK_PROFILE = Path("/usr/share/color/icc/ghostscript/default_cmyk.icc")
 RED, BLUE = (220, 30, 30), (30, 30, 220)
-
-
-def photo_like(size: tuple[int, int] = (96, 64)) -> Image.Image:
-    """Gradients plus noise, so that a JPEG's quality shows in its tables and its bytes."""
-    return Image.merge(
-        "RGB",
-        (
-            Image.linear_gradient("L").resize(size),
-            Image.effect_noise(size, 40),
-            Image.radial_gradient("L").resize(size),
-        ),
-    )
 
 
 def encode(image: Image.Image, image_format: str, **params) -> bytes:
@@ -46,7 +35,7 @@ def decoded(result: CompressedImage) -> Image.Image:
 
 
 def with_transparent_pixel(mode: str) -> Image.Image:
-    image = photo_like().convert(mode)
+    image = noisy_gradient().convert(mode)
     image.putpixel((0, 0), (0, 0) if mode == "LA" else (0, 0, 0, 0))
     return image
 
@@ -59,7 +48,7 @@ def channel_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 @pytest.mark.parametrize(("quality_in", "quality_out"), [(20, 10), (60, 30), (90, 45)])
 def test_jpeg_is_written_at_half_its_estimated_quality(quality_in, quality_out):
-    result = compress_image(encode(photo_like(), "JPEG", quality=quality_in), **LIMITS)
+    result = compress_image(encode(noisy_gradient(), "JPEG", quality=quality_in), **LIMITS)
 
     assert (result.quality_in, result.quality_out) == (quality_in, quality_out)
     assert (result.format, result.extension, result.input_format) == ("JPEG", ".jpg", "JPEG")
@@ -72,7 +61,7 @@ def test_jpeg_is_written_at_half_its_estimated_quality(quality_in, quality_out):
 @pytest.mark.skipif(shutil.which("identify") is None, reason="ImageMagick's identify is not installed")
 @pytest.mark.parametrize(("quality_in", "quality_out"), [(20, 10), (60, 30), (90, 45)])
 def test_imagemagick_agrees_on_the_output_quality(tmp_path, quality_in, quality_out):
-    result = compress_image(encode(photo_like(), "JPEG", quality=quality_in), **LIMITS)
+    result = compress_image(encode(noisy_gradient(), "JPEG", quality=quality_in), **LIMITS)
     path = tmp_path / "output.jpg"
     path.write_bytes(result.data)
 
@@ -85,7 +74,7 @@ def test_imagemagick_agrees_on_the_output_quality(tmp_path, quality_in, quality_
 def test_chroma_subsampling_is_kept_also_through_a_rotation(subsampling, name):
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate, so the output is a new image and not the decoded JPEG
-    data = encode(photo_like(), "JPEG", quality=80, subsampling=subsampling, exif=exif)
+    data = encode(noisy_gradient(), "JPEG", quality=80, subsampling=subsampling, exif=exif)
 
     with decoded(compress_image(data, **LIMITS)) as output:
         assert output.size == (64, 96)
@@ -158,36 +147,36 @@ def test_mpo_is_compressed_from_its_first_frame():
 # ---- lossless and unreadable-quality input --------------------------------------------------------------
 
 def palette_with_transparency() -> bytes:
-    image = photo_like().convert("P")
+    image = noisy_gradient().convert("P")
     image.putpixel((0, 0), 7)
     return encode(image, "PNG", transparency=7)
 
 
 def rgb_with_colour_key() -> bytes:
-    image = photo_like()
+    image = noisy_gradient()
     image.putpixel((0, 0), (1, 2, 3))
     return encode(image, "PNG", transparency=(1, 2, 3))  # tRNS: this one colour is transparent
 
 
 NO_AVIF = pytest.mark.skipif(not features.check("avif"), reason="this Pillow build has no AVIF support")
 LOSSLESS_CASES = [
-    pytest.param(lambda: encode(photo_like(), "PNG"), "PNG", "JPEG", id="opaque RGB PNG"),
-    pytest.param(lambda: encode(photo_like().convert("RGBA"), "PNG"), "PNG", "JPEG", id="RGBA PNG all opaque"),
+    pytest.param(lambda: encode(noisy_gradient(), "PNG"), "PNG", "JPEG", id="opaque RGB PNG"),
+    pytest.param(lambda: encode(noisy_gradient().convert("RGBA"), "PNG"), "PNG", "JPEG", id="RGBA PNG all opaque"),
     pytest.param(lambda: encode(with_transparent_pixel("RGBA"), "PNG"), "PNG", "WEBP", id="RGBA PNG transparent"),
     pytest.param(lambda: encode(with_transparent_pixel("LA"), "PNG"), "PNG", "WEBP", id="LA PNG transparent"),
     pytest.param(palette_with_transparency, "PNG", "WEBP", id="palette PNG transparent"),
-    pytest.param(lambda: encode(photo_like().convert("P"), "PNG"), "PNG", "JPEG", id="palette PNG opaque"),
+    pytest.param(lambda: encode(noisy_gradient().convert("P"), "PNG"), "PNG", "JPEG", id="palette PNG opaque"),
     pytest.param(rgb_with_colour_key, "PNG", "WEBP", id="RGB PNG with a transparent colour"),
-    pytest.param(lambda: encode(photo_like().convert("1"), "PNG"), "PNG", "JPEG", id="1-bit PNG"),
-    pytest.param(lambda: encode(photo_like(), "GIF"), "GIF", "JPEG", id="still GIF"),
-    pytest.param(lambda: encode(photo_like(), "BMP"), "BMP", "JPEG", id="BMP"),
-    pytest.param(lambda: encode(photo_like(), "TIFF"), "TIFF", "JPEG", id="TIFF"),
-    pytest.param(lambda: encode(photo_like().convert("CMYK"), "TIFF"), "TIFF", "JPEG", id="CMYK TIFF"),
-    pytest.param(lambda: encode(photo_like(), "WEBP", quality=30), "WEBP", "JPEG", id="lossy WebP"),
+    pytest.param(lambda: encode(noisy_gradient().convert("1"), "PNG"), "PNG", "JPEG", id="1-bit PNG"),
+    pytest.param(lambda: encode(noisy_gradient(), "GIF"), "GIF", "JPEG", id="still GIF"),
+    pytest.param(lambda: encode(noisy_gradient(), "BMP"), "BMP", "JPEG", id="BMP"),
+    pytest.param(lambda: encode(noisy_gradient(), "TIFF"), "TIFF", "JPEG", id="TIFF"),
+    pytest.param(lambda: encode(noisy_gradient().convert("CMYK"), "TIFF"), "TIFF", "JPEG", id="CMYK TIFF"),
+    pytest.param(lambda: encode(noisy_gradient(), "WEBP", quality=30), "WEBP", "JPEG", id="lossy WebP"),
     pytest.param(
         lambda: encode(with_transparent_pixel("RGBA"), "WEBP", quality=30), "WEBP", "WEBP", id="WebP with alpha"
     ),
-    pytest.param(lambda: encode(photo_like(), "AVIF", quality=30), "AVIF", "JPEG", id="AVIF", marks=NO_AVIF),
+    pytest.param(lambda: encode(noisy_gradient(), "AVIF", quality=30), "AVIF", "JPEG", id="AVIF", marks=NO_AVIF),
 ]
 
 
@@ -329,7 +318,7 @@ def test_too_many_frames_is_rejected():
 
 @pytest.mark.parametrize("length", [300, 20_000], ids=["cut in the header", "cut in the pixels"])
 def test_truncated_jpeg_is_rejected(length):
-    data = encode(photo_like((400, 300)), "JPEG", quality=90)
+    data = encode(noisy_gradient((400, 300)), "JPEG", quality=90)
     assert len(data) > 2 * length
 
     with pytest.raises(ImageRejected, match="^corrupt or truncated image: "):
@@ -342,7 +331,7 @@ def test_truncated_jpeg_is_rejected(length):
         random.Random(7).randbytes(4096),
         b"",
         b"<html><body>Not found</body></html>",
-        encode(photo_like((32, 32)), "ICO"),  # an image, but not a format the pipeline accepts
+        encode(noisy_gradient((32, 32)), "ICO"),  # an image, but not a format the pipeline accepts
     ],
     ids=["random bytes", "empty", "html", "ico"],
 )

@@ -19,7 +19,7 @@ from imgpipe.quality import estimate_jpeg_quality
 from imgpipe.settings import Settings
 from imgpipe.signing import verify
 from imgpipe.status_store import DuckDBStatusStore
-from imgpipe_tests.servers import save_jpeg
+from imgpipe_tests.images import save_jpeg
 
 HEADER = ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
 

@@ -13,18 +13,7 @@ from imgpipe.quality import (
     ijg_tables,
     output_quality,
 )
-
-
-def photo_like(size: tuple[int, int] = (64, 48)) -> Image.Image:
-    """Gradients plus noise: every quantization step matters, as in a photograph."""
-    return Image.merge(
-        "RGB",
-        (
-            Image.linear_gradient("L").resize(size),
-            Image.effect_noise(size, 40),
-            Image.radial_gradient("L").resize(size),
-        ),
-    )
+from imgpipe_tests.images import noisy_gradient
 
 
 def saved_tables(image: Image.Image, quality: int) -> dict[int, list[int]]:
@@ -39,7 +28,7 @@ def test_quality_50_is_the_unscaled_annex_k_tables():
 
 
 def test_tables_match_what_pillow_writes_in_natural_order():
-    image = photo_like()
+    image = noisy_gradient()
     mismatched = []
     for quality in range(1, 101):
         tables = saved_tables(image, quality)
@@ -50,7 +39,7 @@ def test_tables_match_what_pillow_writes_in_natural_order():
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_estimate_recovers_every_quality_pillow_writes(mode):
-    image = photo_like().convert(mode)
+    image = noisy_gradient().convert(mode)
     wrong = {}
     for quality in range(1, 101):
         tables = saved_tables(image, quality)

@@ -15,6 +15,7 @@ import standardwebhooks
 from imgpipe.signing import signed_headers
 from imgpipe.url_safety import AllowList
 from imgpipe.webhook import RetryPolicy, attempt_delivery, build_payload, event_type, message_id
+from imgpipe_tests.servers import WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"webhook-test-secret-32-bytes-abc").decode()
 LOOPBACK = AllowList.parse("127.0.0.1")
@@ -23,47 +24,12 @@ POLL_INTERVAL = 0.02
 COUNTS = {"pending": 0, "processing": 0, "compressed": 3, "failed": 1, "total": 4}
 
 
-class Receiver:
-    """A webhook endpoint on 127.0.0.1 that records each POST and answers the next of `replies`
-    (a status code, or a status code with extra headers), then 200."""
-
-    def __init__(self, replies=()):
-        self.replies = [reply if isinstance(reply, tuple) else (reply, {}) for reply in replies]
-        self.calls: list[dict] = []
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.calls.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
-                code, headers = receiver.replies.pop(0) if receiver.replies else (200, {})
-                self.send_response(code)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, args=(POLL_INTERVAL,), daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def receivers():
     opened = []
 
     def open_receiver(*replies):
-        opened.append(Receiver(replies))
+        opened.append(WebhookReceiver(replies))
         return opened[-1]
 
     yield open_receiver
@@ -122,7 +88,7 @@ def test_message_id_is_stable_per_request_and_round():
 def test_2xx_is_delivered_signed(receivers, code):
     receiver = receivers(code)
     body = build_payload("r1", "completed", COUNTS, "http://x/o.csv", datetime.now(timezone.utc))
-    result = deliver(receiver.url, body)
+    result = deliver(receiver.url(), body)
     assert (result.outcome, result.status_code, result.error) == ("delivered", code, None)
     [call] = receiver.calls
     assert call["body"] == body
@@ -133,33 +99,33 @@ def test_2xx_is_delivered_signed(receivers, code):
 
 
 def test_410_means_gone(receivers):
-    result = deliver(receivers(410).url)
+    result = deliver(receivers(410).url())
     assert (result.outcome, result.status_code) == ("gone", 410)
     assert "410" in result.error
 
 
 def test_404_is_rejected_not_retried(receivers):
-    result = deliver(receivers(404).url)
+    result = deliver(receivers(404).url())
     assert (result.outcome, result.status_code) == ("rejected", 404)
 
 
 def test_a_redirect_is_not_followed(receivers):
     elsewhere = receivers()
-    redirecting = receivers((302, {"Location": elsewhere.url}))
-    result = deliver(redirecting.url)
+    redirecting = receivers((302, {"Location": elsewhere.url()}))
+    result = deliver(redirecting.url())
     assert (result.outcome, result.status_code) == ("rejected", 302)
-    assert elsewhere.url in result.error
+    assert elsewhere.url() in result.error
     assert len(redirecting.calls) == 1
     assert elsewhere.calls == []
 
 
 def test_503_is_retried_after_the_time_it_asks_for(receivers):
-    result = deliver(receivers((503, {"Retry-After": "42"})).url)
+    result = deliver(receivers((503, {"Retry-After": "42"})).url())
     assert (result.outcome, result.status_code, result.retry_after) == ("retry", 503, 42.0)
 
 
 def test_429_is_retried(receivers):
-    result = deliver(receivers(429).url)
+    result = deliver(receivers(429).url())
     assert (result.outcome, result.status_code) == ("retry", 429)
 
 
@@ -203,7 +169,7 @@ def test_the_metadata_address_is_blocked_without_connecting():
 
 def test_loopback_that_is_not_allowed_is_blocked_and_never_reached(receivers):
     receiver = receivers()
-    result = deliver(receiver.url, allow=AllowList.parse(""))
+    result = deliver(receiver.url(), allow=AllowList.parse(""))
     assert result.outcome == "blocked"
     assert receiver.calls == []
 
