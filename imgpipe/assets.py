@@ -36,14 +36,19 @@ from imgpipe.settings import Settings
 requests_partitions = DynamicPartitionsDefinition(name="requests")
 ManifestType = pandera_schema_to_dagster_type(ManifestModel)
 
-# A step costs far more than an image (see the brief): a handful of batches keeps every core busy without
-# paying that cost per image.
+# A step costs far more than an image (see the brief), so steps take batches. In one process (the default)
+# a single batch already keeps every core busy (downloads in threads, one fork per image); with a step per
+# process, a couple of batches per concurrent step let them overlap.
 BATCHES_PER_CONCURRENT_STEP = 2
 MIN_BATCH_SIZE = 16
 
 
 def step_concurrency() -> int:
     return os.cpu_count() or 2
+
+
+def max_batches(settings: Settings) -> int:
+    return 1 if settings.executor == "in_process" else BATCHES_PER_CONCURRENT_STEP * step_concurrency()
 
 
 @asset(partitions_def=requests_partitions, dagster_type=ManifestType, group_name="imgpipe")
@@ -65,7 +70,7 @@ def upload_manifest(context: AssetExecutionContext, status_store: StatusStoreRes
 def plan_batches(context: OpExecutionContext, upload_manifest: pd.DataFrame, status_store: StatusStoreResource):
     """The request's unfinished images (a re-executed run skips compressed ones), in bounded batches."""
     items = work_items(status_store.open().unfinished_slots(context.partition_key))
-    batches = split_into_batches(items, BATCHES_PER_CONCURRENT_STEP * step_concurrency(), MIN_BATCH_SIZE)
+    batches = split_into_batches(items, max_batches(Settings.from_env()), MIN_BATCH_SIZE)
     context.log.info(f"{len(items)} unique images to process in {len(batches)} batch(es)")
     # An empty request still yields one empty batch so that the collect step runs.
     for index, batch in enumerate(batches or [[]]):

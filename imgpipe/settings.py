@@ -32,6 +32,13 @@ def _float(env: dict, name: str, default: float) -> float:
         raise ValueError(f"{name}={raw!r} is not a number") from exc
 
 
+def _choice(env: dict, name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    if raw not in choices:
+        raise ValueError(f"{name}={raw!r} is not one of {', '.join(choices)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Limits:
     """Every bound the pipeline enforces on hostile or oversized input."""
@@ -83,6 +90,7 @@ class Settings:
     sensor_interval: int = 5
     compress_workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     download_threads: int = 8
+    executor: str = "in_process"
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -99,6 +107,7 @@ class Settings:
             sensor_interval=max(1, _int(env, "IMGPIPE_SENSOR_INTERVAL", 5)),
             compress_workers=max(1, _int(env, "IMGPIPE_COMPRESS_WORKERS", os.cpu_count() or 2)),
             download_threads=max(1, _int(env, "IMGPIPE_DOWNLOAD_THREADS", 8)),
+            executor=_choice(env, "IMGPIPE_EXECUTOR", ("in_process", "multiprocess"), "in_process"),
             limits=Limits.from_env(env),
         )
 

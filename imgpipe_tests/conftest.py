@@ -34,6 +34,8 @@ os.environ.update({
     "IMGPIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
     "IMGPIPE_WEBHOOK_RETRY_DELAYS": "0.5,1,2,4",
     "IMGPIPE_SENSOR_INTERVAL": "1",
+    # execute_job runs here exercise the multiprocess executor; the daemon tests run the default, in-process.
+    "IMGPIPE_EXECUTOR": "multiprocess",
 })
 for name in ("IMGPIPE_API_TOKEN", "IMGPIPE_WEBHOOK_URL", "IMGPIPE_PROFILE"):
     os.environ.pop(name, None)
