@@ -18,7 +18,7 @@ from imgpipe.fetcher import FetchError, FetchLimits, fetch
 from imgpipe.settings import Settings
 from imgpipe.status_store import ImageResult, ImageSlot
 from imgpipe.storage import LocalStorage
-from imgpipe.url_safety import AllowList, UnresolvableHost, UnsafeUrl
+from imgpipe.url_safety import AllowList
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,10 @@ class BatchRunner:
         started = time.monotonic()
         try:
             download = fetch(item.input_url, allow=self.allow, limits=self.fetch_limits)
-        except (FetchError, UnsafeUrl, UnresolvableHost) as exc:
+        except FetchError as exc:
             return ImageResult(item.input_url, "failed", error=f"download failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bug met by one URL must fail that image, not its batch
+            return ImageResult(item.input_url, "failed", error=f"download failed: {type(exc).__name__}: {exc}")
         bytes_in = len(download.content)
         # The per-image budget covers download and compression, not the wait for a free core.
         remaining = max(1.0, limits.image_timeout - (time.monotonic() - started))

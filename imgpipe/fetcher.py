@@ -240,7 +240,8 @@ def _too_large(max_bytes: int) -> FetchError:
 
 def _read_capped(response: requests.Response, max_bytes: int) -> bytes:
     declared = response.headers.get("Content-Length", "")
-    if declared.isdecimal() and int(declared) > max_bytes:
+    # Past 18 digits it is far over any cap, and past 4300 int() refuses to read it.
+    if declared.isdecimal() and (len(declared) > 18 or int(declared) > max_bytes):
         raise _too_large(max_bytes)
     content = bytearray()
     for chunk in response.iter_content(_CHUNK_BYTES):
@@ -262,7 +263,7 @@ def fetch(
             ) as response:
                 location = response.headers.get("Location")
                 if response.status_code in REDIRECT_STATUSES and location:
-                    url = urljoin(url, location)
+                    url = _redirect_target(url, location)
                     continue
                 if not 200 <= response.status_code < 300:
                     raise FetchError("http_status", f"HTTP {response.status_code} from {url}", response.status_code)
@@ -271,6 +272,13 @@ def fetch(
                     raise deadline.error()
                 return FetchResult(url, response.status_code, response.headers.get("Content-Type"), content)
     raise FetchError("redirects", f"more than {limits.max_redirects} redirects")
+
+
+def _redirect_target(url: str, location: str) -> str:
+    try:
+        return urljoin(url, location)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: the server's doing, so this download's failure alone
+        raise FetchError("blocked", f"blocked: redirect to an invalid URL {location[:200]!r}") from None
 
 
 def post(
@@ -316,7 +324,7 @@ def _retry_after(value: str | None) -> float | None:
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a year or zone too large for a datetime
         return None
     if when.tzinfo is None:  # "-0000" zone; HTTP dates are GMT
         when = when.replace(tzinfo=timezone.utc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import secrets
 import shutil
 import urllib.parse
@@ -31,6 +32,10 @@ from imgpipe.url_safety import AllowList
 TEMPORARY_SUFFIXES = (".tmp", ".part")
 REQUEST_META = "request.json"
 INPUT_NAME = "input.csv"
+MAX_SIDECAR_BYTES = 64 * 1024
+# Below the 255 bytes most file systems allow in a name.
+MAX_KEPT_NAME_BYTES = 200
+_SIDECAR_TEXT_FIELDS = ("webhook_url", "request_id", "file_name", "source")
 
 
 def new_request_id() -> str:
@@ -42,6 +47,7 @@ def is_candidate(path: Path) -> bool:
     name = path.name
     return (
         path.is_file()
+        and not path.is_symlink()  # it would have intake read, keep and report on any file on this machine
         and not name.startswith(".")
         and not name.endswith(TEMPORARY_SUFFIXES)
         and path.suffix.lower() != ".json"
@@ -69,17 +75,22 @@ def read_sidecar(csv_path: Path) -> Sidecar:
     path = csv_path.with_suffix(".json")
     if not path.is_file():
         return Sidecar()
+    name = _as_text(path.name)
+    if path.stat().st_size > MAX_SIDECAR_BYTES:
+        return Sidecar(problem=f"sidecar {name} is larger than {MAX_SIDECAR_BYTES} bytes")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Sidecar(problem=f"sidecar {path.name} is not valid JSON: {exc}")
-    webhook_url = doc.get("webhook_url")
-    if webhook_url is not None and not isinstance(webhook_url, str):
-        return Sidecar(problem=f"sidecar {path.name}: webhook_url must be a string")
+        # An escape such as "\udce9" decodes to a lone surrogate, which the database cannot store.
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except ValueError as exc:  # UnicodeError is one
+        return Sidecar(problem=f"sidecar {name} is not valid JSON: {exc}")
+    for field in _SIDECAR_TEXT_FIELDS:
+        if doc.get(field) is not None and not isinstance(doc[field], str):
+            return Sidecar(problem=f"sidecar {name}: {field} must be a string")
     return Sidecar(
-        webhook_url=webhook_url or None,
+        webhook_url=doc.get("webhook_url") or None,
         request_id=doc.get("request_id"),
         file_name=doc.get("file_name"),
         source="api" if doc.get("source") == "api" else "folder",
@@ -129,7 +140,7 @@ class Intake:
     def take(self, path: Path) -> IntakeResult:
         sidecar = read_sidecar(path)
         request_id = self._claimed_request_id(sidecar) or new_request_id()
-        file_name = Path(sidecar.file_name).name if sidecar.file_name else path.name
+        file_name = Path(sidecar.file_name).name if sidecar.file_name else _as_text(path.name)
         errors = self._validate(path)
         if sidecar.problem:
             errors.insert(0, RowError(row=None, column=None, message=sidecar.problem))
@@ -170,7 +181,7 @@ class Intake:
         size = path.stat().st_size
         if size > limit:
             return [RowError(row=None, column=None,
-                             message=f"file is {size} bytes, the limit is {limit} bytes")]
+                             message=f"file is {size:,} bytes, more than the limit of {limit:,}")]
         try:
             parse_upload(path.read_bytes(), limits=self.settings.limits)
         except UploadRejected as exc:
@@ -213,9 +224,16 @@ class Intake:
                     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _as_text(name: str) -> str:
+    """A file name as text the database can store: bytes that were not UTF-8, which Python keeps as lone
+    surrogates, become U+FFFD."""
+    return re.sub("[\ud800-\udfff]", "\ufffd", name)
+
+
 def _safe_file_name(name: str) -> str:
     """The dropped file's own name (already without folders), made harmless as a single path component."""
     cleaned = "".join(ch if ch.isprintable() and ch not in "/\\" else "_" for ch in name).strip()
+    cleaned = cleaned.encode()[:MAX_KEPT_NAME_BYTES].decode("utf-8", "ignore")
     if cleaned in ("", ".", "..", REQUEST_META, "errors.json"):
         cleaned = f"upload-{cleaned.strip('.') or 'file'}.csv"
     return cleaned
