@@ -18,9 +18,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/imgpipe up
 
-# ImageMagick's `identify` cross-checks the quality estimate; installed when missing and we may (CI is root).
+# ImageMagick's `identify` cross-checks the quality estimate and Debian's Chromium runs the browser test;
+# both are installed when missing and we may (CI is root).
 test-system-deps:
 	@command -v identify >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq imagemagick >/dev/null) || echo "note: ImageMagick not installed; its cross-check will be skipped"; }
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "note: Chromium not installed; the browser test (imgpipe_tests/test_ui_browser.py) will be skipped"; }
 
 test: $(STAMP) test-system-deps
 	$(PY) -m pytest -q -ra
