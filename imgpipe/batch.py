@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -68,16 +68,16 @@ class BatchRunner:
         unreported: list[ImageResult] = []
         last_report = time.monotonic()
         with ThreadPoolExecutor(max_workers=min(self.settings.download_threads, max(1, len(items)))) as pool:
-            futures = [pool.submit(self.process, item) for item in items]
-            for future in as_completed(futures):
-                result = future.result()
-                results.append(result)
-                unreported.append(result)
-                if time.monotonic() - last_report >= report_interval:
+            pending = {pool.submit(self.process, item) for item in items}
+            while pending:
+                # Wake at least every interval, so a finished image is reported while slow ones still run.
+                done, pending = wait(pending, timeout=report_interval, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results.append(future.result())
+                    unreported.append(results[-1])
+                if unreported and (not pending or time.monotonic() - last_report >= report_interval):
                     report(unreported)
                     unreported, last_report = [], time.monotonic()
-        if unreported:
-            report(unreported)
         return results
 
     def process(self, item: WorkItem) -> ImageResult:

@@ -215,14 +215,14 @@ def run_workers() -> list[int]:
     return pids
 
 
-def test_a_killed_run_ends_its_request_failed_with_a_webhook(stack, image_server, image_root):
+def test_a_killed_run_ends_failed_and_a_retry_finishes_without_redoing_work(stack, image_server, image_root):
     receiver = WebhookReceiver()
-    [url] = images(image_root, image_server, 1)
-    slow = url.replace("/img/", "/slow/20/")
+    fast, slow_file = images(image_root, image_server, 2)
+    slow = slow_file.replace("/img/", "/slow/10/")  # under the 15 s read timeout, so the retry gets it
     stack.drop("doomed.json", json.dumps({"webhook_url": receiver.url()}))
-    stack.drop("doomed.csv", product_csv([[slow]]))
+    stack.drop("doomed.csv", product_csv([[fast, slow], [fast]]))
     request_id = stack.request_for("doomed.csv", 30)["request_id"]
-    assert wait_for(lambda: stack.store.counts(request_id)["processing"] == 1, 60), stack.log_tail()
+    assert wait_for(lambda: stack.store.counts(request_id)["compressed"] == 2, 60), stack.log_tail()
 
     workers = run_workers()
     assert workers, "no run worker found"
@@ -235,6 +235,20 @@ def test_a_killed_run_ends_its_request_failed_with_a_webhook(stack, image_server
     payload = json.loads(receiver.calls[0]["body"])
     assert payload["type"] == "request.failed" and payload["request_id"] == request_id
     assert (stack.home / "public" / "outputs" / f"{request_id}.csv").exists()
+
+    retried = subprocess.run([str(BIN / "imgpipe"), "retry", request_id, "--wait"], env=stack.env, cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+
+    assert retried.returncode == 0, retried.stderr
+    images_rows = stack.store.images(request_id)
+    assert stack.store.get_request(request_id)["status"] == "completed", [(i["status"], i["error"]) for i in images_rows]
+    assert len(images_rows) == 3 and {i["status"] for i in images_rows} == {"compressed"}
+    assert len(stack.store.products(request_id)) == 2
+    path_of = lambda url: url.split(str(image_server.port), 1)[1]  # noqa: E731
+    assert image_server.hits_for(path_of(fast)) == 1  # compressed once, before the kill, and kept
+    assert wait_for(lambda: len(receiver.calls) == 2, 30)
+    time.sleep(2)
+    assert [json.loads(c["body"])["type"] for c in receiver.calls] == ["request.failed", "request.completed"]
     receiver.close()
 
 
