@@ -27,5 +27,9 @@ test-system-deps:
 test: $(STAMP) test-system-deps
 	$(PY) -m pytest -q -ra
 
+# Throughput against a warm process pool (bench-results/bench.json). BENCH_ARGS=--quick for 50 and 200 images.
+bench: $(STAMP)
+	$(PY) bench/run_bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,9 +8,11 @@ Generates photo-like JPEGs once (cached in bench-results/images-<N>/), serves th
 2. imgpipe: a real `dagster-daemon` with a fresh IMGPIPE_HOME and DAGSTER_HOME, one CSV dropped into the inbox
    per size, timed from the drop to the request's terminal status (end to end) and from the Dagster run's
    start to its end (the run alone).
-A one-image request and two sizes tell fixed cost from marginal throughput: (n2 - n1) / (t2 - t1).
+A one-image request and two sizes tell fixed cost from marginal throughput: (n2 - n1) / (t2 - t1). Each size
+runs through the baseline and then through imgpipe, so that load from elsewhere on the machine hits both alike.
 Peak memory is the sum of VmRSS (and of PSS, which does not count pages shared after fork twice) over the
-process tree, sampled every 0.2 s. Everything is printed and written to bench-results/bench.json.
+daemon's process tree, or the pool's workers, sampled every 0.2 s. Everything is printed and written to
+bench-results/bench.json.
 """
 from __future__ import annotations
 
@@ -31,14 +33,16 @@ import tempfile
 import threading
 import time
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import requests
 from PIL import Image, ImageDraw
 
 from imgpipe.image_policy import compress_image
-from imgpipe.settings import Limits
+from imgpipe.settings import Settings
 from imgpipe.status_store import DuckDBStatusStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +53,6 @@ TERMINAL = {"completed", "completed_with_errors", "failed"}
 SENSOR_INTERVAL = 1
 WIDTH, HEIGHT = 1600, 1200
 URLS_PER_PRODUCT = 10
-MIB = 1024 * 1024
 
 
 # ---------------------------------------------------------------- images and their server
@@ -154,11 +157,11 @@ def _command(pid: int) -> str:
 
 
 class TreeMemory:
-    """Samples the summed VmRSS and PSS of `root` and all its descendants every 0.2 s; keeps the peaks and
+    """Samples the summed VmRSS and PSS of `processes()` ({pid: parent pid}) every 0.2 s; keeps the peaks and
     the processes at the RSS peak."""
 
-    def __init__(self, root: int):
-        self.root = root
+    def __init__(self, processes: Callable[[], dict[int, int]]):
+        self.processes = processes
         self._lock = threading.Lock()
         self._reset()
         self._stop = threading.Event()
@@ -173,7 +176,7 @@ class TreeMemory:
             self._sample()
 
     def _sample(self) -> None:
-        tree = _tree(self.root)
+        tree = self.processes()
         usage = {pid: (_kib(f"/proc/{pid}/status", "VmRSS:"), _kib(f"/proc/{pid}/smaps_rollup", "Pss:"))
                  for pid in tree}
         rss, pss = (sum(u[i] for u in usage.values()) for i in (0, 1))
@@ -206,7 +209,7 @@ class TreeMemory:
 
 def _start_worker() -> None:
     global _session, _limits
-    _session, _limits = requests.Session(), Limits()
+    _session, _limits = requests.Session(), Settings.from_env().limits
 
 
 def _download_and_compress(url: str, out_path: str) -> int:
@@ -217,22 +220,13 @@ def _download_and_compress(url: str, out_path: str) -> int:
     return len(image.data)
 
 
-def run_baseline(pool, urls: list[str], counts: list[int], work: Path) -> dict:
-    results = {}
-    with TreeMemory(os.getpid()) as memory:
-        pool.starmap(_download_and_compress, [(urls[0], str(work / "warm.jpg"))] * CPUS, chunksize=1)
-        memory.take_peaks()
-        for count in counts:
-            out = work / f"baseline-{count}"
-            out.mkdir()
-            jobs = [(url, str(out / f"{i:05d}.jpg")) for i, url in enumerate(urls[:count])]
-            started = time.perf_counter()
-            pool.starmap(_download_and_compress, jobs, chunksize=1)
-            seconds = time.perf_counter() - started
-            results[count] = {"seconds": round(seconds, 3), "images_per_s": round(count / seconds, 1),
-                              **memory.take_peaks()}
-            print(f"baseline {count:>5} images: {seconds:7.2f} s", flush=True)
-    return results
+def time_baseline(pool, urls: list[str], out: Path) -> dict:
+    out.mkdir()
+    started = time.perf_counter()
+    pool.starmap(_download_and_compress, [(url, str(out / f"{i:05d}.jpg")) for i, url in enumerate(urls)],
+                 chunksize=1)
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 3), "images_per_s": round(len(urls) / seconds, 1)}
 
 
 # ---------------------------------------------------------------- imgpipe under a real daemon
@@ -253,10 +247,9 @@ class Daemon:
         self.inbox = self.home / "inbox"
         self.store = DuckDBStatusStore(self.home / "imgpipe.duckdb")
         self.log = RESULTS / "daemon.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPIPE_")}
-        self.env.update({"IMGPIPE_HOME": str(self.home), "DAGSTER_HOME": str(self.dagster_home),
-                         "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1",
-                         "IMGPIPE_SENSOR_INTERVAL": str(SENSOR_INTERVAL)})
+        # Other IMGPIPE_* settings (IMGPIPE_EXECUTOR, IMGPIPE_COMPRESS_WORKERS, ...) pass through.
+        self.env = {**os.environ, "IMGPIPE_HOME": str(self.home), "DAGSTER_HOME": str(self.dagster_home),
+                    "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1", "IMGPIPE_SENSOR_INTERVAL": str(SENSOR_INTERVAL)}
 
     def __enter__(self) -> "Daemon":
         from dagster import DagsterInstance
@@ -310,6 +303,8 @@ class Daemon:
         request = self.wait(f"terminal status of {name}", lambda: (
             (r := self.store.latest_request_for_file(name)) and r["status"] in TERMINAL and r), timeout)
         request_id = request["request_id"]
+        if request["status"] != "completed":  # every benchmark image is valid: anything else is a fault
+            raise RuntimeError(f"request {request_id} ended {request['status']}: {request['error']}")
         record = self.wait(f"end of the run of {request_id}", lambda: next(
             (r for r in self.instance.get_run_records(RunsFilter(tags={"dagster/partition": request_id}))
              if r.end_time), None), 60)
@@ -350,29 +345,37 @@ class Daemon:
                           "launch_s": round(m[T.STEP_START] - launched, 3),
                           "work_s": round(ended - m[T.STEP_START], 3), "ended_at_s": round(ended - start, 3)})
         steps.sort(key=lambda s: s["launched_at_s"])
+        compress = [s for s in steps if ".compress_batch[" in s["step"]]
         return {
             "steps": len(steps),
             "run_phases_s": {"queued": round(dequeued - created, 3),
                              "worker_start": round(start - dequeued, 3),
-                             "first_step_launch": steps[0]["launched_at_s"] if steps else None,
-                             "after_last_step": round(record.end_time - start - max(s["ended_at_s"] for s in steps), 3)
-                             if steps else None},
+                             "first_step_launch": steps[0]["launched_at_s"],
+                             "after_last_step": round(record.end_time - start - max(s["ended_at_s"] for s in steps), 3)},
+            "compress_window_s": round(max(s["ended_at_s"] for s in compress)
+                                       - min(s["launched_at_s"] for s in compress), 3),
             "step_timeline": steps,
         }
 
 
-def run_imgpipe(urls: list[str], counts: list[int], work: Path) -> dict:
-    results = {}
-    with Daemon(work) as daemon, TreeMemory(daemon.proc.pid) as memory:
-        print("imgpipe: starting dagster-daemon, warm-up request of one image", flush=True)
+def run_all(pool, workers: dict[int, int], urls: list[str], counts: list[int], work: Path) -> tuple[dict, dict]:
+    baseline, imgpipe = {}, {}
+    with (Daemon(work) as daemon, TreeMemory(lambda: workers) as pool_memory,
+          TreeMemory(functools.partial(_tree, daemon.proc.pid)) as daemon_memory):
+        print("warming up the pool, and the daemon with a one-image request", flush=True)
+        time_baseline(pool, urls[:CPUS], work / "warm-up")
         daemon.process("warm-up.csv", urls[:1], timeout=300)
         for count in counts:
-            memory.take_peaks()
-            result = daemon.process(f"bench-{count}.csv", urls[:count], timeout=120 + count)
-            results[count] = {**result, **memory.take_peaks()}
-            print(f"imgpipe  {count:>5} images: {result['end_to_end_s']:7.2f} s end to end, "
-                  f"{result['run_s']:7.2f} s run, {result['status']}", flush=True)
-    return results
+            pool_memory.take_peaks()
+            baseline[count] = {**time_baseline(pool, urls[:count], work / f"baseline-{count}"),
+                               **pool_memory.take_peaks(), "load_1min": os.getloadavg()[0]}
+            daemon_memory.take_peaks()
+            imgpipe[count] = {**daemon.process(f"bench-{count}.csv", urls[:count], timeout=120 + count),
+                              **daemon_memory.take_peaks(), "load_1min": os.getloadavg()[0]}
+            print(f"{count:>5} images: baseline {baseline[count]['seconds']:.2f} s, imgpipe "
+                  f"{imgpipe[count]['end_to_end_s']:.2f} s end to end, {imgpipe[count]['run_s']:.2f} s run, "
+                  f"{imgpipe[count]['status']}", flush=True)
+    return baseline, imgpipe
 
 
 # ---------------------------------------------------------------- report
@@ -387,16 +390,33 @@ def report(sizes: list[int], baseline: dict, imgpipe: dict) -> dict:
     base_marginal = marginal(baseline, "seconds", low, high)
     e2e_marginal = marginal(imgpipe, "end_to_end_s", low, high)
     run_marginal = marginal(imgpipe, "run_s", low, high)
-    print(f"\n{'images':>6} | {'baseline s':>10} {'img/s':>6} {'RSS MiB':>7} | {'imgpipe e2e s':>13} {'img/s':>6} "
-          f"{'ratio':>5} | {'run s':>6} {'img/s':>6} {'ratio':>5} | {'drop>req':>8} {'req>run':>7} | {'steps':>5} | "
-          f"{'tree RSS MiB':>12} {'PSS MiB':>7}")
+    columns = [  # title, value of (images, baseline run, imgpipe run)
+        ("images", lambda n, b, i: n),
+        ("pool s", lambda n, b, i: b["seconds"]),
+        ("pool img/s", lambda n, b, i: b["images_per_s"]),
+        ("e2e s", lambda n, b, i: i["end_to_end_s"]),
+        ("e2e img/s", lambda n, b, i: n / i["end_to_end_s"]),
+        ("e2e ratio", lambda n, b, i: b["seconds"] / i["end_to_end_s"]),
+        ("run s", lambda n, b, i: i["run_s"]),
+        ("run img/s", lambda n, b, i: n / i["run_s"]),
+        ("run ratio", lambda n, b, i: b["seconds"] / i["run_s"]),
+        ("compress img/s", lambda n, b, i: n / i["compress_window_s"]),
+        ("drop>req s", lambda n, b, i: i["drop_to_request_s"]),
+        ("req>run s", lambda n, b, i: i["request_to_run_start_s"]),
+        ("steps", lambda n, b, i: i["steps"]),
+        ("pool RSS MiB", lambda n, b, i: b["peak_rss_mib"]),
+        ("tree RSS MiB", lambda n, b, i: i["peak_rss_mib"]),
+        ("tree PSS MiB", lambda n, b, i: i["peak_pss_mib"]),
+        ("load 1 min", lambda n, b, i: i["load_1min"]),
+    ]
+    print("\npool = the baseline; e2e = imgpipe from the folder drop to the terminal status; run = the Dagster"
+          "\nrun alone; ratio = imgpipe img/s over the pool's; compress = from the launch of the first compress_batch"
+          "\nstep to the end of the last")
+    print(" | ".join(title for title, _ in columns))
     for n in counts:
-        b, i = baseline[n], imgpipe[n]
-        print(f"{n:>6} | {b['seconds']:>10.2f} {b['images_per_s']:>6.1f} {b['peak_rss_mib']:>7} | "
-              f"{i['end_to_end_s']:>13.2f} {n / i['end_to_end_s']:>6.1f} {b['seconds'] / i['end_to_end_s']:>5.2f} | "
-              f"{i['run_s']:>6.2f} {n / i['run_s']:>6.1f} {b['seconds'] / i['run_s']:>5.2f} | "
-              f"{i['drop_to_request_s']:>8.2f} {i['request_to_run_start_s']:>7.2f} | {i['steps']:>5} | "
-              f"{i['peak_rss_mib']:>12} {i['peak_pss_mib']:>7}")
+        cells = (value(n, baseline[n], imgpipe[n]) for _, value in columns)
+        print(" | ".join(f"{c:>{len(t)}.2f}" if isinstance(c, float) else f"{c:>{len(t)}}"
+                         for (t, _), c in zip(columns, cells)))
     print(f"marginal images/s ({low}->{high}): baseline {base_marginal}, imgpipe end to end {e2e_marginal} "
           f"(ratio {e2e_marginal / base_marginal:.2f}), imgpipe run {run_marginal} "
           f"(ratio {run_marginal / base_marginal:.2f})")
@@ -431,18 +451,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="sizes 50 and 200")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in ("50,200" if args.quick else args.sizes).split(","))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the daemon is stopped on `kill` too
+    settings = Settings.from_env()
+    print(f"imgpipe executor {settings.executor}, {settings.compress_workers} compress workers; sizes {sizes}")
     RESULTS.mkdir(exist_ok=True)
     load_at_start = os.getloadavg()
     folder = ensure_images(sizes[-1])
     pool = multiprocessing.Pool(CPUS, initializer=_start_worker)  # forked before any thread of ours starts
-    with tempfile.TemporaryDirectory(dir=RESULTS, prefix="work-") as tmp, ImageServer(folder) as server:
-        work, urls = Path(tmp), server.urls(sizes[-1])
-        with pool:
-            baseline = run_baseline(pool, urls, [1, *sizes], work)
-        imgpipe = run_imgpipe(urls, [1, *sizes], work)
+    workers = {child.pid: os.getpid() for child in multiprocessing.active_children()}
+    # From here on `kill` also stops the daemon. Not before: pool workers must keep the default handler.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with pool, tempfile.TemporaryDirectory(dir=RESULTS, prefix="work-") as tmp, ImageServer(folder) as server:
+        baseline, imgpipe = run_all(pool, workers, server.urls(sizes[-1]), [1, *sizes], Path(tmp))
     summary = report(sizes, baseline, imgpipe)
-    from importlib.metadata import version
     result = {
         "machine": {"cpus": CPUS, "python": platform.python_version(), "loadavg_at_start": load_at_start,
                     "loadavg_at_end": os.getloadavg(),
@@ -450,7 +470,9 @@ def main() -> None:
         "image": {"width": WIDTH, "height": HEIGHT, "quality_range": [40, 95]},
         "sizes": sizes,
         "baseline": {"workers": CPUS, "runs": baseline, "marginal_images_per_s": summary["base_marginal"]},
-        "imgpipe": {"sensor_interval_s": SENSOR_INTERVAL, "runs": imgpipe,
+        "imgpipe": {"sensor_interval_s": SENSOR_INTERVAL, "executor": settings.executor,
+                    "compress_workers": settings.compress_workers, "download_threads": settings.download_threads,
+                    "runs": imgpipe,
                     "marginal_images_per_s_end_to_end": summary["e2e_marginal"],
                     "marginal_images_per_s_run": summary["run_marginal"]},
         "targets": summary["targets"],
