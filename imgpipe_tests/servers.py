@@ -1,11 +1,20 @@
-"""Real servers on 127.0.0.1 for the tests: images (with misbehaviours) and a webhook receiver."""
+"""Real servers on 127.0.0.1 for the tests (images with misbehaviours, a webhook receiver), and what the tests
+that start imgpipe's own processes share: a free port, a product CSV, an isolated home."""
 from __future__ import annotations
 
+import csv
 import http.server
+import io
+import os
+import shutil
+import socket
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class ImageServer:
@@ -127,3 +136,40 @@ def wait_for(predicate, timeout: float = 30.0, step: float = 0.2):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(step)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def product_csv(rows: list[list[str]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
+    writer.writerows([i, f"Item {i}", ", ".join(urls)] for i, urls in enumerate(rows, 1))
+    return out.getvalue()
+
+
+@dataclass
+class IsolatedHome:
+    """An IMGPIPE_HOME and a DAGSTER_HOME (holding the project's dagster.yaml) of their own, and the environment
+    for processes started over them: conftest.py's IMGPIPE_* settings are for this process, not for those."""
+
+    home: Path
+    dagster_home: Path
+    env: dict
+
+    @classmethod
+    def create(cls, root: Path, public_base_url: str) -> "IsolatedHome":
+        dagster_home = root / "dagster_home"
+        dagster_home.mkdir(parents=True)
+        shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGPIPE_", "DAGSTER_"))}
+        env.update({
+            "IMGPIPE_HOME": str(root / "home"), "DAGSTER_HOME": str(dagster_home),
+            "IMGPIPE_PUBLIC_BASE_URL": public_base_url, "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1",
+            "IMGPIPE_SENSOR_INTERVAL": "1", "IMGPIPE_WEBHOOK_SECRET": os.environ["IMGPIPE_WEBHOOK_SECRET"],
+        })
+        return cls(root / "home", dagster_home, env)

@@ -6,9 +6,7 @@ import csv
 import io
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,34 +20,19 @@ from standardwebhooks import Webhook
 
 from imgpipe.status_store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
-from imgpipe_tests.servers import WebhookReceiver, wait_for
+from imgpipe_tests.servers import REPO, IsolatedHome, WebhookReceiver, free_port, product_csv, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TERMINAL = {"completed", "completed_with_errors", "failed", "rejected"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Stack:
     def __init__(self, root: Path):
-        self.home = root / "home"
-        self.dagster_home = root / "dagster_home"
-        self.dagster_home.mkdir(parents=True)
-        shutil.copy(REPO / "dagster.yaml", self.dagster_home / "dagster.yaml")
         self.api_port = free_port()
         self.api = f"http://127.0.0.1:{self.api_port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPIPE_")}
-        self.env.update({
-            "IMGPIPE_HOME": str(self.home), "DAGSTER_HOME": str(self.dagster_home),
-            "IMGPIPE_PUBLIC_BASE_URL": self.api, "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1",
-            "IMGPIPE_SENSOR_INTERVAL": "1", "IMGPIPE_WEBHOOK_RETRY_DELAYS": "1,2,30",
-            "IMGPIPE_WEBHOOK_SECRET": os.environ["IMGPIPE_WEBHOOK_SECRET"],
-        })
+        isolated = IsolatedHome.create(root, public_base_url=self.api)
+        self.home, self.dagster_home, self.env = isolated.home, isolated.dagster_home, isolated.env
+        self.env["IMGPIPE_WEBHOOK_RETRY_DELAYS"] = "1,2,30"
         self.store = DuckDBStatusStore(self.home / "imgpipe.duckdb")
         self.logs = root
         self.procs: list[subprocess.Popen] = []
@@ -104,14 +87,6 @@ def stack(tmp_path_factory):
     stack.start()
     yield stack
     stack.stop()
-
-
-def product_csv(rows: list[list[str]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
-    writer.writerows([i, f"Item {i}", ", ".join(urls)] for i, urls in enumerate(rows, 1))
-    return out.getvalue()
 
 
 def images(image_root: Path, image_server, count: int, quality: int = 80) -> list[str]:

@@ -11,13 +11,9 @@ when it runs as root); Playwright only drives it (`executable_path`), it never d
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -28,7 +24,7 @@ import requests
 
 from imgpipe.status_store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
-from imgpipe_tests.servers import wait_for
+from imgpipe_tests.servers import REPO, IsolatedHome, free_port, product_csv, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -40,7 +36,6 @@ expect = playwright_api.expect
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -51,38 +46,15 @@ WORKSPACE_QUERY = """{ workspaceOrError { ... on Workspace { locationEntries {
 TERMINAL = {"completed", "completed_with_errors", "failed", "rejected"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def product_csv(rows: list[list[str]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
-    writer.writerows([i, f"Item {i}", ", ".join(urls)] for i, urls in enumerate(rows, 1))
-    return out.getvalue()
-
-
 class DagsterDev:
     """`dagster dev` (webserver, daemon and code server) over an IMGPIPE_HOME and DAGSTER_HOME of its own."""
 
     def __init__(self, root: Path):
-        self.home = root / "home"
-        self.dagster_home = root / "dagster_home"
-        self.dagster_home.mkdir(parents=True)
-        shutil.copy(REPO / "dagster.yaml", self.dagster_home / "dagster.yaml")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.public_base_url = f"http://127.0.0.1:{free_port()}"  # only written into metadata, never fetched
-        # conftest.py set IMGPIPE_* for this process (a shared home, the multiprocess executor): not for ours.
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGPIPE_", "DAGSTER_"))}
-        self.env.update({
-            "IMGPIPE_HOME": str(self.home), "DAGSTER_HOME": str(self.dagster_home),
-            "IMGPIPE_PUBLIC_BASE_URL": self.public_base_url, "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1",
-            "IMGPIPE_SENSOR_INTERVAL": "1", "IMGPIPE_WEBHOOK_SECRET": os.environ["IMGPIPE_WEBHOOK_SECRET"],
-        })
+        isolated = IsolatedHome.create(root, public_base_url=self.public_base_url)
+        self.home, self.dagster_home, self.env = isolated.home, isolated.dagster_home, isolated.env
         self.store = DuckDBStatusStore(self.home / "imgpipe.duckdb")
         self.log = root / "dagster-dev.log"
         self.proc: subprocess.Popen | None = None
