@@ -6,7 +6,6 @@ that sees the status finds everything else in place.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -15,7 +14,7 @@ from imgpipe.output_csv import OutputRow, render_output_csv, rows_from_manifest
 from imgpipe.settings import Settings
 from imgpipe.status_store import DuckDBStatusStore
 from imgpipe.storage import LocalStorage, StoredObject
-from imgpipe.webhook import build_payload, event_type
+from imgpipe.webhook import build_payload, event_type, message_id
 
 
 @dataclass(frozen=True)
@@ -38,11 +37,6 @@ def terminal_status(counts: dict[str, int], run_failure: str | None) -> tuple[st
     if failed == total:
         return "failed", f"all {total} images failed"
     return "completed_with_errors", f"{failed} of {total} images failed"
-
-
-def webhook_id_for(request_id: str, run_id: str) -> str:
-    """One webhook per run of a request: every attempt of it keeps this ID; a retry run gets a new one."""
-    return "msg_" + hashlib.sha256(f"{request_id}/{run_id}".encode()).hexdigest()[:24]
 
 
 def output_rows(store: DuckDBStatusStore, storage: LocalStorage, settings: Settings,
@@ -84,7 +78,7 @@ def complete_request(settings: Settings, store: DuckDBStatusStore, storage: Loca
     url = request.get("webhook_url") or settings.webhook_url
     webhook_id = None
     if url:
-        webhook_id = webhook_id_for(request_id, run_id)
+        webhook_id = message_id(request_id, run_id)
         payload = build_payload(request_id, status, counts, csv_object.url, datetime.now(timezone.utc))
         store.enqueue_webhook(webhook_id=webhook_id, request_id=request_id, url=url,
                               event_type=event_type(status), payload=payload)

@@ -40,10 +40,10 @@ def build_payload(request_id: str, status: str, counts: dict, output_csv_url: st
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def message_id(request_id: str, generation: int) -> str:
-    """Derived, not random, so that a process resuming a delivery round sends the ID receivers already saw
-    and they can drop the duplicate; a new round (a retried request) gets a new ID."""
-    return f"msg_{request_id}_{generation}"
+def message_id(request_id: str, run_id: str) -> str:
+    """Derived, not random, so that a process resuming a delivery sends the ID receivers already saw and they
+    can drop the duplicate; each run of a request (a retry, a re-execution) ends with a webhook of its own."""
+    return f"msg_{request_id}_{run_id[:8]}"
 
 
 @dataclass(frozen=True)

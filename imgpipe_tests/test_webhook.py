@@ -75,10 +75,11 @@ def test_payload_of_a_failed_request_and_a_naive_utc_time():
     assert payload["timestamp"] == "2024-05-01T12:00:00.000Z"
 
 
-def test_message_id_is_stable_per_request_and_round():
-    assert message_id("r1", 0) == message_id("r1", 0)
-    assert message_id("r1", 0).startswith("msg_")
-    assert len({message_id("r1", 0), message_id("r1", 1), message_id("r2", 0)}) == 3
+def test_message_id_is_stable_per_request_and_run():
+    run_a, run_b = "0f3c9a1e-aaaa-bbbb", "77d2c4b0-cccc-dddd"
+    assert message_id("r1", run_a) == message_id("r1", run_a)
+    assert message_id("r1", run_a).startswith("msg_")
+    assert len({message_id("r1", run_a), message_id("r1", run_b), message_id("r2", run_a)}) == 3
 
 
 # ---------------------------------------------------------------------------------------------- one attempt
