@@ -20,7 +20,7 @@ from standardwebhooks import Webhook
 
 from imgpipe.status_store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
-from imgpipe_tests.servers import REPO, IsolatedHome, WebhookReceiver, free_port, product_csv, wait_for
+from imgpipe_tests.servers import REPO, IsolatedHome, WebhookReceiver, drop_into_inbox, free_port, product_csv, wait_for
 
 BIN = Path(sys.executable).parent
 TERMINAL = {"completed", "completed_with_errors", "failed", "rejected"}
@@ -61,10 +61,7 @@ class Stack:
                 os.killpg(proc.pid, signal.SIGKILL)
 
     def drop(self, name: str, text: str) -> None:
-        inbox = self.home / "inbox"
-        inbox.mkdir(parents=True, exist_ok=True)
-        (inbox / f".{name}.tmp").write_text(text)
-        os.replace(inbox / f".{name}.tmp", inbox / name)
+        drop_into_inbox(self.home, name, text)
 
     def request_for(self, file_name: str, timeout: float) -> dict:
         found = wait_for(lambda: self.store.latest_request_for_file(file_name), timeout)

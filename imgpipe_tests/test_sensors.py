@@ -9,6 +9,7 @@ from imgpipe.definitions import defs
 from imgpipe.sensors import inbox_sensor
 from imgpipe.settings import Settings
 from imgpipe.status_store import DuckDBStatusStore
+from imgpipe_tests.servers import drop_into_inbox
 
 GOOD = "S. No.,Product Name,Input Image Urls\n1,Chair,https://img.example/a.jpg\n"
 
@@ -18,16 +19,9 @@ def evaluate(instance: DagsterInstance):
         return inbox_sensor(context)
 
 
-def drop(name: str, text: str) -> None:
-    inbox = Settings.from_env().inbox
-    inbox.mkdir(parents=True, exist_ok=True)
-    (inbox / f".{name}.tmp").write_text(text)
-    (inbox / f".{name}.tmp").rename(inbox / name)
-
-
 def test_a_dropped_file_becomes_a_partition_and_one_run_request():
     name = f"sensor-{uuid.uuid4().hex[:6]}.csv"
-    drop(name, GOOD)
+    drop_into_inbox(Settings.from_env().home, name, GOOD)
     with instance_for_test() as instance:
         result = evaluate(instance)
         store = DuckDBStatusStore(Settings.from_env().db_path)
@@ -41,7 +35,7 @@ def test_a_dropped_file_becomes_a_partition_and_one_run_request():
 
 def test_a_rejected_file_launches_nothing():
     name = f"bad-{uuid.uuid4().hex[:6]}.csv"
-    drop(name, "S. No.,Product Name,Input Image Urls\n1,,ftp://x/y.jpg\n")
+    drop_into_inbox(Settings.from_env().home, name, "S. No.,Product Name,Input Image Urls\n1,,ftp://x/y.jpg\n")
     with instance_for_test() as instance:
         result = evaluate(instance)
         request = DuckDBStatusStore(Settings.from_env().db_path).latest_request_for_file(name)
@@ -51,7 +45,7 @@ def test_a_rejected_file_launches_nothing():
 
 def test_a_retried_request_gets_a_new_run_key():
     name = f"again-{uuid.uuid4().hex[:6]}.csv"
-    drop(name, GOOD)
+    drop_into_inbox(Settings.from_env().home, name, GOOD)
     store = DuckDBStatusStore(Settings.from_env().db_path)
     with instance_for_test() as instance:
         evaluate(instance)

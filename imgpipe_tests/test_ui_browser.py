@@ -24,7 +24,7 @@ import requests
 
 from imgpipe.status_store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
-from imgpipe_tests.servers import REPO, IsolatedHome, free_port, product_csv, wait_for
+from imgpipe_tests.servers import REPO, IsolatedHome, drop_into_inbox, free_port, product_csv, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -105,10 +105,7 @@ class DagsterDev:
         self.proc.wait(timeout=10)
 
     def drop(self, name: str, text: str) -> None:
-        inbox = self.home / "inbox"
-        inbox.mkdir(parents=True, exist_ok=True)
-        (inbox / f".{name}.tmp").write_text(text)
-        os.replace(inbox / f".{name}.tmp", inbox / name)
+        drop_into_inbox(self.home, name, text)
 
     def terminal_request_for(self, file_name: str, timeout: float) -> dict:
         request = wait_for(lambda: (r := self.store.latest_request_for_file(file_name)) and r["status"] in TERMINAL
