@@ -27,7 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from imgpipe.csv_schema import UploadRejected, parse_upload
-from imgpipe.intake import new_request_id, submit_to_inbox
+from imgpipe.intake import enqueue_upload
 from imgpipe.settings import Settings
 from imgpipe.status_store import IMAGE_STATUSES, TERMINAL_STATUSES, DuckDBStatusStore, StoreBusy
 
@@ -230,18 +230,9 @@ class Api:
                 existing = await self.in_store(self.store.find_by_idempotency_key, key)
                 if existing:
                     return self._accepted(existing["request_id"], replayed=True)
-            request_id = new_request_id()
-            await self.in_store(self.store.create_request, request_id, source="api", file_name=upload.file_name,
-                                webhook_url=upload.webhook_url, idempotency_key=key)
-            sidecar = {"request_id": request_id, "file_name": upload.file_name, "source": "api",
-                       "webhook_url": upload.webhook_url}
-            try:
-                await run_in_threadpool(submit_to_inbox, self.settings, upload.data, sidecar, stem=request_id)
-            except OSError as exc:
-                # Without its file the request would wait forever as `queued`.
-                await self.in_store(self.store.finish_request, request_id, "failed",
-                                    f"the upload could not be stored: {exc}")
-                raise
+            request_id = await self.in_store(enqueue_upload, self.settings, self.store, upload.data,
+                                             file_name=upload.file_name, source="api",
+                                             webhook_url=upload.webhook_url, idempotency_key=key)
         return self._accepted(request_id)
 
     async def _read_upload(self, request: Request) -> Upload:

@@ -125,6 +125,23 @@ def submit_to_inbox(settings: Settings, data: bytes, sidecar: dict, stem: str) -
     return target
 
 
+def enqueue_upload(settings: Settings, store: DuckDBStatusStore, data: bytes, *, file_name: str, source: str,
+                   webhook_url: str | None, idempotency_key: str | None = None) -> str:
+    """Record a `queued` request, then hand its file to the inbox under that ID (the REST API and the UI
+    launch): the request exists before the sensor ever sees the file, so a status read never misses it."""
+    request_id = new_request_id()
+    store.create_request(request_id, source=source, file_name=file_name, webhook_url=webhook_url,
+                         idempotency_key=idempotency_key)
+    sidecar = {"request_id": request_id, "file_name": file_name, "source": source, "webhook_url": webhook_url}
+    try:
+        submit_to_inbox(settings, data, sidecar, stem=request_id)
+    except OSError as exc:
+        # Without its file the request would wait forever as `queued`.
+        store.finish_request(request_id, "failed", f"the upload could not be stored: {exc}")
+        raise
+    return request_id
+
+
 class Intake:
     def __init__(self, settings: Settings, store: DuckDBStatusStore):
         self.settings = settings

@@ -16,7 +16,7 @@ from dagster import (
 from pydantic import Field
 
 from imgpipe.assets import compressed_images, output_csv, step_concurrency, upload_manifest
-from imgpipe.intake import load_csv_source, new_request_id, submit_to_inbox
+from imgpipe.intake import enqueue_upload, load_csv_source
 from imgpipe.resources import StatusStoreResource
 from imgpipe.settings import Settings
 
@@ -53,11 +53,8 @@ def submit_csv(context: OpExecutionContext, config: SubmitCsvConfig, status_stor
     """Hands the CSV to the inbox, the same intake as a folder drop; the inbox sensor launches its run."""
     settings = Settings.from_env()
     data, file_name = load_csv_source(settings, config.csv)
-    request_id = new_request_id()
-    status_store.open().create_request(request_id, source="folder", file_name=file_name,
-                                       webhook_url=config.webhook_url)
-    submit_to_inbox(settings, data, {"request_id": request_id, "file_name": file_name,
-                                     "webhook_url": config.webhook_url}, stem=request_id)
+    request_id = enqueue_upload(settings, status_store.open(), data, file_name=file_name, source="folder",
+                                webhook_url=config.webhook_url)
     context.add_output_metadata({
         "request_id": request_id,
         "file_name": file_name,

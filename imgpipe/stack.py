@@ -6,6 +6,7 @@ until interrupted.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
@@ -17,9 +18,11 @@ import threading
 import time
 from pathlib import Path
 
+from imgpipe.api import request_document
+from imgpipe.cli import wait_until_terminal
 from imgpipe.files import write_atomically
 from imgpipe.settings import Settings
-from imgpipe.status_store import TERMINAL_STATUSES, DuckDBStatusStore
+from imgpipe.status_store import DuckDBStatusStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "data" / "samples"
@@ -53,23 +56,14 @@ def prepare_dagster_home(env: dict) -> None:
     shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
 
 
-def wait_for_terminal(store: DuckDBStatusStore, file_name: str, timeout: float) -> dict | None:
+def wait_for_request(store: DuckDBStatusStore, file_name: str, timeout: float) -> str | None:
+    """The ID the inbox sensor gave the dropped file, once it has taken it."""
     deadline = time.monotonic() + timeout
-    request_id = None
     while time.monotonic() < deadline:
-        if request_id is None:
-            found = store.latest_request_for_file(file_name)
-            request_id = found and found["request_id"]
-        if request_id:
-            request = store.get_request(request_id)
-            counts = store.counts(request_id)
-            print(f"\r  {request['status']:<22} {counts['compressed'] + counts['failed']}/{counts['total']} images",
-                  end="", flush=True)
-            if request["status"] in TERMINAL_STATUSES:
-                print()
-                return request
+        found = store.latest_request_for_file(file_name)
+        if found:
+            return found["request_id"]
         time.sleep(1)
-    print()
     return None
 
 
@@ -89,7 +83,7 @@ def run_stack(samples_port: int = 8001, api_port: int = 8000, ui_port: int = 300
     bin_dir = Path(sys.executable).parent
     children = [
         subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "api", "--port", str(api_port)], env=env,
-                         cwd=REPO_ROOT),
+                         cwd=REPO_ROOT, start_new_session=True),
     ]
     try:
         children.append(subprocess.Popen([str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-p",
@@ -109,13 +103,15 @@ def _report_and_wait(settings: Settings, children: list[subprocess.Popen], sampl
             name = f"sample-{time.strftime('%Y%m%d-%H%M%S')}.csv"
             write_atomically(settings.inbox / name, (SAMPLES / "products.csv").read_bytes())
             print(f"dropped the sample CSV into {settings.inbox / name}; waiting for the daemon...")
-            request = wait_for_terminal(DuckDBStatusStore(settings.db_path), name, timeout=300)
-            if request is None:
-                print("the sample request did not finish within 300 s; see the Dagster UI for why")
+            store = DuckDBStatusStore(settings.db_path)
+            request_id = wait_for_request(store, name, timeout=120)
+            if request_id is None:
+                print("the daemon did not take the sample within 120 s; see the Dagster UI for why")
             else:
-                print(f"request {request['request_id']}: {request['status']}")
-                print(f"output CSV: {settings.outputs_dir / (request['request_id'] + '.csv')}")
-                print(f"       URL: {settings.output_csv_url(request['request_id'])}")
+                document = wait_until_terminal(lambda: request_document(store, settings, request_id), sys.stdout)
+                print(f"request {request_id}: {document['status']}")
+                print(f"output CSV: {settings.outputs_dir / (request_id + '.csv')}")
+                print(f"       URL: {settings.output_csv_url(request_id)}")
         print("running until interrupted (Ctrl-C)")
         while all(child.poll() is None for child in children):
             time.sleep(1)
@@ -125,6 +121,8 @@ def _report_and_wait(settings: Settings, children: list[subprocess.Popen], sampl
 
 
 def _stop(children: list[subprocess.Popen]) -> None:
+    """Each child leads a process group of its own: asked to stop first, then the whole group killed, so no
+    webserver, daemon or code server outlives `imgpipe up`."""
     for child in children:
         if child.poll() is None:
             # dagster dev shuts its webserver and daemon down cleanly on SIGINT.
@@ -133,4 +131,6 @@ def _stop(children: list[subprocess.Popen]) -> None:
         try:
             child.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            child.kill()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
