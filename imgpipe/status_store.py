@@ -7,6 +7,7 @@ lock. Readers (the REST API, the contract's checks) get in between writes the sa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import random
 import threading
@@ -150,17 +151,35 @@ class DuckDBStatusStore:
 
     # ------------------------------------------------------------------ connections
 
-    def _open(self) -> duckdb.DuckDBPyConnection:
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection held under an exclusive lock on `<db>.lock`, from connect to close.
+
+        DuckDB's own file lock alone lost an update now and then with eight writing processes (a process could
+        open the file while another was still checkpointing it on close); our processes therefore take turns
+        through this lock, and DuckDB's lock only has to keep out readers from outside (retried here)."""
         deadline = time.monotonic() + self.lock_timeout
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock_file:
+            self._wait(lambda: fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB), BlockingIOError, deadline)
+            try:
+                con = self._wait(lambda: duckdb.connect(str(self.path)), duckdb.IOException, deadline)
+                try:
+                    yield con
+                finally:
+                    con.close()
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _wait(self, attempt, busy: type[Exception], deadline: float):
         delay = 0.005
         while True:
             try:
-                return duckdb.connect(str(self.path))
-            except duckdb.IOException as exc:
-                if not _is_lock_conflict(exc) or time.monotonic() > deadline:
-                    if _is_lock_conflict(exc):
-                        raise StoreBusy(f"{self.path} stayed locked for {self.lock_timeout:.0f} s") from exc
+                return attempt()
+            except busy as exc:
+                if busy is duckdb.IOException and not _is_lock_conflict(exc):
                     raise
+                if time.monotonic() > deadline:
+                    raise StoreBusy(f"{self.path} stayed locked for {self.lock_timeout:.0f} s") from exc
             # Jitter keeps several waiting writers from retrying in lock-step.
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.2)
@@ -170,8 +189,7 @@ class DuckDBStatusStore:
         """Always read-write: within one process DuckDB refuses a read-only and a read-write connection to the
         same file at once, and across processes either kind takes the whole file anyway."""
         self._ensure_schema()
-        con = self._open()
-        try:
+        with self._session() as con:
             con.begin()
             try:
                 yield con
@@ -179,8 +197,6 @@ class DuckDBStatusStore:
             except BaseException:
                 con.rollback()
                 raise
-        finally:
-            con.close()
 
     def _ensure_schema(self) -> None:
         key = str(self.path.resolve())
@@ -190,11 +206,8 @@ class DuckDBStatusStore:
             if key in self._schema_ready:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = self._open()
-            try:
+            with self._session() as con:
                 con.execute(SCHEMA)
-            finally:
-                con.close()
             self._schema_ready.add(key)
 
     def _rows(self, sql: str, params: Sequence = ()) -> list[dict]:
