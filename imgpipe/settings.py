@@ -92,6 +92,12 @@ class Settings:
     download_threads: int = 8
     executor: str = "in_process"
     limits: Limits = field(default_factory=Limits)
+    # The distributed profile (contract section 11); all three URLs are required there and unused otherwise.
+    profile: str = "embedded"
+    database_url: str | None = None
+    broker_url: str | None = None
+    storage_url: str | None = None
+    max_batches: int = 8
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -109,7 +115,30 @@ class Settings:
             download_threads=max(1, _int(env, "IMGPIPE_DOWNLOAD_THREADS", 8)),
             executor=_choice(env, "IMGPIPE_EXECUTOR", ("in_process", "multiprocess"), "in_process"),
             limits=Limits.from_env(env),
-        )
+            profile=_choice(env, "IMGPIPE_PROFILE", ("embedded", "distributed"), "embedded"),
+            database_url=env.get("IMGPIPE_DATABASE_URL") or None,
+            broker_url=env.get("IMGPIPE_BROKER_URL") or None,
+            storage_url=env.get("IMGPIPE_STORAGE_URL") or None,
+            max_batches=max(1, _int(env, "IMGPIPE_MAX_BATCHES", 8)),
+        )._checked()
+
+    def _checked(self) -> "Settings":
+        if self.profile == "distributed":
+            missing = [name for name, value in (("IMGPIPE_DATABASE_URL", self.database_url),
+                                                ("IMGPIPE_BROKER_URL", self.broker_url),
+                                                ("IMGPIPE_STORAGE_URL", self.storage_url),
+                                                ("IMGPIPE_WEBHOOK_SECRET", self.webhook_secret)) if not value]
+            if missing:
+                raise ValueError(f"IMGPIPE_PROFILE=distributed needs {', '.join(missing)}")
+            if not self.database_url.startswith(("postgresql://", "postgres://")):
+                raise ValueError(f"IMGPIPE_DATABASE_URL={self.database_url!r} is not a postgresql:// URL")
+            if not self.storage_url.startswith("s3://"):
+                raise ValueError(f"IMGPIPE_STORAGE_URL={self.storage_url!r} is not an s3://bucket/prefix URL")
+        return self
+
+    @property
+    def distributed(self) -> bool:
+        return self.profile == "distributed"
 
     # Folders of contract section 1; created on first use by `ensure_folders`.
     @property
