@@ -1,13 +1,12 @@
 """Compression in a child process per image: same result as in-process, and every failure stays in the child.
 
-Some tests replace `compressor.compress_image` with monkeypatch: the child is forked after the patch, so it
-runs the replacement, which is how a hang or a crash inside a decoder is staged here.
+A hang or a crash inside a decoder is staged by naming a stand-in from `imgpipe_tests.faults` as the work
+the child runs.
 """
 from __future__ import annotations
 
 import io
 import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,10 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imgpipe import compressor
 from imgpipe.compressor import compress_isolated
 from imgpipe.image_policy import compress_image
 from imgpipe.settings import MIB
+from imgpipe_tests import faults
 
 LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}
 GENEROUS = {"timeout": 60.0, "memory_bytes": 2048 * MIB}
@@ -58,23 +57,16 @@ def test_rejected_image_comes_back_with_its_reason():
     assert outcome.error == "not an image (unrecognised format)"
 
 
-def test_unexpected_error_in_the_child_is_reported(monkeypatch):
-    def broken(data, **limits):
-        raise RuntimeError("decoder bug")
-
-    monkeypatch.setattr(compressor, "compress_image", broken)
-
-    outcome = compress_isolated(jpeg(), **LIMITS, **GENEROUS)
+def test_unexpected_error_in_the_child_is_reported():
+    outcome = compress_isolated(jpeg(), **LIMITS, **GENEROUS, work=faults.RAISE)
 
     assert (outcome.ok, outcome.error) == (False, "compression failed: RuntimeError: decoder bug")
     assert_reaped(outcome.pid)
 
 
-def test_hung_child_is_killed_at_the_timeout(monkeypatch):
-    monkeypatch.setattr(compressor, "compress_image", lambda data, **limits: time.sleep(60))
-
+def test_hung_child_is_killed_at_the_timeout():
     started = time.monotonic()
-    outcome = compress_isolated(jpeg(), **LIMITS, timeout=0.5, memory_bytes=2048 * MIB)
+    outcome = compress_isolated(jpeg(), **LIMITS, timeout=0.5, memory_bytes=2048 * MIB, work=faults.HANG)
 
     assert time.monotonic() - started < 5
     assert (outcome.ok, outcome.error) == (False, "compression took longer than 0.5 s")
@@ -82,18 +74,12 @@ def test_hung_child_is_killed_at_the_timeout(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("end_child", "error"),
-    [
-        # As the kernel's OOM killer would; SIGKILL, not a segfault, keeps faulthandler's report out of the log.
-        (lambda: os.kill(os.getpid(), signal.SIGKILL), "compression process died (signal 9)"),
-        (lambda: os._exit(3), "compression process died (exit code 3)"),
-    ],
+    ("work", "error"),
+    [(faults.KILLED, "compression process died (signal 9)"), (faults.EXITED, "compression process died (exit code 3)")],
     ids=["killed", "exited"],
 )
-def test_child_that_ends_without_answering_fails_only_its_image(monkeypatch, end_child, error):
-    monkeypatch.setattr(compressor, "compress_image", lambda data, **limits: end_child())
-
-    outcome = compress_isolated(jpeg(), **LIMITS, **GENEROUS)
+def test_child_that_ends_without_answering_fails_only_its_image(work, error):
+    outcome = compress_isolated(jpeg(), **LIMITS, **GENEROUS, work=work)
 
     assert (outcome.ok, outcome.error) == (False, error)
     assert_reaped(outcome.pid)

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from functools import cache
+from functools import cache, partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,8 +26,9 @@ import pytest
 import urllib3.util.connection
 from PIL import Image
 
-from imgpipe import compressor
+from imgpipe import batch
 from imgpipe.batch import BatchRunner, WorkItem
+from imgpipe.compressor import compress_isolated
 from imgpipe.csv_schema import UploadRejected, parse_upload
 from imgpipe.intake import Intake
 from imgpipe.output_csv import OutputRow, render_output_csv
@@ -36,6 +37,7 @@ from imgpipe.status_store import DuckDBStatusStore
 from imgpipe.storage import LocalStorage
 from imgpipe.url_safety import AllowList
 from imgpipe.webhook import attempt_delivery
+from imgpipe_tests import faults
 from imgpipe_tests.images import photo_like
 
 DOWNLOAD_CAP = Limits().max_download_bytes
@@ -320,8 +322,8 @@ def test_hostile_image_fails_promptly_with_its_reason(tmp_path, ports, url, env,
 
 
 def test_image_whose_decoding_hangs_fails_at_the_time_cap(tmp_path, ports, monkeypatch):
-    # No small file reliably takes long to decode, so the decoder itself hangs; the child inherits the patch.
-    monkeypatch.setattr(compressor, "compress_image", lambda *args, **kwargs: time.sleep(60))
+    # No small file reliably takes long to decode, so the child runs a stand-in decoder that hangs.
+    monkeypatch.setattr(batch, "compress_isolated", partial(compress_isolated, work=faults.HANG))
 
     result = process(runner_for(tmp_path, ports, IMGPIPE_IMAGE_TIMEOUT="1"), "{hostile}/file/photo.jpg", ports)
 
