@@ -22,14 +22,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from imgpipe.csv_schema import UploadRejected, parse_upload
 from imgpipe.intake import enqueue_upload
 from imgpipe.settings import Settings
-from imgpipe.status_store import IMAGE_STATUSES, TERMINAL_STATUSES, DuckDBStatusStore, StoreBusy
+from imgpipe.status_store import IMAGE_STATUSES, TERMINAL_STATUSES, StatusStore, StoreBusy, open_status_store
+from imgpipe.storage import Storage, content_type_of, open_storage
 
 DEFAULT_FILE_NAME = "upload.csv"
 # Boundaries and the webhook field around a CSV that is itself just under the limit.
@@ -75,8 +75,24 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.replace(tzinfo=timezone.utc).isoformat() if moment else None
 
 
-def request_document(store: DuckDBStatusStore, settings: Settings, request_id: str) -> dict | None:
+def request_document(store: StatusStore, settings: Settings, request_id: str,
+                     storage: Storage | None = None) -> dict | None:
     """The status document of `GET /requests/{id}` (contract section 6); None for an unknown request."""
+    document = _stored_document(store, settings, request_id)
+    if document is not None:
+        _link_output_csv(document, storage or open_storage(settings), settings)
+    return document
+
+
+def _link_output_csv(document: dict, storage: Storage, settings: Settings) -> None:
+    """`output_csv_url` once the request has ended with its CSV in the storage (a file or an object)."""
+    request_id = document["request_id"]
+    if document["status"] in TERMINAL_STATUSES and storage.has_output_csv(request_id):
+        document["output_csv_url"] = settings.output_csv_url(request_id)
+
+
+def _stored_document(store: StatusStore, settings: Settings, request_id: str) -> dict | None:
+    """The document from the status store alone, `output_csv_url` still None."""
     # The request row first: a terminal status is written last, so the images read after it are final.
     request = store.get_request(request_id)
     if request is None:
@@ -95,7 +111,6 @@ def request_document(store: DuckDBStatusStore, settings: Settings, request_id: s
     errors = json.loads(request["errors_json"]) if request["errors_json"] else []
     if request["status"] == "failed" and request["error"]:
         errors.append({"row": None, "column": None, "message": request["error"]})
-    has_csv = request["status"] in TERMINAL_STATUSES and (settings.outputs_dir / f"{request_id}.csv").is_file()
     return {
         "request_id": request_id,
         "status": request["status"],
@@ -103,7 +118,7 @@ def request_document(store: DuckDBStatusStore, settings: Settings, request_id: s
         "updated_at": _iso(request["updated_at"]),
         # Counted from the listed images rather than asked separately, so the two always agree.
         "counts": {"total": sum(counts.values()), **counts},
-        "output_csv_url": settings.output_csv_url(request_id) if has_csv else None,
+        "output_csv_url": None,
         "errors": errors,
         "products": [
             {"serial": product["serial"], "product_name": product["product_name"],
@@ -196,15 +211,16 @@ class BearerAuth:
 
 
 class Api:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, storage: Storage | None = None):
         self.settings = settings
-        self.store = DuckDBStatusStore(settings.db_path)
-        self.health_store = DuckDBStatusStore(settings.db_path, lock_timeout=HEALTH_LOCK_TIMEOUT)
+        self.store = open_status_store(settings)
+        self.health_store = open_status_store(settings, lock_timeout=HEALTH_LOCK_TIMEOUT)
         # DuckDB refuses a read-only and a read-write connection to one file open at the same time in one
         # process, and the store retries only other processes' locks: so this process takes turns.
         self.store_lock = threading.Lock()
         # Makes "look up the Idempotency-Key, else record a new request" atomic within this process.
         self.intake_lock = asyncio.Lock()
+        self.storage = storage or open_storage(settings)
 
     async def in_store(self, function, *args, **kwargs):
         def locked():
@@ -278,22 +294,38 @@ class Api:
 
     async def get_request(self, request: Request) -> JSONResponse:
         request_id = request.path_params["request_id"]
-        document = await self.in_store(request_document, self.store, self.settings, request_id)
+        document = await self.in_store(_stored_document, self.store, self.settings, request_id)
         if document is None:
             raise ApiError(404, f"no request {request_id}")
+        # Outside the store's lock: with S3 storage this asks the bucket.
+        await run_in_threadpool(_link_output_csv, document, self.storage, self.settings)
         return JSONResponse(document)
 
-    async def output_csv(self, request: Request) -> FileResponse:
+    async def output_csv(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]
         row = await self.in_store(self.store.get_request, request_id)
         if row is None:
             raise ApiError(404, f"no request {request_id}")
         if row["status"] not in TERMINAL_STATUSES:
             raise ApiError(409, f"request {request_id} is {row['status']}; its output CSV is written when it ends")
-        path = self.settings.outputs_dir / f"{request_id}.csv"
-        if not path.is_file():
+        data = await run_in_threadpool(self.storage.read_output_csv, request_id)
+        if data is None:
             raise ApiError(404, f"request {request_id} ended {row['status']} without an output CSV")
-        return FileResponse(path, media_type="text/csv; charset=utf-8")
+        return Response(data, media_type="text/csv; charset=utf-8")
+
+    async def image(self, request: Request) -> Response:
+        """`/images/<request_id>/<name>` from the storage. Only names the pipeline writes are looked up, so a
+        folder, a `..` or any other path is a 404 before the storage is asked."""
+        path = request.path_params["path"]
+        request_id, _, name = path.partition("/")
+        try:
+            data = await run_in_threadpool(self.storage.read_image, request_id, name)
+        except ValueError:
+            data = None
+        if data is None:
+            raise ApiError(404, f"no image {path[:200]}")
+        # A slot's file is written once (a retry only fills slots that failed), so caches may keep it a day.
+        return Response(data, media_type=content_type_of(name), headers={"Cache-Control": "public, max-age=86400"})
 
     async def healthz(self, request: Request) -> JSONResponse:
         try:
@@ -323,18 +355,18 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal server error")
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, storage: Storage | None = None) -> Starlette:
+    """The API app; `storage` defaults to the profile's (`open_storage`)."""
     settings = settings or Settings.from_env()
     settings.ensure_folders()
-    api = Api(settings)
+    api = Api(settings, storage)
     routes = [
         Route("/requests", api.create_request, methods=["POST"]),
         Route("/requests/{request_id}", api.get_request, methods=["GET"]),
         Route("/requests/{request_id}/output.csv", api.output_csv, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
-        # html=False: a folder is a 404, never a listing; StaticFiles refuses paths that leave the folder.
-        Mount("/images", app=StaticFiles(directory=settings.images_dir, html=False)),
+        Route("/images/{path:path}", api.image, methods=["GET"]),
     ]
     middleware = [Middleware(BearerAuth, token=settings.api_token)] if settings.api_token else []
     return Starlette(

@@ -30,7 +30,7 @@ from imgpipe.completion import Completion, complete_request
 from imgpipe.csv_schema import ManifestModel, parse_upload
 from imgpipe.delivery import deliver
 from imgpipe.output_csv import alignment_problems
-from imgpipe.resources import LocalStorageResource, StatusStoreResource
+from imgpipe.resources import StatusStoreResource, StorageResource
 from imgpipe.settings import Settings
 
 requests_partitions = DynamicPartitionsDefinition(name="requests")
@@ -48,12 +48,15 @@ def step_concurrency() -> int:
 
 
 def max_batches(settings: Settings) -> int:
+    """Celery workers may be many, on many machines: IMGPIPE_MAX_BATCHES says how widely to spread."""
+    if settings.distributed:
+        return settings.max_batches
     return 1 if settings.executor == "in_process" else BATCHES_PER_CONCURRENT_STEP * step_concurrency()
 
 
 @asset(partitions_def=requests_partitions, dagster_type=ManifestType, group_name="imgpipe")
 def upload_manifest(context: AssetExecutionContext, status_store: StatusStoreResource,
-                    storage: LocalStorageResource) -> Output[pd.DataFrame]:
+                    storage: StorageResource) -> Output[pd.DataFrame]:
     """The uploaded CSV, validated: one row per image slot (serial, product, row, position, URL)."""
     request_id = context.partition_key
     settings = Settings.from_env()
@@ -79,7 +82,7 @@ def plan_batches(context: OpExecutionContext, upload_manifest: pd.DataFrame, sta
 
 @op
 def compress_batch(context: OpExecutionContext, batch: list, status_store: StatusStoreResource,
-                   storage: LocalStorageResource) -> list:
+                   storage: StorageResource) -> list:
     request_id = context.partition_key
     store = status_store.open()
     items = [WorkItem(**item) for item in batch]
@@ -120,7 +123,7 @@ def compressed_images(upload_manifest: pd.DataFrame) -> dict:
     ],
 )
 def output_csv(context: AssetExecutionContext, upload_manifest: pd.DataFrame, compressed_images: dict,
-               status_store: StatusStoreResource, storage: LocalStorageResource) -> MaterializeResult:
+               status_store: StatusStoreResource, storage: StorageResource) -> MaterializeResult:
     """The output CSV lined up with the input; then the terminal status and the signed webhook."""
     request_id = context.partition_key
     settings = Settings.from_env()

@@ -16,7 +16,7 @@ from typing import Callable, TextIO
 import requests
 
 from imgpipe.settings import Settings
-from imgpipe.status_store import TERMINAL_STATUSES, DuckDBStatusStore
+from imgpipe.status_store import TERMINAL_STATUSES, open_status_store
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 POLL_INTERVAL = 0.5
@@ -165,11 +165,11 @@ def retry(args: argparse.Namespace) -> int:
     from imgpipe.api import request_document
 
     settings = Settings.from_env()
-    store = DuckDBStatusStore(settings.db_path)
+    store = open_status_store(settings)
     try:
         todo = store.requeue_for_retry(args.request_id)
     except KeyError:
-        print(f"no request {args.request_id} in {settings.db_path}", file=sys.stderr)
+        print(f"no request {args.request_id} in the status store", file=sys.stderr)
         return 2
     except ValueError as exc:
         print(exc, file=sys.stderr)
@@ -186,11 +186,32 @@ def status(args: argparse.Namespace) -> int:
     from imgpipe.api import request_document
 
     settings = Settings.from_env()
-    document = request_document(DuckDBStatusStore(settings.db_path), settings, args.request_id)
+    document = request_document(open_status_store(settings), settings, args.request_id)
     if document is None:
-        print(f"no request {args.request_id} in {settings.db_path}", file=sys.stderr)
+        print(f"no request {args.request_id} in the status store", file=sys.stderr)
         return 2
     print(json.dumps(document, indent=2))
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    """A Celery worker for the distributed profile's steps: the same app the run's executor sends them to."""
+    from dagster_celery.executor import CeleryExecutor
+    from dagster_celery.make_app import make_app
+    from dagster_celery.tasks import create_task
+
+    from imgpipe.jobs import celery_config
+
+    settings = Settings.from_env()
+    if not settings.distributed:
+        print("imgpipe worker runs the distributed profile's steps: set IMGPIPE_PROFILE=distributed "
+              "(see README, Scaling out)", file=sys.stderr)
+        return 2
+    app = make_app(CeleryExecutor.for_cli(**celery_config(settings)).app_args())
+    create_task(app)
+    # One step at a time by default: a step already keeps every core busy with one process per image.
+    app.worker_main(["worker", "--loglevel", args.loglevel, "--queues", "dagster", "--prefetch-multiplier", "1",
+                     "--concurrency", str(args.concurrency), "--hostname", args.name])
     return 0
 
 
@@ -229,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("status", help="print a request's status document (as GET /requests/{id})")
     show.add_argument("request_id", metavar="REQUEST_ID")
     show.set_defaults(run=status)
+
+    work = commands.add_parser("worker", help="a Celery worker for the distributed profile's steps")
+    work.add_argument("--name", default="imgpipe@%h", help="the worker's Celery name (default: imgpipe@%%h)")
+    work.add_argument("--concurrency", type=int, default=1, help="steps at a time (default: 1)")
+    work.add_argument("--loglevel", default="INFO")
+    work.set_defaults(run=worker)
     return parser
 
 

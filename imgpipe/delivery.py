@@ -13,14 +13,14 @@ from typing import Callable
 
 from imgpipe.settings import Settings
 from imgpipe.signing import load_or_create_secret, signed_headers
-from imgpipe.status_store import DuckDBStatusStore, utcnow
+from imgpipe.status_store import StatusStore, utcnow
 from imgpipe.url_safety import AllowList
 from imgpipe.webhook import RetryPolicy, attempt_delivery
 
 CLAIM_LEASE_SECONDS = 120.0
 
 
-def deliver(settings: Settings, store: DuckDBStatusStore, webhook_id: str, *, inline: bool,
+def deliver(settings: Settings, store: StatusStore, webhook_id: str, *, inline: bool,
             policy: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep) -> str | None:
     """Attempt the entry if it is due; with `inline`, keep attempting through the inline window.
     Returns the entry's state after the last attempt made here, or None when none was due."""
@@ -57,6 +57,6 @@ def deliver(settings: Settings, store: DuckDBStatusStore, webhook_id: str, *, in
         sleep(delay)
 
 
-def deliver_due(settings: Settings, store: DuckDBStatusStore) -> dict[str, str | None]:
+def deliver_due(settings: Settings, store: StatusStore) -> dict[str, str | None]:
     """One attempt for every entry that is due; the webhook sensor calls this each tick."""
     return {webhook_id: deliver(settings, store, webhook_id, inline=False) for webhook_id in store.due_webhook_ids()}

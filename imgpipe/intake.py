@@ -2,12 +2,15 @@
 
 A folder drop, a REST upload and a UI launch all end as a file in `inbox/`; the inbox sensor calls
 `take_inbox`, which gives each file a request ID, validates it and moves it either to
-`requests/<id>/input.csv` or to `rejected/<id>/<name>` beside `errors.json`.
+`requests/<id>/input.csv` or to `rejected/<id>/<name>` beside `errors.json`. The inbox and these folders are
+local; in the distributed profile the storage (`imgpipe.storage`) also gets the file, before the rename, so
+that workers on other machines can read it (the local storage has nothing to add).
 
 Exactly once, also across crashes: the rename out of the inbox is the commit point. `request.json` (who sent
 the file, under which name, with which webhook) is written into the destination folder before that rename,
 and the database row after it; `recover` records any folder whose row a crash prevented, and removes a
-folder whose rename never happened (its file is still in the inbox and will be taken again).
+folder whose rename never happened (its file is still in the inbox and will be taken again). A file whose
+rename happened is therefore always in the storage too; `recover` puts it there again all the same.
 """
 from __future__ import annotations
 
@@ -26,12 +29,12 @@ from imgpipe.csv_schema import RowError, UploadRejected, parse_upload
 from imgpipe.fetcher import FetchLimits, fetch
 from imgpipe.files import write_atomically
 from imgpipe.settings import Settings
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status_store import StatusStore
+from imgpipe.storage import ERRORS_NAME, INPUT_NAME, Storage, open_storage
 from imgpipe.url_safety import AllowList
 
 TEMPORARY_SUFFIXES = (".tmp", ".part")
 REQUEST_META = "request.json"
-INPUT_NAME = "input.csv"
 MAX_SIDECAR_BYTES = 64 * 1024
 # Below the 255 bytes most file systems allow in a name.
 MAX_KEPT_NAME_BYTES = 200
@@ -125,7 +128,7 @@ def submit_to_inbox(settings: Settings, data: bytes, sidecar: dict, stem: str) -
     return target
 
 
-def enqueue_upload(settings: Settings, store: DuckDBStatusStore, data: bytes, *, file_name: str, source: str,
+def enqueue_upload(settings: Settings, store: StatusStore, data: bytes, *, file_name: str, source: str,
                    webhook_url: str | None, idempotency_key: str | None = None) -> str:
     """Record a `queued` request, then hand its file to the inbox under that ID (the REST API and the UI
     launch): the request exists before the sensor ever sees the file, so a status read never misses it."""
@@ -143,9 +146,10 @@ def enqueue_upload(settings: Settings, store: DuckDBStatusStore, data: bytes, *,
 
 
 class Intake:
-    def __init__(self, settings: Settings, store: DuckDBStatusStore):
+    def __init__(self, settings: Settings, store: StatusStore, storage: Storage | None = None):
         self.settings = settings
         self.store = store
+        self.storage = storage or open_storage(settings)
 
     def take_inbox(self) -> list[IntakeResult]:
         self.settings.ensure_folders()
@@ -169,16 +173,26 @@ class Intake:
             error_doc = {"request_id": request_id, "file_name": file_name,
                          "errors": [e.to_dict() for e in errors]}
             folder.mkdir(parents=True, exist_ok=True)
-            write_atomically(folder / "errors.json", json.dumps(error_doc, indent=2).encode())
+            write_atomically(folder / ERRORS_NAME, json.dumps(error_doc, indent=2).encode())
         else:
             folder = self.settings.requests_dir / request_id
             destination = folder / INPUT_NAME
             folder.mkdir(parents=True, exist_ok=True)
         write_atomically(folder / REQUEST_META, json.dumps(meta).encode())
+        # In the storage before the commit point: a crash here leaves the file in the inbox, taken again.
+        self._keep(request_id, path, destination)
         os.replace(path, destination)
         path.with_suffix(".json").unlink(missing_ok=True)
         self._record(meta, errors)
         return IntakeResult(request_id, file_name, accepted=not errors, errors=tuple(errors))
+
+    def _keep(self, request_id: str, source: Path, destination: Path) -> None:
+        """Put the file at `source`, bound for `destination` in the local folders, in the storage too."""
+        if destination.parent.parent == self.settings.rejected_dir:
+            errors = (destination.parent / ERRORS_NAME).read_bytes()
+            self.storage.keep_rejected(request_id, destination.name, source, errors)
+        else:
+            self.storage.keep_input(request_id, source)
 
     def _claimed_request_id(self, sidecar: Sidecar) -> str | None:
         """The REST API and the UI launch record their request before the file reaches the inbox; honour
@@ -229,13 +243,15 @@ class Intake:
             meta = json.loads(meta_path.read_text())
             if folder.parent == self.settings.requests_dir:
                 if (folder / INPUT_NAME).is_file():
+                    self._keep(folder.name, folder / INPUT_NAME, folder / INPUT_NAME)
                     self._record(meta, [])
                 else:
                     shutil.rmtree(folder, ignore_errors=True)
             else:
                 kept = folder / _safe_file_name(meta["file_name"])
                 if kept.is_file():
-                    doc = json.loads((folder / "errors.json").read_text())
+                    self._keep(folder.name, kept, kept)
+                    doc = json.loads((folder / ERRORS_NAME).read_text())
                     self._record(meta, [RowError(**e) for e in doc["errors"]])
                 else:
                     shutil.rmtree(folder, ignore_errors=True)
@@ -251,6 +267,6 @@ def _safe_file_name(name: str) -> str:
     """The dropped file's own name (already without folders), made harmless as a single path component."""
     cleaned = "".join(ch if ch.isprintable() and ch not in "/\\" else "_" for ch in name).strip()
     cleaned = cleaned.encode()[:MAX_KEPT_NAME_BYTES].decode("utf-8", "ignore")
-    if cleaned in ("", ".", "..", REQUEST_META, "errors.json"):
+    if cleaned in ("", ".", "..", REQUEST_META, ERRORS_NAME):
         cleaned = f"upload-{cleaned.strip('.') or 'file'}.csv"
     return cleaned

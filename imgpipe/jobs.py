@@ -21,11 +21,20 @@ from imgpipe.resources import StatusStoreResource
 from imgpipe.settings import Settings
 
 
+def celery_config(settings: Settings) -> dict:
+    """The Celery app of the distributed profile, shared by the executor and `imgpipe worker`."""
+    return {"broker": settings.broker_url, "backend": settings.broker_url}
+
+
 def step_executor(settings: Settings) -> ExecutorDefinition:
     """In-process by default: a step then costs milliseconds instead of the 0.4-1.4 s of a step process
     (see the brief), and parallelism and isolation come from the batch runner's one fork per image. The
     multiprocess executor remains one setting away; forkserver with the project preloaded starts each of its
-    steps from an already-imported interpreter."""
+    steps from an already-imported interpreter. The distributed profile sends every step to Celery workers."""
+    if settings.distributed:
+        from dagster_celery import celery_executor  # Celery's import costs the embedded profile nothing
+
+        return celery_executor.configured(celery_config(settings))
     if settings.executor == "in_process":
         return in_process_executor
     return multiprocess_executor.configured({

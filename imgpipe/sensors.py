@@ -17,7 +17,7 @@ from imgpipe.completion import complete_request
 from imgpipe.delivery import deliver, deliver_due
 from imgpipe.intake import Intake
 from imgpipe.jobs import process_request_job
-from imgpipe.resources import LocalStorageResource, StatusStoreResource
+from imgpipe.resources import StatusStoreResource, StorageResource
 from imgpipe.settings import Settings
 from imgpipe.status_store import TERMINAL_STATUSES
 
@@ -27,13 +27,14 @@ REQUEST_TAG = "imgpipe/request_id"
 
 @sensor(job=process_request_job, minimum_interval_seconds=SETTINGS.sensor_interval,
         default_status=DefaultSensorStatus.RUNNING)
-def inbox_sensor(context: SensorEvaluationContext, status_store: StatusStoreResource) -> SensorResult:
+def inbox_sensor(context: SensorEvaluationContext, status_store: StatusStoreResource,
+                 storage: StorageResource) -> SensorResult:
     """Takes every new CSV from the inbox and launches one run per queued request.
 
     The run key is the request ID and its generation, so a request is launched once per (re)try however many
     ticks see it queued, daemon restarts included."""
     store = status_store.open()
-    for result in Intake(Settings.from_env(), store).take_inbox():
+    for result in Intake(Settings.from_env(), store, storage.open()).take_inbox():
         verdict = "accepted" if result.accepted else f"rejected ({len(result.errors)} problems)"
         context.log.info(f"{result.file_name} -> request {result.request_id}: {verdict}")
     queued = store.queued_requests()
@@ -54,7 +55,7 @@ def inbox_sensor(context: SensorEvaluationContext, status_store: StatusStoreReso
 
 
 def _end_failed_run(context: RunStatusSensorContext, status_store: StatusStoreResource,
-                    storage: LocalStorageResource, reason: str) -> None:
+                    storage: StorageResource, reason: str) -> None:
     run = context.dagster_run
     request_id = run.tags.get(REQUEST_TAG) or run.tags.get("dagster/partition")
     if not request_id:
@@ -76,7 +77,7 @@ def _end_failed_run(context: RunStatusSensorContext, status_store: StatusStoreRe
 @run_status_sensor(run_status=DagsterRunStatus.FAILURE, monitored_jobs=[process_request_job],
                    default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=2)
 def failed_run_sensor(context: RunStatusSensorContext, status_store: StatusStoreResource,
-                      storage: LocalStorageResource):
+                      storage: StorageResource):
     """A run that dies (an op error, a killed worker found by run monitoring) ends its request as failed."""
     message = context.dagster_event.message if context.dagster_event else None
     _end_failed_run(context, status_store, storage, f"run {context.dagster_run.run_id} failed: {message}")
@@ -85,7 +86,7 @@ def failed_run_sensor(context: RunStatusSensorContext, status_store: StatusStore
 @run_status_sensor(run_status=DagsterRunStatus.CANCELED, monitored_jobs=[process_request_job],
                    default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=2)
 def canceled_run_sensor(context: RunStatusSensorContext, status_store: StatusStoreResource,
-                        storage: LocalStorageResource):
+                        storage: StorageResource):
     _end_failed_run(context, status_store, storage, f"run {context.dagster_run.run_id} was canceled")
 
 

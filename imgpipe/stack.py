@@ -22,7 +22,7 @@ from imgpipe.api import request_document
 from imgpipe.cli import wait_until_terminal
 from imgpipe.files import write_atomically
 from imgpipe.settings import Settings
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status_store import StatusStore, open_status_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "data" / "samples"
@@ -56,7 +56,7 @@ def prepare_dagster_home(env: dict) -> None:
     shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
 
 
-def wait_for_request(store: DuckDBStatusStore, file_name: str, timeout: float) -> str | None:
+def wait_for_request(store: StatusStore, file_name: str, timeout: float) -> str | None:
     """The ID the inbox sensor gave the dropped file, once it has taken it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,7 +103,7 @@ def _report_and_wait(settings: Settings, children: list[subprocess.Popen], sampl
             name = f"sample-{time.strftime('%Y%m%d-%H%M%S')}.csv"
             write_atomically(settings.inbox / name, (SAMPLES / "products.csv").read_bytes())
             print(f"dropped the sample CSV into {settings.inbox / name}; waiting for the daemon...")
-            store = DuckDBStatusStore(settings.db_path)
+            store = open_status_store(settings)
             request_id = wait_for_request(store, name, timeout=120)
             if request_id is None:
                 print("the daemon did not take the sample within 120 s; see the Dagster UI for why")

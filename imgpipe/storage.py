@@ -1,52 +1,295 @@
-"""Where inputs, compressed images and output CSVs live.
+"""Where inputs, compressed images and output CSVs live: one interface, two implementations.
 
-`LocalStorage` is the embedded default (folders under IMGPIPE_HOME, served by the REST API). Object keys are
-built only from the request ID and slot positions, never from user text, so no upload can name a path.
+Every stored file has a key, the same in both profiles:
+
+    requests/<request_id>/input.csv          an accepted upload
+    rejected/<request_id>/<file name>        a rejected upload, byte for byte, beside
+    rejected/<request_id>/errors.json        its problems
+    images/<request_id>/<name>               a compressed image
+    outputs/<request_id>.csv                 an output CSV
+
+`LocalStorage` is the embedded default: the folders of contract section 1 under IMGPIPE_HOME (images and
+outputs under `public/`), served by the REST API. `S3Storage` is the distributed profile: the same keys under
+`s3://bucket/prefix/` (IMGPIPE_STORAGE_URL) in any S3-compatible store, so that steps on other machines read
+and write the same files. Public URLs do not depend on the implementation: the REST API serves both.
+
+`Storage` holds everything the two share (name checks, keys, URLs, content types); an implementation only
+puts, gets and locates bytes. Keys are built only from a request ID, a checked image name or a kept file
+name, never from a path a user wrote, so no upload can name a place outside the storage.
 """
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from imgpipe.files import write_atomically
-from imgpipe.intake import INPUT_NAME
+from imgpipe.settings import Settings
 
-_REQUEST_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
-_IMAGE_NAME = re.compile(r"^[0-9A-Za-z_-]{1,64}\.(jpg|webp)$")
+INPUT_NAME = "input.csv"
+ERRORS_NAME = "errors.json"
+REQUESTS, REJECTED, IMAGES, OUTPUTS = "requests", "rejected", "images", "outputs"
+# The number of parts of a key under each root.
+_KEY_SHAPES = {REQUESTS: 3, REJECTED: 3, IMAGES: 3, OUTPUTS: 2}
+CONTENT_TYPES = {".jpg": "image/jpeg", ".webp": "image/webp", ".csv": "text/csv", ".json": "application/json"}
+
+_REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_IMAGE_NAME = re.compile(r"[0-9A-Za-z_-]{1,64}\.(jpg|webp)")
+MAX_NAME_BYTES = 255
 
 
 @dataclass(frozen=True)
 class StoredObject:
-    path: str  # absolute path (or object URL) of the stored bytes
-    url: str  # where the public can fetch it
+    path: str  # where the bytes are: an absolute file path, or an s3:// URI
+    url: str  # where the public can fetch them
 
 
 def checked_request_id(request_id: str) -> str:
-    if not _REQUEST_ID.match(request_id):
+    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
         raise ValueError(f"not a request ID: {request_id!r}")
     return request_id
 
 
-class LocalStorage:
-    def __init__(self, home: Path | str, public_base_url: str):
-        self.home = Path(home)
+def checked_image_name(name: str) -> str:
+    if not isinstance(name, str) or not _IMAGE_NAME.fullmatch(name):
+        raise ValueError(f"not an image name: {name!r}")
+    return name
+
+
+def checked_file_name(name: str) -> str:
+    """A kept file's name: one printable path component that is not the errors document."""
+    if (not isinstance(name, str) or name in ("", ".", "..", ERRORS_NAME) or "/" in name or "\\" in name
+            or not name.isprintable() or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES):
+        raise ValueError(f"not a file name to keep: {name!r}")
+    return name
+
+
+def input_key(request_id: str) -> str:
+    return f"{REQUESTS}/{checked_request_id(request_id)}/{INPUT_NAME}"
+
+
+def rejected_key(request_id: str, file_name: str) -> str:
+    return f"{REJECTED}/{checked_request_id(request_id)}/{checked_file_name(file_name)}"
+
+
+def errors_key(request_id: str) -> str:
+    return f"{REJECTED}/{checked_request_id(request_id)}/{ERRORS_NAME}"
+
+
+def image_key(request_id: str, name: str) -> str:
+    return f"{IMAGES}/{checked_request_id(request_id)}/{checked_image_name(name)}"
+
+
+def output_key(request_id: str) -> str:
+    return f"{OUTPUTS}/{checked_request_id(request_id)}.csv"
+
+
+def checked_key(key: str) -> str:
+    """Only keys of the shapes above: a known root, no empty, `.` or `..` part, nothing that leaves it."""
+    parts = key.split("/") if isinstance(key, str) else []
+    if (not parts or _KEY_SHAPES.get(parts[0]) != len(parts)
+            or any(part in ("", ".", "..") or "\\" in part or "\0" in part for part in parts)):
+        raise ValueError(f"not a storage key: {key!r}")
+    return key
+
+
+def content_type_of(key: str) -> str:
+    return CONTENT_TYPES.get(Path(key).suffix.lower(), "application/octet-stream")
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` as ("bucket", "some/prefix"); the prefix may be empty."""
+    parts = urlsplit(url or "")
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"{url!r} is not an s3://bucket/prefix URL")
+    return parts.netloc, parts.path.strip("/")
+
+
+class Storage:
+    """The interface the pipeline, the intake and the REST API use. Subclasses implement `_put`, `_get`,
+    `_exists`, `_keep` and `location`."""
+
+    def __init__(self, public_base_url: str):
         self.public_base_url = public_base_url.rstrip("/")
 
+    # ------------------------------------------------------------------ what an implementation provides
+
+    def location(self, key: str) -> str:
+        """Where the key's bytes are: a file path or an s3:// URI."""
+        raise NotImplementedError
+
+    def _put(self, key: str, data: bytes, content_type: str) -> None:
+        raise NotImplementedError
+
+    def _get(self, key: str) -> bytes | None:
+        """The bytes, or None when there are none (a missing key, a folder)."""
+        raise NotImplementedError
+
+    def _exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def _keep(self, key: str, source: Path | bytes, content_type: str) -> None:
+        """Make a file the intake keeps in its local folders (given as its path or its bytes) readable under
+        `key` from every machine."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ URLs
+
+    def image_url(self, request_id: str, name: str) -> str:
+        return f"{self.public_base_url}/images/{checked_request_id(request_id)}/{checked_image_name(name)}"
+
+    def output_csv_url(self, request_id: str) -> str:
+        return f"{self.public_base_url}/requests/{checked_request_id(request_id)}/output.csv"
+
+    # ------------------------------------------------------------------ by key
+
+    def read(self, key: str) -> bytes | None:
+        return self._get(checked_key(key))
+
+    def exists(self, key: str) -> bool:
+        return self._exists(checked_key(key))
+
+    # ------------------------------------------------------------------ typed
+
     def read_input(self, request_id: str) -> bytes:
-        return (self.home / "requests" / checked_request_id(request_id) / INPUT_NAME).read_bytes()
+        """The accepted upload; FileNotFoundError (an OSError) when it is not there."""
+        key = input_key(request_id)
+        data = self._get(key)
+        if data is None:
+            raise FileNotFoundError(f"no input at {self.location(key)}")
+        return data
+
+    def keep_input(self, request_id: str, source: Path) -> None:
+        """Called by the intake before its commit rename moves `source` to `requests/<id>/input.csv`."""
+        key = input_key(request_id)
+        self._keep(key, Path(source), content_type_of(key))
+
+    def keep_rejected(self, request_id: str, file_name: str, source: Path, errors: bytes) -> None:
+        """Called by the intake before its commit rename moves `source` to `rejected/<id>/<file_name>`, beside
+        the `errors` document it has written there."""
+        key = rejected_key(request_id, file_name)
+        self._keep(errors_key(request_id), errors, content_type_of(ERRORS_NAME))
+        self._keep(key, Path(source), content_type_of(key))
 
     def write_image(self, request_id: str, name: str, data: bytes) -> StoredObject:
-        if not _IMAGE_NAME.match(name):
-            raise ValueError(f"not an image name: {name!r}")
-        folder = self.home / "public" / "images" / checked_request_id(request_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(folder / name, data, durable=False)
-        return StoredObject(str(folder / name), f"{self.public_base_url}/images/{request_id}/{name}")
+        key = image_key(request_id, name)
+        self._put(key, data, content_type_of(key))
+        return StoredObject(self.location(key), self.image_url(request_id, name))
+
+    def read_image(self, request_id: str, name: str) -> bytes | None:
+        return self._get(image_key(request_id, name))
 
     def write_output_csv(self, request_id: str, data: bytes) -> StoredObject:
-        folder = self.home / "public" / "outputs"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{checked_request_id(request_id)}.csv"
-        write_atomically(path, data)
-        return StoredObject(str(path), f"{self.public_base_url}/requests/{request_id}/output.csv")
+        key = output_key(request_id)
+        self._put(key, data, content_type_of(key))
+        return StoredObject(self.location(key), self.output_csv_url(request_id))
+
+    def read_output_csv(self, request_id: str) -> bytes | None:
+        return self._get(output_key(request_id))
+
+    def has_output_csv(self, request_id: str) -> bool:
+        return self._exists(output_key(request_id))
+
+
+class LocalStorage(Storage):
+    """Folders under IMGPIPE_HOME: `requests/`, `rejected/`, `public/images/`, `public/outputs/`."""
+
+    def __init__(self, home: Path | str, public_base_url: str):
+        super().__init__(public_base_url)
+        self.home = Path(home)
+
+    def path(self, key: str) -> Path:
+        key = checked_key(key)
+        base = self.home / "public" if key.startswith((IMAGES + "/", OUTPUTS + "/")) else self.home
+        return base / key
+
+    def location(self, key: str) -> str:
+        return str(self.path(key))
+
+    def _put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # An fsync for what cannot be recomputed; an image can.
+        write_atomically(path, data, durable=not key.startswith(IMAGES + "/"))
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            return self.path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def _exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def _keep(self, key: str, source: Path | bytes, content_type: str) -> None:
+        """Nothing to do: the intake's own rename puts the file in its folder, which is this storage."""
+
+
+class S3Storage(Storage):
+    """An S3-compatible bucket: `s3://bucket/prefix/<key>`. The client comes from boto3's default chain (the
+    standard AWS_* variables, AWS_ENDPOINT_URL for a server other than AWS), is made on first use, and is
+    shared by the threads of a step (boto3 clients are thread-safe; making one is not)."""
+
+    def __init__(self, storage_url: str, public_base_url: str):
+        super().__init__(public_base_url)
+        self.bucket, self.prefix = split_s3_url(storage_url)
+        self._client = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    import boto3  # only the distributed profile needs it
+
+                    self._client = boto3.session.Session().client("s3")
+        return self._client
+
+    def object_key(self, key: str) -> str:
+        key = checked_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.object_key(key)}"
+
+    def _put(self, key: str, data: bytes, content_type: str) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data, ContentType=content_type)
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        with answer["Body"] as body:
+            return body.read()
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        except Exception as exc:
+            if _is_missing(exc):
+                return False
+            raise
+        return True
+
+    def _keep(self, key: str, source: Path | bytes, content_type: str) -> None:
+        self._put(key, source if isinstance(source, bytes) else source.read_bytes(), content_type)
+
+
+def _is_missing(exc: Exception) -> bool:
+    """A botocore ClientError for a key that is not there (GET says NoSuchKey, HEAD only 404)."""
+    error = getattr(exc, "response", None)
+    code = error.get("Error", {}).get("Code") if isinstance(error, dict) else None
+    return code in ("NoSuchKey", "404", "NotFound")
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The distributed profile's bucket, else the folders under IMGPIPE_HOME."""
+    if settings.distributed:
+        return S3Storage(settings.storage_url, settings.public_base_url)
+    return LocalStorage(settings.home, settings.public_base_url)

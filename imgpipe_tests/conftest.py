@@ -91,3 +91,29 @@ def api_server(tmp_path):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@pytest.fixture(scope="module")
+def s3_storage_env():
+    """moto's S3 server on a free port with a fresh bucket, the AWS_* variables (AWS_ENDPOINT_URL pointing at
+    it) set while the module's tests run; yields them with S3_BUCKET and IMGPIPE_STORAGE_URL."""
+    from imgpipe_tests.s3 import moto_server
+
+    with moto_server() as env:
+        yield env
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database on 127.0.0.1:5432 (user postgres), dropped after the test; fails (never
+    skips) when the server is not running, saying how to start it."""
+    from contextlib import ExitStack
+
+    from imgpipe_tests.postgres import PostgresUnavailable, fresh_database
+
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(fresh_database())
+        except PostgresUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield url

@@ -170,10 +170,10 @@ class IsolatedHome:
     env: dict
 
     @classmethod
-    def create(cls, root: Path, public_base_url: str) -> "IsolatedHome":
+    def create(cls, root: Path, public_base_url: str, dagster_yaml: Path = REPO / "dagster.yaml") -> "IsolatedHome":
         dagster_home = root / "dagster_home"
         dagster_home.mkdir(parents=True)
-        shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+        shutil.copy(dagster_yaml, dagster_home / "dagster.yaml")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGPIPE_", "DAGSTER_"))}
         env.update({
             "IMGPIPE_HOME": str(root / "home"), "DAGSTER_HOME": str(dagster_home),

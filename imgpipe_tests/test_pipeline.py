@@ -1,8 +1,6 @@
 """End to end through Dagster: a real instance, the multiprocess executor, a real HTTP server, real DuckDB."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import shutil
@@ -10,63 +8,21 @@ import subprocess
 import uuid
 
 import pytest
-from dagster import DagsterInstance, execute_job, instance_for_test, reconstructable
+from dagster import instance_for_test
 from PIL import Image
 
-from imgpipe.definitions import resolved_process_request_job
-from imgpipe.intake import Intake
 from imgpipe.quality import estimate_jpeg_quality
 from imgpipe.settings import Settings
 from imgpipe.signing import verify
 from imgpipe.status_store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
-
-HEADER = ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
+from imgpipe_tests.pipeline import HEADER, csv_for, read_output, run, slots_of, submit
 
 
 @pytest.fixture(scope="module")
 def instance():
     with instance_for_test() as instance:
         yield instance
-
-
-def submit(settings: Settings, csv_text: str, name: str, webhook_url: str | None = None) -> str:
-    settings.ensure_folders()
-    if webhook_url:
-        (settings.inbox / f"{name.rsplit('.', 1)[0]}.json").write_text(json.dumps({"webhook_url": webhook_url}))
-    (settings.inbox / name).write_text(csv_text)
-    store = DuckDBStatusStore(settings.db_path)
-    [result] = [r for r in Intake(settings, store).take_inbox() if r.file_name == name]
-    assert result.accepted, result.errors
-    return result.request_id
-
-
-def run(instance: DagsterInstance, request_id: str):
-    instance.add_dynamic_partitions("requests", [request_id])
-    with execute_job(reconstructable(resolved_process_request_job), instance=instance,
-                     tags={"dagster/partition": request_id}) as result:
-        checks = {e.event_specific_data.check_name: e.event_specific_data.passed
-                  for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-        assert checks == {"aligned_with_input": True, "outputs_not_larger": True}
-        return result.success, [e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"]
-
-
-def csv_for(rows: list[list[str]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
-    for serial, row in enumerate(rows, 1):
-        writer.writerow([serial, f"Product {serial}", ", ".join(row)])
-    return out.getvalue()
-
-
-def read_output(settings: Settings, request_id: str) -> list[list[str]]:
-    with open(settings.outputs_dir / f"{request_id}.csv", newline="", encoding="utf-8") as f:
-        return list(csv.reader(f))
-
-
-def slots_of(cell: str) -> list[str]:
-    return [u.strip() for u in cell.split(",")]
 
 
 def test_mixed_request_ends_completed_with_errors_and_aligned(instance, image_server, image_root):

@@ -1,12 +1,27 @@
-"""The DuckDB status store: the contract's schema, and many writers at once with a reader polling."""
+"""The status store, on both backends (DuckDB, the default, and PostgreSQL, the distributed profile): the
+contract's schema, every method, plain Python values back, and many writers at once with a reader polling."""
 from __future__ import annotations
 
+import functools
 import multiprocessing
+from datetime import datetime, timedelta
 
 import duckdb
 import pandas as pd
+import psycopg2
+import pytest
 
-from imgpipe.status_store import DuckDBStatusStore, ImageResult
+from imgpipe.settings import Settings
+from imgpipe.status_store import (
+    DuckDBStatusStore,
+    ImageResult,
+    ImageSlot,
+    PostgresStatusStore,
+    StatusStore,
+    StoreBusy,
+    open_status_store,
+    utcnow,
+)
 
 CONTRACT_COLUMNS = {
     "requests": {"request_id": "VARCHAR", "status": "VARCHAR", "source": "VARCHAR", "file_name": "VARCHAR",
@@ -20,6 +35,23 @@ CONTRACT_COLUMNS = {
     "webhook_deliveries": {"request_id": "VARCHAR", "attempt": "INTEGER", "url": "VARCHAR",
                            "status_code": "INTEGER", "error": "VARCHAR", "attempted_at": "TIMESTAMP"},
 }
+# information_schema.columns.data_type in PostgreSQL for the contract's (DuckDB's) type names.
+POSTGRES_TYPE_NAMES = {"VARCHAR": "character varying", "INTEGER": "integer", "BIGINT": "bigint",
+                       "TIMESTAMP": "timestamp without time zone"}
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def store_factory(request, tmp_path):
+    """A picklable callable (keyword `lock_timeout` optional) opening the same store, for this process and
+    for spawned ones; `.backend` and `.target` (the file or URL) say which."""
+    if request.param == "duckdb":
+        target = str(tmp_path / "s.duckdb")
+        factory = functools.partial(DuckDBStatusStore, target)
+    else:
+        target = request.getfixturevalue("postgres_url")
+        factory = functools.partial(PostgresStatusStore, target)
+    factory.backend, factory.target = request.param, target  # partial objects take attributes
+    return factory
 
 
 def manifest(n_rows: int, per_row: int, prefix: str = "http://img.example/") -> pd.DataFrame:
@@ -30,22 +62,27 @@ def manifest(n_rows: int, per_row: int, prefix: str = "http://img.example/") -> 
     ])
 
 
-def test_schema_has_the_contract_columns_and_types(tmp_path):
-    store = DuckDBStatusStore(tmp_path / "s.duckdb")
-    store.create_request("r1", source="folder", file_name="a.csv", webhook_url=None)
-    con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
-    try:
-        for table, columns in CONTRACT_COLUMNS.items():
-            actual = dict(con.execute(
-                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]
-            ).fetchall())
-            assert {c: actual.get(c) for c in columns} == columns, table
-    finally:
-        con.close()
+def test_schema_has_the_contract_columns_and_types(store_factory):
+    store_factory().create_request("r1", source="folder", file_name="a.csv", webhook_url=None)
+    for table, columns in CONTRACT_COLUMNS.items():
+        if store_factory.backend == "duckdb":
+            con, placeholder = duckdb.connect(store_factory.target, read_only=True), "?"
+            expected = columns
+        else:
+            con, placeholder = psycopg2.connect(store_factory.target), "%s"
+            expected = {c: POSTGRES_TYPE_NAMES[t] for c, t in columns.items()}
+        try:
+            cur = con.cursor()
+            cur.execute("SELECT column_name, data_type FROM information_schema.columns"
+                        f" WHERE table_name = {placeholder} AND table_schema = current_schema()", [table])
+            actual = dict(cur.fetchall())
+        finally:
+            con.close()
+        assert {c: actual.get(c) for c in columns} == expected, table
 
 
-def test_lifecycle_counts_and_idempotent_start(tmp_path):
-    store = DuckDBStatusStore(tmp_path / "s.duckdb")
+def test_lifecycle_counts_and_idempotent_start(store_factory):
+    store = store_factory()
     store.create_request("r1", source="api", file_name="a.csv", webhook_url=None, idempotency_key="k")
     assert store.get_request("r1")["status"] == "queued"
     assert store.find_by_idempotency_key("k")["request_id"] == "r1"
@@ -59,21 +96,115 @@ def test_lifecycle_counts_and_idempotent_start(tmp_path):
     assert store.get_request("r1")["status"] == "processing"
 
 
-def _writer(path: str, request_id: str, urls: list[str]) -> None:
-    store = DuckDBStatusStore(path)
+def test_every_method_and_plain_python_values(store_factory):
+    store = store_factory()
+    store.create_request("r1", source="folder", file_name="a.csv", webhook_url="https://hooks.example/x")
+    store.create_request("r1", source="folder", file_name="ignored.csv", webhook_url=None)  # no-op
+    assert store.known_request_ids(["r1", "nope"]) == {"r1"} and store.known_request_ids([]) == set()
+    assert [q["request_id"] for q in store.queued_requests()] == ["r1"]
+    store.start_processing("r1", "run-1", manifest(2, 2))
+    store.mark_processing("r1", ["http://img.example/1-1.jpg", "http://img.example/2-2.jpg"])
+    store.record_results("r1", [
+        ImageResult("http://img.example/1-1.jpg", "compressed", output_path="out/1-1.webp", output_url="http://o/1",
+                    bytes_in=5_000_000_000, bytes_out=40, quality_in=90, quality_out=75, format_out="webp"),
+        ImageResult("http://img.example/2-2.jpg", "failed", error="HTTP 404 (a 100% miss?)"),
+    ])
+    [first, *_, last] = store.images("r1")
+    assert (first["bytes_in"], first["quality_out"], first["attempts"], first["format_out"]) == (
+        5_000_000_000, 75, 1, "webp")
+    assert (last["status"], last["error"], last["bytes_in"], last["output_path"]) == (
+        "failed", "HTTP 404 (a 100% miss?)", None, None)
+    for row in (first, last, store.get_request("r1"), store.products("r1")[0]):
+        for column, value in row.items():
+            assert value is None or type(value) in (str, int, datetime), (column, value)
+    assert type(first["updated_at"]) is datetime and first["updated_at"].tzinfo is None
+    assert abs(first["updated_at"] - utcnow()) < timedelta(minutes=1)  # naive UTC, not local time
+
+    assert store.requeue_for_retry("r1") == 3
+    assert store.get_request("r1")["generation"] == 1 and store.get_request("r1")["status"] == "queued"
+    assert store.unfinished_slots("r1") == [ImageSlot(1, 2, "http://img.example/1-2.jpg"),
+                                            ImageSlot(2, 1, "http://img.example/2-1.jpg"),
+                                            ImageSlot(2, 2, "http://img.example/2-2.jpg")]
+    with pytest.raises(KeyError):
+        store.requeue_for_retry("nope")
+    store.finish_request("r1", "completed_with_errors", "1 image failed")
+    request = store.get_request("r1")
+    assert (request["status"], request["error"], request["total_images"]) == (
+        "completed_with_errors", "1 image failed", 4)
+    assert request["completed_at"] is not None
+
+    store.record_rejected("r2", source="api", file_name="b.csv", webhook_url=None, errors=[{"message": "bad"}])
+    assert store.latest_request_for_file("b.csv")["status"] == "rejected"
+    with pytest.raises(ValueError):
+        store.requeue_for_retry("r2")
+
+    store.enqueue_webhook(webhook_id="w1", request_id="r1", url="https://hooks.example/x", event_type="done",
+                          payload=b'{"a": 1}')
+    assert store.due_webhook_ids() == ["w1"]
+    entry = store.claim_webhook("w1", lease_seconds=60)
+    assert entry.payload == b'{"a": 1}' and entry.attempts == 0 and entry.first_attempt_at is None
+    assert store.claim_webhook("w1", lease_seconds=60) is None and store.due_webhook_ids() == []
+    attempted = utcnow()
+    store.record_webhook_attempt(entry, status_code=500, error="HTTP 500", attempted_at=attempted, state="pending",
+                                 next_attempt_at=attempted - timedelta(seconds=1))
+    again = store.claim_webhook("w1", lease_seconds=60)
+    assert again.attempts == 1 and again.first_attempt_at == attempted
+    store.record_webhook_attempt(again, status_code=200, error=None, attempted_at=utcnow(), state="delivered",
+                                 next_attempt_at=None)
+    deliveries = store.webhook_deliveries("r1")
+    assert [(d["attempt"], d["status_code"], d["error"]) for d in deliveries] == [(1, 500, "HTTP 500"), (2, 200, None)]
+    assert store.claim_webhook("w1", lease_seconds=0) is None
+
+
+def test_open_status_store_follows_the_profile(tmp_path):
+    embedded = Settings.from_env({"IMGPIPE_HOME": str(tmp_path)})
+    store = open_status_store(embedded, lock_timeout=5)
+    assert type(store) is DuckDBStatusStore and store.path == embedded.db_path and store.lock_timeout == 5
+    distributed = Settings.from_env({
+        "IMGPIPE_HOME": str(tmp_path), "IMGPIPE_PROFILE": "distributed",
+        "IMGPIPE_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/x", "IMGPIPE_BROKER_URL": "redis://127.0.0.1",
+        "IMGPIPE_STORAGE_URL": "s3://bucket/prefix", "IMGPIPE_WEBHOOK_SECRET": "whsec_x"})
+    store = open_status_store(distributed)
+    assert type(store) is PostgresStatusStore and store.url == distributed.database_url
+    assert isinstance(store, StatusStore)
+
+
+SERIALIZATION_FAILURE = "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END $$"
+
+
+def test_postgres_runs_a_transaction_again_after_a_serialization_failure(postgres_url):
+    store = PostgresStatusStore(postgres_url, lock_timeout=0.3)
+    attempts = []
+
+    def work(cur):
+        attempts.append(1)
+        cur.execute("INSERT INTO products VALUES ('r1', 's', 'P', %s)", [len(attempts)])
+        if len(attempts) < 3:
+            cur.execute(SERIALIZATION_FAILURE)
+        return "done"
+
+    assert store._transact(work) == "done" and len(attempts) == 3
+    assert [p["row_number"] for p in store.products("r1")] == [3]  # the failed attempts were rolled back
+    with pytest.raises(StoreBusy, match="serialization failures"):
+        store._transact(lambda cur: cur.execute(SERIALIZATION_FAILURE))
+    with pytest.raises(psycopg2.errors.DivisionByZero):  # other errors are not retried
+        store._transact(lambda cur: cur.execute("SELECT 1 / 0"))
+
+
+def _writer(factory, request_id: str, urls: list[str]) -> None:
+    store = factory()
     for url in urls:
         store.record_results(request_id, [ImageResult(url, "compressed", bytes_in=100, bytes_out=40)])
 
 
-def test_eight_writers_and_a_polling_reader_lose_nothing(tmp_path):
-    path = str(tmp_path / "s.duckdb")
-    store = DuckDBStatusStore(path)
+def test_eight_writers_and_a_polling_reader_lose_nothing(store_factory):
+    store = store_factory()
     store.create_request("r1", source="folder", file_name="a.csv", webhook_url=None)
     frame = manifest(8, 10)
     store.start_processing("r1", "run-1", frame)
     urls = list(frame["input_url"])
     ctx = multiprocessing.get_context("spawn")
-    writers = [ctx.Process(target=_writer, args=(path, "r1", urls[i::8])) for i in range(8)]
+    writers = [ctx.Process(target=_writer, args=(store_factory, "r1", urls[i::8])) for i in range(8)]
     for w in writers:
         w.start()
     reads = 0
@@ -86,3 +217,28 @@ def test_eight_writers_and_a_polling_reader_lose_nothing(tmp_path):
         assert w.exitcode == 0
     assert store.counts("r1")["compressed"] == 80
     assert reads > 0
+
+
+def _claimer(factory, webhook_ids: list[str], barrier, claims) -> None:
+    store = factory()
+    barrier.wait()
+    claims.put([w for w in webhook_ids if store.claim_webhook(w, lease_seconds=300) is not None])
+
+
+def test_concurrent_claims_take_each_entry_once(store_factory):
+    store = store_factory()
+    webhook_ids = [f"w{i}" for i in range(20)]
+    for webhook_id in webhook_ids:
+        store.enqueue_webhook(webhook_id=webhook_id, request_id="r1", url="https://hooks.example/x",
+                              event_type="done", payload=b"{}")
+    ctx = multiprocessing.get_context("spawn")
+    barrier, claims = ctx.Barrier(2), ctx.Queue()
+    claimers = [ctx.Process(target=_claimer, args=(store_factory, webhook_ids, barrier, claims)) for _ in range(2)]
+    for c in claimers:
+        c.start()
+    taken = [claims.get(timeout=120) for _ in claimers]
+    for c in claimers:
+        c.join()
+        assert c.exitcode == 0
+    assert sorted(taken[0] + taken[1]) == sorted(webhook_ids)  # every entry claimed, and only once
+    assert store.due_webhook_ids() == []

@@ -1,0 +1,325 @@
+"""The storage interface: the same tests against the local folders and an S3-compatible bucket (moto's server),
+then the REST API and the intake over the bucket."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import pytest
+
+from imgpipe.api import create_app
+from imgpipe.intake import Intake
+from imgpipe.settings import Settings
+from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.storage import (
+    LocalStorage,
+    S3Storage,
+    Storage,
+    errors_key,
+    image_key,
+    input_key,
+    open_storage,
+    output_key,
+    rejected_key,
+    split_s3_url,
+)
+
+BASE = "http://127.0.0.1:8000"
+GOOD = b"S. No.,Product Name,Input Image Urls\n1,Chair,https://img.example/a.jpg\n"
+BAD = b"S. No.,Product Name\n1,,\n"
+OUTPUT = "S. No.,Product Name,Input Image Urls,Output Image Urls\r\n1,Chaise été,https://e.com/a.jpg,x\r\n".encode()
+BAD_REQUEST_IDS = ("", "..", "a/b", "../x", "x" * 65, "a b", "r1\n")
+BAD_IMAGE_NAMES = ("", "a.png", "a/b.jpg", "../a.jpg", ".jpg", "a.jpg/", "a.JPG.exe", "a b.webp")
+
+
+@pytest.fixture
+def bucket_url(s3_storage_env) -> str:
+    """A prefix of its own in the module's bucket, so tests do not see each other's objects."""
+    return f"s3://{s3_storage_env['S3_BUCKET']}/t-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path) -> Storage:
+    if request.param == "local":
+        return LocalStorage(tmp_path / "home", BASE)
+    return S3Storage(request.getfixturevalue("bucket_url"), BASE)
+
+
+def landed(storage: Storage, source: Path, key: str) -> None:
+    """What the intake does after `keep_*`: its commit rename into the local folders."""
+    target = storage.path(key) if isinstance(storage, LocalStorage) else source.with_name("renamed-" + source.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+
+
+def test_image_round_trip(storage):
+    stored = storage.write_image("r1", "a.jpg", b"\xff\xd8 jpeg")
+    assert stored.url == f"{BASE}/images/r1/a.jpg"
+    assert stored.path == storage.location(image_key("r1", "a.jpg"))
+    assert storage.read_image("r1", "a.jpg") == b"\xff\xd8 jpeg"
+    storage.write_image("r1", "a.jpg", b"again")
+    storage.write_image("r1", "b_2-x.webp", b"RIFF webp")
+    assert (storage.read_image("r1", "a.jpg"), storage.read_image("r1", "b_2-x.webp")) == (b"again", b"RIFF webp")
+    assert storage.read(image_key("r1", "a.jpg")) == b"again"
+
+
+def test_output_csv_round_trip(storage):
+    assert not storage.has_output_csv("r1")
+    stored = storage.write_output_csv("r1", OUTPUT)
+    assert stored.url == f"{BASE}/requests/r1/output.csv"
+    assert stored.path == storage.location(output_key("r1"))
+    assert storage.has_output_csv("r1") and storage.exists(output_key("r1"))
+    assert storage.read_output_csv("r1") == OUTPUT
+
+
+def test_an_input_kept_by_the_intake_is_read_back(storage, tmp_path):
+    source = tmp_path / "inbox" / "chairs.csv"
+    source.parent.mkdir()
+    source.write_bytes(GOOD)
+    storage.keep_input("r1", source)
+    landed(storage, source, input_key("r1"))
+    assert storage.read_input("r1") == GOOD
+
+
+def test_a_rejected_file_is_kept_with_its_errors(storage, tmp_path):
+    source = tmp_path / "inbox" / "bad été.csv"
+    source.parent.mkdir()
+    source.write_bytes(BAD)
+    errors = json.dumps({"request_id": "r1", "file_name": "bad été.csv", "errors": []}).encode()
+    if isinstance(storage, LocalStorage):  # the intake writes it there itself
+        storage.path(errors_key("r1")).parent.mkdir(parents=True)
+        storage.path(errors_key("r1")).write_bytes(errors)
+    storage.keep_rejected("r1", "bad été.csv", source, errors)
+    landed(storage, source, rejected_key("r1", "bad été.csv"))
+    assert storage.read(rejected_key("r1", "bad été.csv")) == BAD
+    assert storage.read(errors_key("r1")) == errors
+
+
+def test_missing_keys(storage):
+    assert storage.read_image("r1", "a.jpg") is None
+    assert storage.read_output_csv("r1") is None
+    assert storage.read(rejected_key("r1", "x.csv")) is None
+    assert not storage.has_output_csv("r1") and not storage.exists(image_key("r1", "a.jpg"))
+    with pytest.raises(FileNotFoundError):
+        storage.read_input("r1")
+    storage.write_image("r1", "a.jpg", b"x")
+    assert storage.read_image("r1", "b.jpg") is None
+
+
+def test_bad_request_ids_names_and_keys_are_refused(storage, tmp_path):
+    source = tmp_path / "x.csv"
+    source.write_bytes(GOOD)
+    for request_id in BAD_REQUEST_IDS:
+        for call in (lambda: storage.write_image(request_id, "a.jpg", b"x"),
+                     lambda: storage.read_image(request_id, "a.jpg"),
+                     lambda: storage.write_output_csv(request_id, b"x"),
+                     lambda: storage.read_output_csv(request_id),
+                     lambda: storage.has_output_csv(request_id),
+                     lambda: storage.read_input(request_id),
+                     lambda: storage.keep_input(request_id, source),
+                     lambda: storage.keep_rejected(request_id, "x.csv", source, b"{}")):
+            with pytest.raises(ValueError):
+                call()
+    for name in BAD_IMAGE_NAMES:
+        with pytest.raises(ValueError):
+            storage.write_image("r1", name, b"x")
+        with pytest.raises(ValueError):
+            storage.read_image("r1", name)
+    for name in ("", ".", "..", "a/b.csv", "..\\x.csv", "errors.json", "a\nb.csv", "x" * 256):
+        with pytest.raises(ValueError):
+            storage.keep_rejected("r1", name, source, b"{}")
+    for key in ("", "images", "images/r1", "images/r1/../../x", "images/r1/a.jpg/", "public/images/r1/a.jpg",
+                "outputs/r1/x.csv", "requests//input.csv", "/requests/r1/input.csv", "requests/r1/..\\x"):
+        with pytest.raises(ValueError):
+            storage.read(key)
+    assert storage.read_image("r1", "a.jpg") is None  # and nothing was written by a refused call
+
+
+def test_urls_and_objects_are_the_same_in_both_profiles(tmp_path, bucket_url):
+    settings = Settings(home=tmp_path, public_base_url=BASE)
+    local, s3 = LocalStorage(tmp_path, BASE), S3Storage(bucket_url, BASE + "/")
+    for storage in (local, s3):
+        assert storage.write_image("r1", "a.webp", b"w").url == settings.image_url("r1/a.webp")
+        assert storage.write_output_csv("r1", OUTPUT).url == settings.output_csv_url("r1")
+    assert local.read_output_csv("r1") == s3.read_output_csv("r1")
+
+
+def test_local_keys_are_todays_folders(tmp_path):
+    settings = Settings(home=tmp_path)
+    local = LocalStorage(tmp_path, BASE)
+    assert local.path(input_key("r1")) == settings.requests_dir / "r1" / "input.csv"
+    assert local.path(rejected_key("r1", "x.csv")) == settings.rejected_dir / "r1" / "x.csv"
+    assert local.path(errors_key("r1")) == settings.rejected_dir / "r1" / "errors.json"
+    assert local.write_image("r1", "a.jpg", b"j").path == str(settings.images_dir / "r1" / "a.jpg")
+    assert local.write_output_csv("r1", b"c").path == str(settings.outputs_dir / "r1.csv")
+    (settings.images_dir / "r1" / "d.jpg").mkdir()
+    assert local.read_image("r1", "d.jpg") is None  # a folder is not an image
+
+
+def test_s3_objects_have_their_keys_and_content_types(bucket_url, tmp_path):
+    s3 = S3Storage(bucket_url, BASE)
+    bucket, prefix = split_s3_url(bucket_url)
+    assert s3.write_image("r1", "a.jpg", b"j").path == f"{bucket_url}/images/r1/a.jpg"
+    s3.write_image("r1", "a.webp", b"w")
+    assert s3.write_output_csv("r1", OUTPUT).path == f"{bucket_url}/outputs/r1.csv"
+    source = tmp_path / "in.csv"
+    source.write_bytes(GOOD)
+    s3.keep_input("r1", source)
+    s3.keep_rejected("r2", "x.csv", source, b"{}")
+    client = boto3.client("s3")
+    types = {obj["Key"]: client.head_object(Bucket=bucket, Key=obj["Key"])["ContentType"]
+             for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]}
+    assert types == {f"{prefix}/images/r1/a.jpg": "image/jpeg", f"{prefix}/images/r1/a.webp": "image/webp",
+                     f"{prefix}/outputs/r1.csv": "text/csv", f"{prefix}/requests/r1/input.csv": "text/csv",
+                     f"{prefix}/rejected/r2/x.csv": "text/csv", f"{prefix}/rejected/r2/errors.json": "application/json"}
+
+
+def test_one_s3_storage_serves_many_threads(bucket_url):
+    s3 = S3Storage(bucket_url, BASE)  # its client is made by whichever thread comes first
+
+    def round_trip(i: int) -> bytes | None:
+        s3.write_image("r1", f"i{i}.webp", b"%d" % i)
+        return s3.read_image("r1", f"i{i}.webp")
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(round_trip, range(32))) == [b"%d" % i for i in range(32)]
+
+
+def test_the_profile_chooses_the_storage(tmp_path):
+    settings = Settings(home=tmp_path, public_base_url=BASE)
+    assert isinstance(open_storage(settings), LocalStorage)
+    s3 = open_storage(dataclasses.replace(settings, profile="distributed", storage_url="s3://b/some/prefix/"))
+    assert isinstance(s3, S3Storage) and (s3.bucket, s3.prefix) == ("b", "some/prefix")
+    assert s3.location(input_key("r1")) == "s3://b/some/prefix/requests/r1/input.csv"
+    assert S3Storage("s3://b", BASE).location(output_key("r1")) == "s3://b/outputs/r1.csv"
+    for url in ("", "b/prefix", "https://b/prefix", "s3:///prefix"):
+        with pytest.raises(ValueError):
+            split_s3_url(url)
+
+
+# ---------------------------------------------------------------------- the REST API over the bucket
+
+
+def asgi_get(app, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One GET through the ASGI app itself (Starlette's TestClient needs httpx, which is not installed)."""
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1:8000")], "client": ("127.0.0.1", 50000),
+             "server": ("127.0.0.1", 8000)}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    return start["status"], headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_the_api_serves_images_and_output_csvs_from_the_bucket(tmp_path, bucket_url):
+    settings = Settings(home=tmp_path / "home", public_base_url=BASE)
+    s3 = S3Storage(bucket_url, BASE)
+    app = create_app(settings, storage=s3)
+    store = DuckDBStatusStore(settings.db_path)
+
+    s3.write_image("req", "a.webp", b"RIFF webp bytes")
+    s3.write_image("req", "b.jpg", b"\xff\xd8 jpeg bytes")
+    assert asgi_get(app, "/images/req/a.webp") == (200, {"content-type": "image/webp", "content-length": "15"},
+                                                    b"RIFF webp bytes")
+    status, headers, body = asgi_get(app, "/images/req/b.jpg")
+    assert (status, headers["content-type"], body) == (200, "image/jpeg", b"\xff\xd8 jpeg bytes")
+    # Only the bucket counts: a file in the local folder is not served.
+    (settings.images_dir / "req").mkdir(parents=True)
+    (settings.images_dir / "req" / "local.jpg").write_bytes(b"local")
+    for path in ("/images/req/local.jpg", "/images/req/missing.jpg", "/images/req/", "/images/req", "/images/",
+                 "/images/../outputs/x.csv", "/images/req/../../imgpipe/outputs/r1.csv", "/images/req/a.webp/x"):
+        status, _, body = asgi_get(app, path)
+        assert (status, json.loads(body)["error"]["code"]) == (404, "not_found"), path
+
+    store.create_request("r1", source="api", file_name="x.csv", webhook_url=None)
+    assert asgi_get(app, "/requests/r1/output.csv")[0] == 409
+    store.finish_request("r1", "failed", "no CSV")
+    assert asgi_get(app, "/requests/r1/output.csv")[0] == 404
+    assert json.loads(asgi_get(app, "/requests/r1")[2])["output_csv_url"] is None
+    s3.write_output_csv("r1", OUTPUT)
+    status, headers, body = asgi_get(app, "/requests/r1/output.csv")
+    assert (status, headers["content-type"], body) == (200, "text/csv; charset=utf-8", OUTPUT)
+    assert json.loads(asgi_get(app, "/requests/r1")[2])["output_csv_url"] == f"{BASE}/requests/r1/output.csv"
+
+
+# ---------------------------------------------------------------------- the intake over the bucket
+
+
+@pytest.fixture
+def s3_intake(tmp_path, bucket_url):
+    settings = dataclasses.replace(Settings(home=tmp_path / "home", public_base_url=BASE), profile="distributed",
+                                   storage_url=bucket_url)
+    settings.ensure_folders()
+    store = DuckDBStatusStore(settings.db_path)
+    intake = Intake(settings, store)
+    assert isinstance(intake.storage, S3Storage)
+    return settings, store, intake
+
+
+def test_intake_puts_accepted_and_rejected_files_in_the_bucket(s3_intake):
+    settings, store, intake = s3_intake
+    (settings.inbox / "good.csv").write_bytes(GOOD)
+    (settings.inbox / "bad.csv").write_bytes(BAD)
+    results = {r.file_name: r for r in intake.take_inbox()}
+    good, bad = results["good.csv"], results["bad.csv"]
+    assert good.accepted and not bad.accepted
+    assert intake.storage.read_input(good.request_id) == GOOD
+    assert (settings.requests_dir / good.request_id / "input.csv").read_bytes() == GOOD  # the local copy stays
+    assert intake.storage.read(rejected_key(bad.request_id, "bad.csv")) == BAD
+    errors = intake.storage.read(errors_key(bad.request_id))
+    assert errors == (settings.rejected_dir / bad.request_id / "errors.json").read_bytes()
+    assert json.loads(errors)["errors"]
+    assert store.get_request(bad.request_id)["status"] == "rejected"
+
+
+def test_a_failed_upload_leaves_the_file_in_the_inbox(s3_intake, monkeypatch):
+    settings, store, intake = s3_intake
+    (settings.inbox / "later.csv").write_bytes(GOOD)
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("the bucket is unreachable")
+
+    monkeypatch.setattr(intake.storage, "keep_input", unreachable)
+    with pytest.raises(ConnectionError):
+        intake.take_inbox()
+    monkeypatch.undo()
+    assert (settings.inbox / "later.csv").is_file()
+    [result] = intake.take_inbox()
+    assert result.accepted and intake.storage.read_input(result.request_id) == GOOD
+    assert os.listdir(settings.requests_dir) == [result.request_id]
+
+
+def test_recovery_finishes_the_upload_and_the_record(s3_intake):
+    settings, store, intake = s3_intake
+    # A rename done, neither the object nor the row (as after a crash, or a bucket emptied by hand).
+    for base, name, data in ((settings.requests_dir, "input.csv", GOOD), (settings.rejected_dir, "bad.csv", BAD)):
+        folder = base / f"20260101-000000-{name[:3]}"
+        folder.mkdir()
+        (folder / "request.json").write_text(json.dumps({"request_id": folder.name, "file_name": name,
+                                                         "source": "folder", "webhook_url": None}))
+        (folder / name).write_bytes(data)
+    (settings.rejected_dir / "20260101-000000-bad" / "errors.json").write_text(json.dumps(
+        {"request_id": "20260101-000000-bad", "file_name": "bad.csv",
+         "errors": [{"row": None, "column": None, "message": "no"}]}))
+
+    assert intake.take_inbox() == []
+    assert intake.storage.read_input("20260101-000000-inp") == GOOD
+    assert intake.storage.read(rejected_key("20260101-000000-bad", "bad.csv")) == BAD
+    assert json.loads(intake.storage.read(errors_key("20260101-000000-bad")))["errors"][0]["message"] == "no"
+    assert store.get_request("20260101-000000-inp")["status"] == "queued"
+    assert store.get_request("20260101-000000-bad")["status"] == "rejected"
