@@ -253,10 +253,12 @@ class Daemon:
 
     def __enter__(self) -> "Daemon":
         from dagster import DagsterInstance
+        # The instance's SQLite files first: two processes creating them at once can both stamp the schema
+        # (alembic then finds two heads and the code location fails to load).
+        self.instance = DagsterInstance.from_config(str(self.dagster_home))
         self.proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=REPO,
                                      env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self.instance = DagsterInstance.from_config(str(self.dagster_home))
         return self
 
     def __exit__(self, *exc) -> None:

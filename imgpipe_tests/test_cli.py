@@ -191,3 +191,8 @@ def test_progress_bar_redraws_on_a_terminal_and_logs_tenths_otherwise():
     bar.finish()
     assert terminal.getvalue() == (f"\r[{'#' * 13}{'.' * 17}] 45/100 images (0 failed)"
                                    f"\r[{'#' * 13}{'.' * 17}] 46/100 images (0 failed)\n")
+
+
+def test_worker_outside_the_distributed_profile_says_how_to_enable_it(capsys):
+    assert cli.main(["worker"]) == 2
+    assert "set IMGPIPE_PROFILE=distributed" in capsys.readouterr().err
