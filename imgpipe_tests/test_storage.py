@@ -234,8 +234,9 @@ def test_the_api_serves_images_and_output_csvs_from_the_bucket(tmp_path, bucket_
 
     s3.write_image("req", "a.webp", b"RIFF webp bytes")
     s3.write_image("req", "b.jpg", b"\xff\xd8 jpeg bytes")
-    assert asgi_get(app, "/images/req/a.webp") == (200, {"content-type": "image/webp", "content-length": "15"},
-                                                    b"RIFF webp bytes")
+    assert asgi_get(app, "/images/req/a.webp") == (
+        200, {"content-type": "image/webp", "content-length": "15", "cache-control": "public, max-age=86400"},
+        b"RIFF webp bytes")
     status, headers, body = asgi_get(app, "/images/req/b.jpg")
     assert (status, headers["content-type"], body) == (200, "image/jpeg", b"\xff\xd8 jpeg bytes")
     # Only the bucket counts: a file in the local folder is not served.
