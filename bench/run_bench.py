@@ -50,7 +50,8 @@ RESULTS = REPO / "bench-results"
 BIN = Path(sys.executable).parent
 CPUS = os.cpu_count() or 2
 TERMINAL = {"completed", "completed_with_errors", "failed"}
-SENSOR_INTERVAL = 1
+# 1 s unless IMGPIPE_SENSOR_INTERVAL says otherwise; Dagster's sensor daemon loops every 5 s in any case.
+SENSOR_INTERVAL = int(os.environ.get("IMGPIPE_SENSOR_INTERVAL") or 1)
 WIDTH, HEIGHT = 1600, 1200
 URLS_PER_PRODUCT = 10
 
