@@ -269,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; a request already sent goes on (see `imgpipe status REQUEST_ID`)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`imgpipe status ID | head`): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

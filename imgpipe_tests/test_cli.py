@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pandas as pd
@@ -196,3 +199,18 @@ def test_progress_bar_redraws_on_a_terminal_and_logs_tenths_otherwise():
 def test_worker_outside_the_distributed_profile_says_how_to_enable_it(capsys):
     assert cli.main(["worker"]) == 2
     assert "set IMGPIPE_PROFILE=distributed" in capsys.readouterr().err
+
+
+def test_status_into_a_closed_pipe_ends_quietly(home_store, tmp_path):
+    # A document larger than a pipe's buffer, so that the writer is still writing when the reader leaves.
+    slots = pd.DataFrame([(row, str(row), f"Product {row}", 1, f"https://e.com/{'x' * 100}/{row}.jpg")
+                          for row in range(1, 501)], columns=MANIFEST.columns)
+    home_store.create_request("r-pipe", source="api", file_name="p.csv", webhook_url=None)
+    home_store.start_processing("r-pipe", "run-1", slots)
+    env = {**os.environ, "IMGPIPE_HOME": str(tmp_path / "cli-home")}
+
+    result = subprocess.run(f"'{sys.executable}' -m imgpipe.cli status r-pipe | head -n 1", shell=True,
+                            capture_output=True, text=True, env=env, timeout=60)
+
+    assert result.stdout == "{\n"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
