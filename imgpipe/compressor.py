@@ -95,7 +95,8 @@ class ForkServerClient:
     """Starts the fork server on first use (again after it died, or in a forked copy of this process)."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the server process and the unanswered requests
+        self._send_lock = threading.Lock()  # one request's frame at a time into the server's stdin
         self._process: subprocess.Popen | None = None
         self._owner_pid = 0
         self._pending: dict[int, Future] = {}
@@ -109,11 +110,15 @@ class ForkServerClient:
             self._next_id += 1
             job_id = self._next_id
             self._pending[job_id] = answer
+        # Not under `_lock`, which the reader thread needs for every answer: a request larger than the pipe
+        # waits for the server to read it, and the server may first be waiting for its answers to be read.
+        with self._send_lock:
             try:
                 _write_all(process.stdin.fileno(),
                            _frame((job_id, work, data, max_pixels, max_frames, timeout, memory_bytes)))
             except OSError:
-                self._pending.pop(job_id, None)
+                with self._lock:
+                    self._pending.pop(job_id, None)
                 return CompressionOutcome(False, "compression server stopped", None, 0)
         try:
             pid, result = answer.result(timeout + _SERVER_GRACE)

@@ -30,3 +30,11 @@ def killed(data, **limits):
 
 def exit_3(data, **limits):
     os._exit(3)
+
+
+ECHO_LARGE = "imgpipe_tests.faults:echo_large"
+
+
+def echo_large(data, **limits):
+    """An answer larger than a pipe's buffer (as a big image's encoding is), made from the request."""
+    return "x" * (4 * len(data))

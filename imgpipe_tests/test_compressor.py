@@ -109,3 +109,17 @@ def test_concurrent_calls_from_eight_threads_all_succeed():
     assert len({outcome.pid for outcome in outcomes}) == len(images)
     for outcome in outcomes:
         assert_reaped(outcome.pid)
+
+
+@pytest.mark.timeout(90)  # a wedge would otherwise hold the suite for its whole default timeout
+def test_requests_and_answers_larger_than_a_pipe_from_many_threads_do_not_wedge():
+    # Each request and answer is several times a pipe's 64 KiB, so the caller and the server both block on
+    # writes; the reader thread must keep answers flowing while another thread is still sending.
+    payloads = [bytes([seed]) * (256 * 1024 + seed) for seed in range(24)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(compress_isolated, data, **LIMITS, **GENEROUS, work=faults.ECHO_LARGE)
+                   for data in payloads]
+        outcomes = [future.result(timeout=60) for future in futures]
+
+    assert [len(outcome.error) for outcome in outcomes] == [4 * len(data) for data in payloads]
