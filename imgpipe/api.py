@@ -75,12 +75,11 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.replace(tzinfo=timezone.utc).isoformat() if moment else None
 
 
-def request_document(store: StatusStore, settings: Settings, request_id: str,
-                     storage: Storage | None = None) -> dict | None:
+def request_document(store: StatusStore, storage: Storage, settings: Settings, request_id: str) -> dict | None:
     """The status document of `GET /requests/{id}` (contract section 6); None for an unknown request."""
     document = _stored_document(store, settings, request_id)
     if document is not None:
-        _link_output_csv(document, storage or open_storage(settings), settings)
+        _link_output_csv(document, storage, settings)
     return document
 
 

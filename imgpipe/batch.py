@@ -17,7 +17,7 @@ from imgpipe.compressor import compress_isolated
 from imgpipe.fetcher import FetchError, FetchLimits, fetch
 from imgpipe.settings import Settings
 from imgpipe.status_store import ImageResult, ImageSlot
-from imgpipe.storage import LocalStorage
+from imgpipe.storage import Storage
 from imgpipe.url_safety import AllowList
 
 
@@ -53,7 +53,7 @@ def split_into_batches(items: Sequence[WorkItem], max_batches: int, min_batch_si
 class BatchRunner:
     """Downloads and compresses a batch, reporting results in groups so status writes stay few."""
 
-    def __init__(self, settings: Settings, storage: LocalStorage, request_id: str):
+    def __init__(self, settings: Settings, storage: Storage, request_id: str):
         self.settings = settings
         self.storage = storage
         self.request_id = request_id

@@ -17,6 +17,7 @@ import requests
 
 from imgpipe.settings import Settings
 from imgpipe.status_store import TERMINAL_STATUSES, open_status_store
+from imgpipe.storage import open_storage
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 POLL_INTERVAL = 0.5
@@ -178,15 +179,16 @@ def retry(args: argparse.Namespace) -> int:
           f"the running daemon starts a run within about {settings.sensor_interval} s")
     if not args.wait:
         return 0
-    return report_outcome(wait_until_terminal(lambda: request_document(store, settings, args.request_id),
-                                              sys.stderr))
+    storage = open_storage(settings)
+    return report_outcome(wait_until_terminal(
+        lambda: request_document(store, storage, settings, args.request_id), sys.stderr))
 
 
 def status(args: argparse.Namespace) -> int:
     from imgpipe.api import request_document
 
     settings = Settings.from_env()
-    document = request_document(open_status_store(settings), settings, args.request_id)
+    document = request_document(open_status_store(settings), open_storage(settings), settings, args.request_id)
     if document is None:
         print(f"no request {args.request_id} in the status store", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from imgpipe.csv_schema import UploadRejected, parse_upload
 from imgpipe.output_csv import OutputRow, render_output_csv, rows_from_manifest
 from imgpipe.settings import Settings
 from imgpipe.status_store import StatusStore
-from imgpipe.storage import LocalStorage, StoredObject
+from imgpipe.storage import Storage, StoredObject
 from imgpipe.webhook import build_payload, event_type, message_id
 
 
@@ -39,7 +39,7 @@ def terminal_status(counts: dict[str, int], run_failure: str | None) -> tuple[st
     return "completed_with_errors", f"{failed} of {total} images failed"
 
 
-def output_rows(store: StatusStore, storage: LocalStorage, settings: Settings,
+def output_rows(store: StatusStore, storage: Storage, settings: Settings,
                 request_id: str) -> list[OutputRow]:
     products = store.products(request_id)
     if not products:
@@ -60,7 +60,7 @@ def output_rows(store: StatusStore, storage: LocalStorage, settings: Settings,
     ]
 
 
-def _rows_from_input(storage: LocalStorage, settings: Settings, request_id: str) -> list[OutputRow]:
+def _rows_from_input(storage: Storage, settings: Settings, request_id: str) -> list[OutputRow]:
     try:
         manifest = parse_upload(storage.read_input(request_id), limits=settings.limits)
     except (OSError, UploadRejected):
@@ -68,7 +68,7 @@ def _rows_from_input(storage: LocalStorage, settings: Settings, request_id: str)
     return rows_from_manifest(manifest, {})
 
 
-def complete_request(settings: Settings, store: StatusStore, storage: LocalStorage, request_id: str,
+def complete_request(settings: Settings, store: StatusStore, storage: Storage, request_id: str,
                      run_id: str, run_failure: str | None = None) -> Completion:
     csv_bytes = render_output_csv(output_rows(store, storage, settings, request_id))
     csv_object = storage.write_output_csv(request_id, csv_bytes)

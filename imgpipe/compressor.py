@@ -5,9 +5,9 @@ memory than its parent, and it is killed when it overruns its time.
 
 The children are not forked from the caller (a Dagster step process of 150-300 MiB, with threads) but from a
 lean fork server: `python -m imgpipe.compressor`, started once per calling process, which imports only the
-image policy. Forking from it costs about 5 ms an image instead of about 16 ms from a loaded step process
-(page tables and copy-on-write faults grow with the parent), and its children count 30 MiB each, not the
-step's size. Downloader threads call `compress_isolated` at the same time; one reader thread hands each
+image policy. Page tables and copy-on-write faults grow with the parent, so forking from it is cheaper than
+from a loaded step process (`bench/fork_cost.py` measures both), and its children count about 30 MiB each,
+not the step's size. Downloader threads call `compress_isolated` at the same time; one reader thread hands each
 answer to the thread that asked.
 
 Protocol, over the server's stdin and stdout: frames of a 4-byte big-endian length and a pickle. A request is

@@ -23,6 +23,7 @@ import shutil
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from imgpipe.csv_schema import RowError, UploadRejected, parse_upload
@@ -170,29 +171,23 @@ class Intake:
         if errors:
             folder = self.settings.rejected_dir / request_id
             destination = folder / _safe_file_name(file_name)
-            error_doc = {"request_id": request_id, "file_name": file_name,
-                         "errors": [e.to_dict() for e in errors]}
+            error_doc = json.dumps({"request_id": request_id, "file_name": file_name,
+                                    "errors": [e.to_dict() for e in errors]}, indent=2).encode()
             folder.mkdir(parents=True, exist_ok=True)
-            write_atomically(folder / ERRORS_NAME, json.dumps(error_doc, indent=2).encode())
+            write_atomically(folder / ERRORS_NAME, error_doc)
+            keep = partial(self.storage.keep_rejected, request_id, destination.name, path, error_doc)
         else:
             folder = self.settings.requests_dir / request_id
             destination = folder / INPUT_NAME
             folder.mkdir(parents=True, exist_ok=True)
+            keep = partial(self.storage.keep_input, request_id, path)
         write_atomically(folder / REQUEST_META, json.dumps(meta).encode())
         # In the storage before the commit point: a crash here leaves the file in the inbox, taken again.
-        self._keep(request_id, path, destination)
+        keep()
         os.replace(path, destination)
         path.with_suffix(".json").unlink(missing_ok=True)
         self._record(meta, errors)
         return IntakeResult(request_id, file_name, accepted=not errors, errors=tuple(errors))
-
-    def _keep(self, request_id: str, source: Path, destination: Path) -> None:
-        """Put the file at `source`, bound for `destination` in the local folders, in the storage too."""
-        if destination.parent.parent == self.settings.rejected_dir:
-            errors = (destination.parent / ERRORS_NAME).read_bytes()
-            self.storage.keep_rejected(request_id, destination.name, source, errors)
-        else:
-            self.storage.keep_input(request_id, source)
 
     def _claimed_request_id(self, sidecar: Sidecar) -> str | None:
         """The REST API and the UI launch record their request before the file reaches the inbox; honour
@@ -243,15 +238,16 @@ class Intake:
             meta = json.loads(meta_path.read_text())
             if folder.parent == self.settings.requests_dir:
                 if (folder / INPUT_NAME).is_file():
-                    self._keep(folder.name, folder / INPUT_NAME, folder / INPUT_NAME)
+                    self.storage.keep_input(folder.name, folder / INPUT_NAME)
                     self._record(meta, [])
                 else:
                     shutil.rmtree(folder, ignore_errors=True)
             else:
                 kept = folder / _safe_file_name(meta["file_name"])
                 if kept.is_file():
-                    self._keep(folder.name, kept, kept)
-                    doc = json.loads((folder / ERRORS_NAME).read_text())
+                    error_doc = (folder / ERRORS_NAME).read_bytes()
+                    self.storage.keep_rejected(folder.name, kept.name, kept, error_doc)
+                    doc = json.loads(error_doc)
                     self._record(meta, [RowError(**e) for e in doc["errors"]])
                 else:
                     shutil.rmtree(folder, ignore_errors=True)

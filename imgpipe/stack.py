@@ -23,6 +23,7 @@ from imgpipe.cli import wait_until_terminal
 from imgpipe.files import write_atomically
 from imgpipe.settings import Settings
 from imgpipe.status_store import StatusStore, open_status_store
+from imgpipe.storage import open_storage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "data" / "samples"
@@ -108,7 +109,9 @@ def _report_and_wait(settings: Settings, children: list[subprocess.Popen], sampl
             if request_id is None:
                 print("the daemon did not take the sample within 120 s; see the Dagster UI for why")
             else:
-                document = wait_until_terminal(lambda: request_document(store, settings, request_id), sys.stdout)
+                storage = open_storage(settings)
+                document = wait_until_terminal(lambda: request_document(store, storage, settings, request_id),
+                                               sys.stdout)
                 print(f"request {request_id}: {document['status']}")
                 print(f"output CSV: {settings.outputs_dir / (request_id + '.csv')}")
                 print(f"       URL: {settings.output_csv_url(request_id)}")
