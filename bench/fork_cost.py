@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_bench import make_image  # noqa: E402
 
 import imgpipe.definitions  # noqa: E402,F401  (the caller's size, as in a step process)
-from imgpipe.compressor import compress_isolated  # noqa: E402
-from imgpipe.image_policy import compress_image  # noqa: E402
+from imgpipe.images.compressor import compress_isolated  # noqa: E402
+from imgpipe.images.image_policy import compress_image  # noqa: E402
 
 CPUS = os.cpu_count() or 2
 LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}

@@ -41,9 +41,9 @@ import numpy as np
 import requests
 from PIL import Image, ImageDraw
 
-from imgpipe.image_policy import compress_image
+from imgpipe.images.image_policy import compress_image
 from imgpipe.settings import Settings
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status.store import DuckDBStatusStore
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench-results"

@@ -16,7 +16,7 @@ from typing import Callable, TextIO
 import requests
 
 from imgpipe.settings import Settings
-from imgpipe.status_store import TERMINAL_STATUSES, open_status_store
+from imgpipe.status.store import TERMINAL_STATUSES, open_status_store
 from imgpipe.storage import open_storage
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -106,14 +106,14 @@ def _error_message(response: requests.Response) -> str:
 def run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from imgpipe.api import create_app
+    from imgpipe.api.app import create_app
 
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
     return 0
 
 
 def run_stack(args: argparse.Namespace) -> int:
-    from imgpipe.stack import run_stack as run
+    from imgpipe.local_stack import run_stack as run
 
     return run(samples_port=args.samples_port, api_port=args.api_port, ui_port=args.ui_port,
                submit_sample=not args.no_sample)
@@ -163,7 +163,7 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def retry(args: argparse.Namespace) -> int:
-    from imgpipe.api import request_document
+    from imgpipe.api.app import request_document
 
     settings = Settings.from_env()
     store = open_status_store(settings)
@@ -185,7 +185,7 @@ def retry(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from imgpipe.api import request_document
+    from imgpipe.api.app import request_document
 
     settings = Settings.from_env()
     document = request_document(open_status_store(settings), open_storage(settings), settings, args.request_id)
@@ -202,7 +202,7 @@ def worker(args: argparse.Namespace) -> int:
     from dagster_celery.make_app import make_app
     from dagster_celery.tasks import create_task
 
-    from imgpipe.jobs import celery_config
+    from imgpipe.defs.jobs import celery_config
 
     settings = Settings.from_env()
     if not settings.distributed:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from imgpipe.assets import compressed_images, output_csv, upload_manifest
-from imgpipe.jobs import process_request_job, submit_csv_job
-from imgpipe.resources import resources_for
-from imgpipe.sensors import canceled_run_sensor, failed_run_sensor, inbox_sensor, webhook_retry_sensor
+from imgpipe.defs.assets import compressed_images, output_csv, upload_manifest
+from imgpipe.defs.jobs import process_request_job, submit_csv_job
+from imgpipe.defs.resources import resources_for
+from imgpipe.defs.sensors import canceled_run_sensor, failed_run_sensor, inbox_sensor, webhook_retry_sensor
 from imgpipe.settings import Settings
 
 defs = Definitions(

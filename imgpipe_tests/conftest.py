@@ -19,9 +19,9 @@ from types import SimpleNamespace
 import pytest
 import uvicorn
 
-from imgpipe.api import create_app
+from imgpipe.api.app import create_app
 from imgpipe.settings import Settings
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status.store import DuckDBStatusStore
 from imgpipe_tests.servers import ImageServer, WebhookReceiver
 
 PIPELINE_HOME = Path(tempfile.mkdtemp(prefix="imgpipe-test-home-"))

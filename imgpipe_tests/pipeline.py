@@ -9,9 +9,9 @@ import json
 from dagster import DagsterInstance, execute_job, reconstructable
 
 from imgpipe.definitions import resolved_process_request_job
-from imgpipe.intake import Intake
+from imgpipe.intake.intake import Intake
 from imgpipe.settings import Settings
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status.store import DuckDBStatusStore
 
 HEADER = ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
 

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 import requests
 
-from imgpipe.status_store import ImageResult
+from imgpipe.status.store import ImageResult
 
 # BOM, CRLF and non-ASCII: the upload must reach the inbox byte for byte.
 CSV = "\ufeffS. No.,Product Name,Input Image Urls\r\n1.,Chaussure été,https://e.com/a.jpg\r\n".encode()

@@ -5,9 +5,9 @@ import os
 import time
 import uuid
 
-from imgpipe.batch import BatchRunner, WorkItem, split_into_batches, work_items
+from imgpipe.images.batch import BatchRunner, WorkItem, split_into_batches, work_items
 from imgpipe.settings import Settings
-from imgpipe.status_store import ImageSlot
+from imgpipe.status.store import ImageSlot
 from imgpipe.storage import LocalStorage
 from imgpipe_tests.images import save_jpeg
 

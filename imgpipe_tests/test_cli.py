@@ -14,7 +14,7 @@ import requests
 
 from imgpipe import cli
 from imgpipe.settings import Settings
-from imgpipe.status_store import DuckDBStatusStore, ImageResult
+from imgpipe.status.store import DuckDBStatusStore, ImageResult
 
 CSV = (b"S. No.,Product Name,Input Image Urls\n"
        b"1,Shoe,\"https://e.com/a.jpg,https://e.com/b.jpg\"\n"

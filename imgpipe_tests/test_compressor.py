@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imgpipe.compressor import compress_isolated
-from imgpipe.image_policy import compress_image
+from imgpipe.images.compressor import compress_isolated
+from imgpipe.images.image_policy import compress_image
 from imgpipe.settings import MIB
 from imgpipe_tests import faults
 

@@ -6,7 +6,7 @@ import pandera.pandas as pa
 import pytest
 from dagster_pandera import pandera_schema_to_dagster_type
 
-from imgpipe.csv_schema import (
+from imgpipe.intake.csv_schema import (
     CANONICAL_HEADERS,
     MANIFEST_COLUMNS,
     MAX_URL_LENGTH,

@@ -18,7 +18,7 @@ import requests
 from PIL import Image
 from standardwebhooks import Webhook
 
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status.store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.servers import REPO, IsolatedHome, WebhookReceiver, drop_into_inbox, free_port, product_csv, wait_for
 

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests.adapters
 
-from imgpipe.fetcher import FetchError, FetchLimits, fetch, post
+from imgpipe.images.fetcher import FetchError, FetchLimits, fetch, post
 from imgpipe.settings import Limits
-from imgpipe.url_safety import AllowList
+from imgpipe.images.url_safety import AllowList
 
 IMAGE = os.urandom(200_000)
 REDIRECT_CODES = (301, 302, 303, 307, 308)

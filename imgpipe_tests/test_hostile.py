@@ -26,17 +26,17 @@ import pytest
 import urllib3.util.connection
 from PIL import Image
 
-from imgpipe import batch
-from imgpipe.batch import BatchRunner, WorkItem
-from imgpipe.compressor import compress_isolated
-from imgpipe.csv_schema import UploadRejected, parse_upload
-from imgpipe.intake import Intake
-from imgpipe.output_csv import OutputRow, render_output_csv
+from imgpipe.images import batch
+from imgpipe.images.batch import BatchRunner, WorkItem
+from imgpipe.images.compressor import compress_isolated
+from imgpipe.intake.csv_schema import UploadRejected, parse_upload
+from imgpipe.intake.intake import Intake
+from imgpipe.output.output_csv import OutputRow, render_output_csv
 from imgpipe.settings import MIB, Limits, Settings
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status.store import DuckDBStatusStore
 from imgpipe.storage import LocalStorage
-from imgpipe.url_safety import AllowList
-from imgpipe.webhook import attempt_delivery
+from imgpipe.images.url_safety import AllowList
+from imgpipe.webhooks.webhook import attempt_delivery
 from imgpipe_tests import faults
 from imgpipe_tests.images import photo_like
 

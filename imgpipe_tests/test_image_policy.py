@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageCms, ImageFile, JpegImagePlugin, features
 
-from imgpipe.image_policy import CompressedImage, ImageRejected, compress_image
-from imgpipe.quality import estimate_jpeg_quality
+from imgpipe.images.image_policy import CompressedImage, ImageRejected, compress_image
+from imgpipe.images.quality import estimate_jpeg_quality
 from imgpipe_tests.images import noisy_gradient
 
 LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}

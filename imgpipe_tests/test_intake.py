@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from imgpipe.intake import Intake
+from imgpipe.intake.intake import Intake
 from imgpipe.settings import Settings
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status.store import DuckDBStatusStore
 
 GOOD = "S. No.,Product Name,Input Image Urls\n1,Chair,\"https://img.example/a.jpg, https://img.example/b.jpg\"\n"
 BAD = "S. No.,Product Name\n1,,\n"

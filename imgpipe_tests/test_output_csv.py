@@ -4,7 +4,7 @@ import io
 import pandas as pd
 import pytest
 
-from imgpipe.output_csv import OutputRow, render_output_csv, rows_from_manifest
+from imgpipe.output.output_csv import OutputRow, render_output_csv, rows_from_manifest
 
 HEADER = ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
 

@@ -11,10 +11,10 @@ import pytest
 from dagster import instance_for_test
 from PIL import Image
 
-from imgpipe.quality import estimate_jpeg_quality
+from imgpipe.images.quality import estimate_jpeg_quality
 from imgpipe.settings import Settings
-from imgpipe.signing import verify
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.webhooks.signing import verify
+from imgpipe.status.store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.pipeline import HEADER, csv_for, read_output, run, slots_of, submit
 

@@ -6,7 +6,7 @@ import io
 import pytest
 from PIL import Image
 
-from imgpipe.quality import (
+from imgpipe.images.quality import (
     CHROMINANCE_TABLE,
     LUMINANCE_TABLE,
     estimate_jpeg_quality,

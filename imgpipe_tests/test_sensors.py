@@ -6,9 +6,9 @@ import uuid
 from dagster import DagsterInstance, build_sensor_context, instance_for_test
 
 from imgpipe.definitions import defs
-from imgpipe.sensors import inbox_sensor
+from imgpipe.defs.sensors import inbox_sensor
 from imgpipe.settings import Settings
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status.store import DuckDBStatusStore
 from imgpipe_tests.servers import drop_into_inbox
 
 GOOD = "S. No.,Product Name,Input Image Urls\n1,Chair,https://img.example/a.jpg\n"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgpipe.resources import (
+from imgpipe.defs.resources import (
     DuckDBStatusStoreResource,
     LocalStorageResource,
     PostgresStatusStoreResource,

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 import standardwebhooks
 
-from imgpipe.signing import load_or_create_secret, sign, signed_headers, verify
+from imgpipe.webhooks.signing import load_or_create_secret, sign, signed_headers, verify
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 BODY = b'{"type":"request.completed","request_id":"r1"}'

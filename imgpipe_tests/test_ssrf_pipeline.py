@@ -20,10 +20,10 @@ import pytest
 from dagster import execute_job, instance_for_test, reconstructable
 
 from imgpipe.definitions import resolved_process_request_job
-from imgpipe.delivery import deliver
-from imgpipe.intake import Intake
+from imgpipe.webhooks.delivery import deliver
+from imgpipe.intake.intake import Intake
 from imgpipe.settings import Settings
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status.store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.servers import WebhookReceiver
 

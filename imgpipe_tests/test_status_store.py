@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 
 from imgpipe.settings import Settings
-from imgpipe.status_store import (
+from imgpipe.status.store import (
     DuckDBStatusStore,
     ImageResult,
     ImageSlot,

@@ -13,10 +13,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from imgpipe.api import create_app
-from imgpipe.intake import Intake
+from imgpipe.api.app import create_app
+from imgpipe.intake.intake import Intake
 from imgpipe.settings import Settings
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status.store import DuckDBStatusStore
 from imgpipe.storage import (
     LocalStorage,
     S3Storage,

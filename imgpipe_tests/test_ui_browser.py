@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from imgpipe.status_store import DuckDBStatusStore
+from imgpipe.status.store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.servers import REPO, IsolatedHome, drop_into_inbox, free_port, product_csv, wait_for
 

@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from imgpipe.url_safety import AllowList, UnresolvableHost, UnsafeUrl, check_url, is_public_address
+from imgpipe.images.url_safety import AllowList, UnresolvableHost, UnsafeUrl, check_url, is_public_address
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"

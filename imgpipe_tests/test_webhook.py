@@ -12,9 +12,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import standardwebhooks
 
-from imgpipe.signing import signed_headers
-from imgpipe.url_safety import AllowList
-from imgpipe.webhook import RetryPolicy, attempt_delivery, build_payload, event_type, message_id
+from imgpipe.webhooks.signing import signed_headers
+from imgpipe.images.url_safety import AllowList
+from imgpipe.webhooks.webhook import RetryPolicy, attempt_delivery, build_payload, event_type, message_id
 from imgpipe_tests.servers import WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"webhook-test-secret-32-bytes-abc").decode()

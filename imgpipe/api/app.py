@@ -25,10 +25,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imgpipe.csv_schema import UploadRejected, parse_upload
-from imgpipe.intake import enqueue_upload
+from imgpipe.intake.csv_schema import UploadRejected, parse_upload
+from imgpipe.intake.intake import enqueue_upload
 from imgpipe.settings import Settings
-from imgpipe.status_store import IMAGE_STATUSES, TERMINAL_STATUSES, StatusStore, StoreBusy, open_status_store
+from imgpipe.status.store import IMAGE_STATUSES, TERMINAL_STATUSES, StatusStore, StoreBusy, open_status_store
 from imgpipe.storage import Storage, content_type_of, open_storage
 
 DEFAULT_FILE_NAME = "upload.csv"

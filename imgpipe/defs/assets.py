@@ -25,12 +25,12 @@ from dagster import (
 )
 from dagster_pandera import pandera_schema_to_dagster_type
 
-from imgpipe.batch import BatchRunner, WorkItem, split_into_batches, work_items
-from imgpipe.completion import Completion, complete_request
-from imgpipe.csv_schema import ManifestModel, parse_upload
-from imgpipe.delivery import deliver
-from imgpipe.output_csv import alignment_problems
-from imgpipe.resources import StatusStoreResource, StorageResource
+from imgpipe.images.batch import BatchRunner, WorkItem, split_into_batches, work_items
+from imgpipe.output.completion import Completion, complete_request
+from imgpipe.intake.csv_schema import ManifestModel, parse_upload
+from imgpipe.webhooks.delivery import deliver
+from imgpipe.output.output_csv import alignment_problems
+from imgpipe.defs.resources import StatusStoreResource, StorageResource
 from imgpipe.settings import Settings
 
 requests_partitions = DynamicPartitionsDefinition(name="requests")

@@ -12,14 +12,14 @@ from dagster import (
     sensor,
 )
 
-from imgpipe.assets import requests_partitions
-from imgpipe.completion import complete_request
-from imgpipe.delivery import deliver, deliver_due
-from imgpipe.intake import Intake
-from imgpipe.jobs import process_request_job
-from imgpipe.resources import StatusStoreResource, StorageResource
+from imgpipe.defs.assets import requests_partitions
+from imgpipe.output.completion import complete_request
+from imgpipe.webhooks.delivery import deliver, deliver_due
+from imgpipe.intake.intake import Intake
+from imgpipe.defs.jobs import process_request_job
+from imgpipe.defs.resources import StatusStoreResource, StorageResource
 from imgpipe.settings import Settings
-from imgpipe.status_store import TERMINAL_STATUSES
+from imgpipe.status.store import TERMINAL_STATUSES
 
 SETTINGS = Settings.from_env()
 REQUEST_TAG = "imgpipe/request_id"

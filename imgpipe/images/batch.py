@@ -13,12 +13,12 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-from imgpipe.compressor import compress_isolated
-from imgpipe.fetcher import FetchError, FetchLimits, fetch
+from imgpipe.images.compressor import compress_isolated
+from imgpipe.images.fetcher import FetchError, FetchLimits, fetch
 from imgpipe.settings import Settings
-from imgpipe.status_store import ImageResult, ImageSlot
+from imgpipe.status.store import ImageResult, ImageSlot
 from imgpipe.storage import Storage
-from imgpipe.url_safety import AllowList
+from imgpipe.images.url_safety import AllowList
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 
 from imgpipe.settings import Settings
-from imgpipe.status_store import DuckDBStatusStore, PostgresStatusStore, StatusStore
+from imgpipe.status.store import DuckDBStatusStore, PostgresStatusStore, StatusStore
 from imgpipe.storage import LocalStorage, S3Storage, Storage, split_s3_url
 
 

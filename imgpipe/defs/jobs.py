@@ -15,9 +15,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from imgpipe.assets import compressed_images, output_csv, step_concurrency, upload_manifest
-from imgpipe.intake import enqueue_upload, load_csv_source
-from imgpipe.resources import StatusStoreResource
+from imgpipe.defs.assets import compressed_images, output_csv, step_concurrency, upload_manifest
+from imgpipe.intake.intake import enqueue_upload, load_csv_source
+from imgpipe.defs.resources import StatusStoreResource
 from imgpipe.settings import Settings
 
 

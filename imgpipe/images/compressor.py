@@ -4,7 +4,7 @@ A crash, hang or memory blow-up in a decoder then fails that one image: the chil
 memory than its parent, and it is killed when it overruns its time.
 
 The children are not forked from the caller (a Dagster step process of 150-300 MiB, with threads) but from a
-lean fork server: `python -m imgpipe.compressor`, started once per calling process, which imports only the
+lean fork server: `python -m imgpipe.images.compressor`, started once per calling process, which imports only the
 image policy. Page tables and copy-on-write faults grow with the parent, so forking from it is cheaper than
 from a loaded step process (`bench/fork_cost.py` measures both), and its children count about 30 MiB each,
 not the step's size. Downloader threads call `compress_isolated` at the same time; one reader thread hands each
@@ -33,11 +33,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Callable, NoReturn
 
-from imgpipe.image_policy import CompressedImage, ImageRejected
+from imgpipe.images.image_policy import CompressedImage, ImageRejected
 from imgpipe.settings import MIB
 
 # What a child runs, as "module:function"; tests name stand-ins that hang or crash the way a decoder might.
-DEFAULT_WORK = "imgpipe.image_policy:compress_image"
+DEFAULT_WORK = "imgpipe.images.image_policy:compress_image"
 _HEADER = struct.Struct("!I")
 # The server enforces each image's timeout; this margin only guards against a server that stopped answering.
 _SERVER_GRACE = 30.0
@@ -146,7 +146,7 @@ class ForkServerClient:
             # In a forked copy of a process that had a server, that server and its pipes are the parent's.
             self._pending = {}
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "imgpipe.compressor"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [sys.executable, "-m", "imgpipe.images.compressor"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 bufsize=0, close_fds=True, env=_server_environment(),
             )
             self._owner_pid = os.getpid()

@@ -18,11 +18,11 @@ import threading
 import time
 from pathlib import Path
 
-from imgpipe.api import request_document
+from imgpipe.api.app import request_document
 from imgpipe.cli import wait_until_terminal
 from imgpipe.files import write_atomically
 from imgpipe.settings import Settings
-from imgpipe.status_store import StatusStore, open_status_store
+from imgpipe.status.store import StatusStore, open_status_store
 from imgpipe.storage import open_storage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ from datetime import timedelta
 from typing import Callable
 
 from imgpipe.settings import Settings
-from imgpipe.signing import load_or_create_secret, signed_headers
-from imgpipe.status_store import StatusStore, utcnow
-from imgpipe.url_safety import AllowList
-from imgpipe.webhook import RetryPolicy, attempt_delivery
+from imgpipe.webhooks.signing import load_or_create_secret, signed_headers
+from imgpipe.status.store import StatusStore, utcnow
+from imgpipe.images.url_safety import AllowList
+from imgpipe.webhooks.webhook import RetryPolicy, attempt_delivery
 
 CLAIM_LEASE_SECONDS = 120.0
 

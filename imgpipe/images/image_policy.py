@@ -1,6 +1,6 @@
 """The image policy of contract section 9: how one downloaded image is decoded, checked and re-encoded.
 
-Runs inside a short-lived child process (`imgpipe.compressor`), so it logs nothing and starts no threads;
+Runs inside a short-lived child process (`imgpipe.images.compressor`), so it logs nothing and starts no threads;
 every problem with the image itself is an `ImageRejected` carrying a reason fit for the status store.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-from imgpipe.quality import estimate_jpeg_quality, output_quality
+from imgpipe.images.quality import estimate_jpeg_quality, output_quality
 
 # Registers every Pillow plugin now, in the parent, so that each forked child finds them already imported.
 Image.init()

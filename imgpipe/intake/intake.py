@@ -26,13 +26,13 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-from imgpipe.csv_schema import RowError, UploadRejected, parse_upload
-from imgpipe.fetcher import FetchLimits, fetch
+from imgpipe.intake.csv_schema import RowError, UploadRejected, parse_upload
+from imgpipe.images.fetcher import FetchLimits, fetch
 from imgpipe.files import write_atomically
 from imgpipe.settings import Settings
-from imgpipe.status_store import StatusStore
+from imgpipe.status.store import StatusStore
 from imgpipe.storage import ERRORS_NAME, INPUT_NAME, Storage, open_storage
-from imgpipe.url_safety import AllowList
+from imgpipe.images.url_safety import AllowList
 
 TEMPORARY_SUFFIXES = (".tmp", ".part")
 REQUEST_META = "request.json"

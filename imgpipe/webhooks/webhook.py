@@ -1,5 +1,5 @@
 """The webhook that ends each request (contract section 7): its payload, one delivery attempt, and when to
-try again. Keeping attempts and their schedule in the DuckDB outbox is `imgpipe.delivery`'s job.
+try again. Keeping attempts and their schedule in the DuckDB outbox is `imgpipe.webhooks.delivery`'s job.
 """
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping
 
-from imgpipe import fetcher
-from imgpipe.url_safety import AllowList
+from imgpipe.images import fetcher
+from imgpipe.images.url_safety import AllowList
 
 EVENT_TYPES = {
     "completed": "request.completed",

@@ -24,7 +24,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from imgpipe.settings import Limits
-from imgpipe.url_safety import AllowList, CheckedTarget, Resolver, UnresolvableHost, UnsafeUrl, check_url
+from imgpipe.images.url_safety import AllowList, CheckedTarget, Resolver, UnresolvableHost, UnsafeUrl, check_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_POST_RESPONSE_BYTES = 64 * 1024

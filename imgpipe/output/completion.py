@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from imgpipe.csv_schema import UploadRejected, parse_upload
-from imgpipe.output_csv import OutputRow, render_output_csv, rows_from_manifest
+from imgpipe.intake.csv_schema import UploadRejected, parse_upload
+from imgpipe.output.output_csv import OutputRow, render_output_csv, rows_from_manifest
 from imgpipe.settings import Settings
-from imgpipe.status_store import StatusStore
+from imgpipe.status.store import StatusStore
 from imgpipe.storage import Storage, StoredObject
-from imgpipe.webhook import build_payload, event_type, message_id
+from imgpipe.webhooks.webhook import build_payload, event_type, message_id
 
 
 @dataclass(frozen=True)
