@@ -19,8 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 class ImageServer:
     """/img/<name> serves a file from root; /status/<code> answers that code; /flaky/<n>/<name> answers 500
-    to the first n hits; /slow/<seconds>/<name> pauses first; /redirect?to=<url> answers 302. Counts hits
-    per path."""
+    to the first n hits; /slow/<seconds>/<name> pauses first; /redirect?to=<url> answers 302;
+    /rawstatus/<code> writes the raw status line `HTTP/1.1 <code> bad<NUL><ESC>[31mred`, a header holding a NUL
+    and an ANSI escape, and a Location (followed when <code> is a redirect) whose path holds them too; <code> is
+    written as given, so it need not be a number. Counts hits per path."""
 
     def __init__(self, root: Path, host: str = "127.0.0.1"):
         self.root = Path(root)
@@ -40,6 +42,8 @@ class ImageServer:
                     server.hits[url.path] = server.hits.get(url.path, 0) + 1
                     count = server.hits[url.path]
                 parts = url.path.strip("/").split("/")
+                if parts[0] == "rawstatus":
+                    return self._send_raw(parts[1].encode())
                 if parts[0] == "status":
                     return self._send(int(parts[1]), b"no image here", "text/plain")
                 if parts[0] == "redirect":
@@ -60,6 +64,13 @@ class ImageServer:
                     if server.root.resolve() in path.parents and path.is_file():
                         return self._send(200, path.read_bytes(), "application/octet-stream")
                 return self._send(404, b"not found", "text/plain")
+
+            def _send_raw(self, code: bytes):
+                # Raw bytes: send_response would write a status line of its own, from a number.
+                self.wfile.write(b"HTTP/1.1 " + code + b" bad\x00\x1b[31mred\x1b[0m\r\n"
+                                 b"X-Hostile: \x00\x1b[2J\x1b[H\r\n"
+                                 b"Location: /missing/\x00\x1b[31mred\r\n"
+                                 b"Content-Length: 0\r\n\r\n")
 
             def _send(self, code, body, content_type):
                 self.send_response(code)

@@ -88,6 +88,8 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(429, b"", {"Retry-After": later})
         elif self.path == "/hook/moved":
             self.reply(302, b"", {"Location": "/hook"})
+        elif self.path == "/hook/moved-hostile":
+            self.reply(302, b"", {"Location": "/hook\x00\x1b[2J\x9b31m"})
 
     def reply(self, status, body, headers=None):
         self.send_response(status)
@@ -263,6 +265,22 @@ def test_post_does_not_follow_redirects(server):
     result = post(f"{server.base}/hook/moved", b"{}", {}, allow=server.allow, connect_timeout=2, read_timeout=5)
     assert (result.status_code, result.location) == (302, "/hook")
     assert [path for _, path, _, _ in server.seen] == ["/hook/moved"]
+
+
+def test_a_status_line_with_nul_bytes_and_ansi_escapes_is_reported_printable(image_server):
+    # A code of two digits does not parse: http.client quotes the whole status line, line break included.
+    error = fetch_error(image_server.url("rawstatus/99"), AllowList.parse("127.0.0.1"))
+
+    assert error.kind == "network"
+    netloc = image_server.base.removeprefix("http://")
+    assert str(error) == f"network error with {netloc}: HTTP/1.1 99 bad\\x00\\x1b[31mred\\x1b[0m\\x0d\\x0a"
+
+
+def test_post_reports_a_redirect_location_printable(server):
+    result = post(f"{server.base}/hook/moved-hostile", b"{}", {}, allow=server.allow, connect_timeout=2,
+                  read_timeout=5)
+
+    assert (result.status_code, result.location) == (302, "/hook\\x00\\x1b[2J\\x9b31m")
 
 
 def test_limits_from_settings():

@@ -338,3 +338,104 @@ def test_truncated_jpeg_is_rejected(length):
 def test_data_that_is_not_a_supported_image_is_rejected(data):
     with pytest.raises(ImageRejected, match=r"^not an image \(unrecognised format\)$"):
         compress_image(data, **LIMITS)
+
+
+# ---- data that ends before the image does ------------------------------------------------------------------
+
+def segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, where its segment starts, where the next marker starts) of each marker up to the EOI; a scan's
+    segment runs over its entropy-coded data."""
+    found, position = [], 2
+    while data[position + 1] != 0xD9:
+        marker, start = data[position + 1], position
+        position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        if marker == 0xDA:  # entropy-coded data: up to an FF that is neither stuffing (FF 00) nor a restart marker
+            while not (data[position] == 0xFF and data[position + 1] != 0 and not 0xD0 <= data[position + 1] <= 0xD7):
+                position += 1
+        found.append((marker, start, position))
+    return found
+
+
+def with_size(data: bytes, width: int, height: int) -> bytes:
+    """`data` with its frame header (SOF0 or SOF2) claiming another size."""
+    start = next(start for marker, start, _ in segments(data) if marker in (0xC0, 0xC2))
+    return data[:start + 5] + struct.pack(">HH", height, width) + data[start + 9:]
+
+
+def cut_in_scan(data: bytes, scan: int) -> bytes:
+    """`data` cut in the middle of the entropy-coded data of its `scan`th scan and closed with an EOI."""
+    start, end = [(start, end) for marker, start, end in segments(data) if marker == 0xDA][scan]
+    middle = (start + end) // 2
+    return data[:middle - 1 if data[middle - 1] == 0xFF else middle] + b"\xff\xd9"
+
+
+def test_a_jpeg_that_claims_7000x7000_over_data_for_one_block_is_refused_before_decoding(decoding_forbidden):
+    # An 8x8 JPEG patched to claim 7000x7000: libjpeg meets its EOI with one block coded, only warns, and
+    # would give a grey 7000x7000 image hundreds of times the file's size.
+    data = with_size(encode(noisy_gradient((8, 8)), "JPEG", quality=90), 7000, 7000)
+    assert len(data) < 1000
+
+    with pytest.raises(ImageRejected) as rejected:
+        compress_image(data, **LIMITS)
+    assert str(rejected.value) == "corrupt or truncated image: the JPEG data ends before the image is complete"
+
+
+@pytest.mark.parametrize(
+    ("params", "scan"),
+    [
+        ({}, 0),
+        ({"subsampling": 0, "restart_marker_rows": 2}, 0),  # the intervals after the cut are missing
+        ({"progressive": True}, 0),  # the DC scan
+        ({"progressive": True}, 4),  # the first scan of the luma's high frequencies
+    ],
+    ids=["baseline", "restart intervals", "progressive DC scan", "progressive AC scan"],
+)
+def test_a_jpeg_cut_short_and_closed_with_an_eoi_is_refused(params, scan):
+    data = cut_in_scan(encode(noisy_gradient((400, 300)), "JPEG", quality=90, **params), scan)
+    with Image.open(io.BytesIO(data)) as cut:
+        cut.load()  # Pillow decodes it without complaint, grey where the data ran out
+
+    with pytest.raises(ImageRejected, match="^corrupt or truncated image: the JPEG data ends before the image"):
+        compress_image(data, **LIMITS)
+
+
+def test_a_baseline_jpeg_whose_last_blocks_are_mid_grey_is_read_to_its_end_and_passes():
+    # Mid-grey is also what libjpeg leaves where the data ran out, so this file's codes are read to be sure.
+    image = noisy_gradient((400, 300))
+    image.paste((128, 128, 128), (200, 150, 400, 300))
+    data = encode(image, "JPEG", quality=90)
+
+    result = compress_image(data, **LIMITS)
+
+    assert (result.width, result.height) == (400, 300)
+    with pytest.raises(ImageRejected, match="^corrupt or truncated image: the JPEG data ends before the image"):
+        compress_image(cut_in_scan(data, 0), **LIMITS)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(noisy_gradient((400, 300)), "JPEG", quality=90, progressive=True)[:20_000],
+        encode(noisy_gradient((400, 300)), "PNG")[:50_000],
+        encode(noisy_gradient((400, 300)), "GIF")[:20_000],
+    ],
+    ids=["progressive jpeg", "png", "gif"],
+)
+def test_a_truncated_image_is_refused_even_where_pillow_was_told_to_load_truncated_images(monkeypatch, data):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as another library in the process might
+
+    with pytest.raises(ImageRejected, match="^corrupt or truncated image: image file is truncated"):
+        compress_image(data, **LIMITS)
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"progressive": True}, {"restart_marker_blocks": 5}, {"progressive": True, "optimize": True}],
+    ids=["baseline", "progressive", "restart intervals", "progressive optimised"],
+)
+@pytest.mark.parametrize("after_eoi", [b"", b"\x00trailing bytes\xff\xd8\xff\xda"], ids=["", "bytes after the EOI"])
+def test_a_complete_jpeg_compresses(params, after_eoi):
+    data = encode(noisy_gradient((400, 300)), "JPEG", quality=90, **params) + after_eoi
+
+    result = compress_image(data, **LIMITS)
+
+    assert (result.width, result.height, result.quality_in) == (400, 300, 90)

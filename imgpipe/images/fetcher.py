@@ -24,6 +24,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from imgpipe.settings import Limits
+from imgpipe.text import printable
 from imgpipe.images.url_safety import AllowList, CheckedTarget, Resolver, UnresolvableHost, UnsafeUrl, check_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -37,7 +38,9 @@ class FetchError(Exception):
     """A download or call failed. `kind`: blocked, http_status, timeout, too_large, network or redirects."""
 
     def __init__(self, kind: str, message: str, status_code: int | None = None):
-        super().__init__(message)
+        # Messages carry what the other end sent (a status line that did not parse, a redirect's URL, an
+        # exception's text): made printable and bounded here, so no caller can store or log it raw.
+        super().__init__(printable(message))
         self.kind = kind
         self.status_code = status_code
 
@@ -73,7 +76,7 @@ class FetchResult:
 class PostResult:
     status_code: int
     retry_after: float | None  # seconds
-    location: str | None
+    location: str | None  # printable, for display only: a webhook follows no redirect
 
 
 class _Deadline:
@@ -302,10 +305,11 @@ def post(
             body=body, headers=headers,
         ) as response:
             _drain(response)
+            location = response.headers.get("Location")
             return PostResult(
                 response.status_code,
                 _retry_after(response.headers.get("Retry-After")),
-                response.headers.get("Location"),
+                None if location is None else printable(location),  # shown, never followed
             )
 
 

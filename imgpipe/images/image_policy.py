@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
+from imgpipe.images.jpeg_scan import ScanData, check_scan_lengths, check_where_it_ends, read_scan_data
 from imgpipe.images.quality import estimate_jpeg_quality, output_quality
 
 # Registers every Pillow plugin now, in the parent, so that each forked child finds them already imported.
@@ -52,13 +53,17 @@ class CompressedImage:
 def compress_image(data: bytes, *, max_pixels: int, max_frames: int) -> CompressedImage:
     """Re-encode one image per contract section 9, or raise `ImageRejected`.
 
-    Changes the process-wide warnings filter while it runs, which is why it belongs in a child process.
+    Changes process-wide settings (the warnings filter, Pillow's LOAD_TRUNCATED_IMAGES) while it runs, which is
+    why it belongs in a child process.
     """
+    # Pillow's errors for data that runs out are what refuse a cut file; nothing imported into this process may
+    # have turned them into a silently grey image.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with _open(data) as source:
-                return _compress(source, max_pixels, max_frames)
+                return _compress(data, source, max_pixels, max_frames)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _beyond_pillow_limit(exc, max_pixels) from None
 
@@ -73,7 +78,7 @@ def _open(data: bytes) -> ImageFile.ImageFile:
         raise _corrupt(exc) from None
 
 
-def _compress(source: ImageFile.ImageFile, max_pixels: int, max_frames: int) -> CompressedImage:
+def _compress(data: bytes, source: ImageFile.ImageFile, max_pixels: int, max_frames: int) -> CompressedImage:
     is_jpeg = source.format in ("JPEG", "MPO")
     # Read before any transform: a transposed copy is no longer a JPEG, and "keep" would lose the sampling.
     # Anything but a JPEG gets -1, the encoder's default (4:2:0).
@@ -83,7 +88,8 @@ def _compress(source: ImageFile.ImageFile, max_pixels: int, max_frames: int) -> 
         frame_count = source.n_frames if source.format in ANIMATION_FORMATS else 1
         if frame_count > max_frames:
             raise ImageRejected(f"animation has {frame_count} frames, the limit is {max_frames}")
-        frames, durations, icc_profile = _decode(source, frame_count, max_pixels)
+        scan_data = read_scan_data(data) if is_jpeg else None
+        frames, durations, icc_profile = _decode(source, frame_count, max_pixels, scan_data)
     except _DECODE_ERRORS as exc:
         raise _corrupt(exc) from None
 
@@ -109,10 +115,11 @@ def _compress(source: ImageFile.ImageFile, max_pixels: int, max_frames: int) -> 
 
 
 def _decode(
-    source: ImageFile.ImageFile, frame_count: int, max_pixels: int
+    source: ImageFile.ImageFile, frame_count: int, max_pixels: int, scan_data: ScanData | None
 ) -> tuple[list[Image.Image], list[float], bytes | None]:
     """Every frame decoded and upright, in L, LA, RGB or RGBA (animation frames in RGBA, as WebP stores
-    them); the frames' durations; the ICC profile that came with the pixels."""
+    them); the frames' durations; the ICC profile that came with the pixels. A JPEG's `scan_data` is checked
+    before and after decoding."""
     frames, durations = [], []
     source_profile = icc_profile = source.info.get("icc_profile")
     canvas_size = source.size
@@ -120,7 +127,11 @@ def _decode(
         source.seek(index)
         # From the header, before decoding; for every frame, as a GIF frame may grow the canvas.
         _check_pixels(source.size, max_pixels)
+        if scan_data is not None:
+            check_scan_lengths(scan_data)
         source.load()
+        if scan_data is not None:  # before anything transforms the decoded pixels
+            check_where_it_ends(scan_data, source)
         frame, icc_profile = _normalise(source, source_profile)
         if frame_count > 1:
             # Also a copy of its own: the next seek overwrites `source`, and a GIF draws on the previous frame.
