@@ -1,5 +1,7 @@
-"""The REST API over real HTTP: what it owns without a running pipeline (the upload reaching the inbox, the
-status document, errors, limits, auth and static files)."""
+"""The REST API over real HTTP: what it owns without a running pipeline (the upload taken in and recorded, the
+status document, errors, limits, auth and static files). Upload limits of the multipart reader:
+test_api_uploads.py; the OpenAPI document against live answers: test_api_openapi.py; schemathesis:
+test_api_schemathesis.py."""
 from __future__ import annotations
 
 import http.client
@@ -8,12 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from urllib.parse import urlsplit
 
-import pandas as pd
 import requests
 
-from imgpipe.status.store import ImageResult
+from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus, Source
 
-# BOM, CRLF and non-ASCII: the upload must reach the inbox byte for byte.
+# BOM, CRLF and non-ASCII: the upload must reach the storage byte for byte.
 CSV = "\ufeffS. No.,Product Name,Input Image Urls\r\n1.,Chaussure été,https://e.com/a.jpg\r\n".encode()
 CSV_WITH_3_PROBLEMS = (b"S. No.,Product Name,Input Image Urls\n"
                        b"1,,https://e.com/a.jpg\n"
@@ -43,7 +44,20 @@ def inbox(server) -> list[str]:
     return sorted(p.name for p in server.settings.inbox.iterdir())
 
 
-def test_multipart_upload_is_recorded_and_dropped_in_the_inbox(api_server):
+def kept_inputs(server) -> list[str]:
+    """Request IDs with an input in the storage (`requests/<id>/input.csv`)."""
+    return sorted(p.parent.name for p in server.settings.requests_dir.glob("*/input.csv"))
+
+
+def rejected(server) -> list[str]:
+    return sorted(p.name for p in server.settings.rejected_dir.iterdir())
+
+
+def nothing_recorded(server) -> bool:
+    return inbox(server) == [] and kept_inputs(server) == [] and rejected(server) == []
+
+
+def test_multipart_upload_is_recorded_and_kept_in_the_storage(api_server):
     server = api_server()
     response = upload(server, name="some/folder/products.csv", webhook_url="https://hooks.example.com/done")
     assert response.status_code == 202, response.text
@@ -54,23 +68,25 @@ def test_multipart_upload_is_recorded_and_dropped_in_the_inbox(api_server):
         "status_url": f"{server.url}/requests/{request_id}",
         "output_csv_url": f"{server.url}/requests/{request_id}/output.csv",
     }
-    assert inbox(server) == [f"{request_id}.csv", f"{request_id}.json"]
-    assert (server.settings.inbox / f"{request_id}.csv").read_bytes() == CSV
-    assert json.loads((server.settings.inbox / f"{request_id}.json").read_text()) == {
-        "request_id": request_id, "file_name": "products.csv", "source": "api",
-        "webhook_url": "https://hooks.example.com/done",
-    }
+    # The API takes the upload in itself: nothing goes through the inbox.
+    assert inbox(server) == []
+    assert kept_inputs(server) == [request_id]
+    assert (server.settings.requests_dir / request_id / "input.csv").read_bytes() == CSV
     row = server.store.get_request(request_id)
-    assert (row["source"], row["file_name"], row["webhook_url"]) == (
-        "api", "products.csv", "https://hooks.example.com/done")
+    assert (row.status, row.source, row.file_name, row.webhook_url) == (
+        RequestStatus.QUEUED, Source.API, "products.csv", "https://hooks.example.com/done")
+    assert [(i.row_number, i.position, i.input_url, i.status) for i in server.store.images(request_id)] == [
+        (1, 1, "https://e.com/a.jpg", ImageStatus.PENDING)]
 
     status = requests.get(response.json()["status_url"], timeout=10)
     assert status.status_code == 200
     document = status.json()
     assert set(document) == REQUEST_KEYS
     assert document["status"] == "queued"
-    assert document["counts"] == {"total": 0, "pending": 0, "processing": 0, "compressed": 0, "failed": 0}
-    assert (document["output_csv_url"], document["errors"], document["products"]) == (None, [], [])
+    assert document["counts"] == {"total": 1, "pending": 1, "processing": 0, "compressed": 0, "failed": 0}
+    assert (document["output_csv_url"], document["errors"]) == (None, [])
+    assert document["products"] == [{"serial": "1.", "product_name": "Chaussure été", "images": [
+        {"position": 1, "input_url": "https://e.com/a.jpg", "status": "pending", "output_url": None, "error": None}]}]
     assert datetime.fromisoformat(document["created_at"]).tzinfo is not None
 
 
@@ -83,14 +99,22 @@ def test_raw_csv_body_takes_webhook_and_file_name_from_the_query(api_server):
     assert response.status_code == 202, response.text
     request_id = response.json()["request_id"]
     row = server.store.get_request(request_id)
-    assert (row["file_name"], row["webhook_url"]) == ("list.csv", "http://hooks.example.com/")
-    assert (server.settings.inbox / f"{request_id}.csv").read_bytes() == CSV
+    assert (row.file_name, row.webhook_url) == ("list.csv", "http://hooks.example.com/")
+    assert (server.settings.requests_dir / request_id / "input.csv").read_bytes() == CSV
 
-    unnamed = requests.post(f"{server.url}/requests", data=CSV, headers={"Content-Type": "text/csv"}, timeout=10)
-    assert server.store.get_request(unnamed.json()["request_id"])["file_name"] == "upload.csv"
+    # Without a name, the default one; an empty webhook_url means none.
+    unnamed = requests.post(f"{server.url}/requests", data=CSV, headers={"Content-Type": "text/csv"},
+                            params={"webhook_url": ""}, timeout=10)
+    row = server.store.get_request(unnamed.json()["request_id"])
+    assert (row.file_name, row.webhook_url) == ("upload.csv", None)
+    # A form without a webhook field takes the query's.
+    form = requests.post(f"{server.url}/requests", files={"file": ("f.csv", CSV)},
+                         params={"webhook_url": "https://hooks.example.com/q"}, timeout=10)
+    assert server.store.get_request(form.json()["request_id"]).webhook_url == "https://hooks.example.com/q"
+    assert inbox(server) == []
 
 
-def test_invalid_csv_is_422_with_every_problem_and_nothing_queued(api_server):
+def test_invalid_csv_is_422_with_every_problem_and_kept_as_rejected(api_server):
     server = api_server()
     response = upload(server, CSV_WITH_3_PROBLEMS)
     assert response.status_code == 422
@@ -99,7 +123,17 @@ def test_invalid_csv_is_422_with_every_problem_and_nothing_queued(api_server):
     assert [(e["row"], e["column"]) for e in body["errors"]] == [
         (2, "Product Name"), (3, "Input Image Urls"), (4, "Input Image Urls")]
     assert all(e["message"] for e in body["errors"])
-    assert inbox(server) == []
+    # A rejected file is never lost: kept byte for byte beside errors.json, its request recorded `rejected`.
+    request_id = body["request_id"]
+    assert (inbox(server), kept_inputs(server), rejected(server)) == ([], [], [request_id])
+    assert (server.settings.rejected_dir / request_id / "products.csv").read_bytes() == CSV_WITH_3_PROBLEMS
+    errors_json = json.loads((server.settings.rejected_dir / request_id / "errors.json").read_text())
+    assert (errors_json["request_id"], errors_json["file_name"], errors_json["errors"]) == (
+        request_id, "products.csv", body["errors"])
+    row = server.store.get_request(request_id)
+    assert (row.status, row.file_name, row.errors) == (RequestStatus.REJECTED, "products.csv", body["errors"])
+    document = requests.get(f"{server.url}/requests/{request_id}", timeout=10).json()
+    assert (document["status"], document["errors"], document["products"]) == ("rejected", body["errors"], [])
 
 
 def test_bad_webhook_url_is_reported_with_the_csv_problems(api_server):
@@ -109,9 +143,19 @@ def test_bad_webhook_url_is_reported_with_the_csv_problems(api_server):
     assert [e["column"] for e in response.json()["errors"]] == ["webhook_url"]
 
     both = upload(server, CSV_WITH_3_PROBLEMS, webhook_url="not a url")
-    assert [e["column"] for e in both.json()["errors"]][0] == "webhook_url"
+    assert both.json()["errors"][0]["column"] == "webhook_url"
     assert len(both.json()["errors"]) == 4
-    assert inbox(server) == []
+    # Problems outside the CSV refuse the upload without recording it.
+    assert "request_id" not in response.json() and "request_id" not in both.json()
+    # The query's webhook_url counts for a form too (its field wins), so it is checked too.
+    in_query = requests.post(f"{server.url}/requests", files={"file": ("a.csv", CSV)},
+                             params={"webhook_url": "https:// spaces.example.com/"}, timeout=10)
+    assert [e["column"] for e in in_query.json()["errors"]] == ["webhook_url"]
+    long_key = upload(server, CSV_WITH_3_PROBLEMS, headers={"Idempotency-Key": "k" * 256})
+    assert long_key.status_code == 422
+    assert [e["column"] for e in long_key.json()["errors"]] == [
+        "Idempotency-Key", "Product Name", "Input Image Urls", "Input Image Urls"]
+    assert nothing_recorded(server)
 
 
 def test_body_over_the_limit_is_413_however_it_is_sent(api_server):
@@ -134,7 +178,7 @@ def test_body_over_the_limit_is_413_however_it_is_sent(api_server):
     # A declared size over the limit is refused before the body is waited for (it never comes).
     assert_too_large(*raw_request(server.url, "POST", "/requests", body=b"S. No.",
                                   headers={"Content-Type": "text/csv", "Content-Length": str(10**9)}))
-    assert inbox(server) == []
+    assert nothing_recorded(server)
     # Up to the limit the CSV passes, in a multipart envelope too.
     assert len(CSV) < 300 and upload(server, CSV).status_code == 202
 
@@ -152,7 +196,25 @@ def test_the_same_idempotency_key_gives_one_request(api_server):
     assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 5
     other = send("key-2")
     assert other.json()["request_id"] != responses[0].json()["request_id"]
-    assert len([name for name in inbox(server) if name.endswith(".csv")]) == 2
+    assert kept_inputs(server) == sorted({responses[0].json()["request_id"], other.json()["request_id"]})
+    assert inbox(server) == []
+
+    # A rejected upload's key gives the same 422 again, naming the same rejected request.
+    first = upload(server, CSV_WITH_3_PROBLEMS, headers={"Idempotency-Key": "key-3"})
+    again = upload(server, CSV_WITH_3_PROBLEMS, headers={"Idempotency-Key": "key-3"})
+    assert (first.status_code, again.status_code) == (422, 422)
+    assert again.json() == first.json() and "request_id" in first.json()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert rejected(server) == [first.json()["request_id"]]
+
+    # A key sent again with another upload is no retry: 422, nothing recorded (IETF Idempotency-Key draft).
+    for other_upload in ({"data": CSV_WITH_3_PROBLEMS, "headers": {"Idempotency-Key": "key-1"}},
+                         {"headers": {"Idempotency-Key": "key-1"}, "webhook_url": "https://hooks.example.com/"}):
+        reused = upload(server, **other_upload)
+        assert reused.status_code == 422
+        assert [e["column"] for e in reused.json()["errors"]] == ["Idempotency-Key"]
+        assert "request_id" not in reused.json()
+    assert len(kept_inputs(server)) == 2 and len(rejected(server)) == 1
 
 
 def test_token_guards_everything_but_health_and_images(api_server):
@@ -162,17 +224,27 @@ def test_token_guards_everything_but_health_and_images(api_server):
     image.write_bytes(b"\xff\xd8 jpeg bytes")
     good = {"Authorization": "Bearer s3cret"}
 
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
+                    {"Authorization": "Basic s3cret"}, {"Authorization": "Bearer"}, {"Authorization": "Bearer s3cre"},
+                    {"Authorization": "Bearer s3cret2"}):
         refused = upload(server, headers=headers)
         assert refused.status_code == 401
         assert refused.json()["error"]["code"] == "unauthorized"
         assert refused.headers["WWW-Authenticate"] == "Bearer"
+    # RFC 7235: the scheme is case-insensitive.
+    for scheme in ("bearer", "BEARER", "BeArEr"):
+        assert upload(server, headers={"Authorization": f"{scheme} s3cret"}).status_code == 202, scheme
     accepted = upload(server, headers=good)
     assert accepted.status_code == 202
     status_url = accepted.json()["status_url"]
     assert requests.get(status_url, timeout=10).status_code == 401
     assert requests.get(status_url, headers=good, timeout=10).status_code == 200
     assert requests.get(f"{server.url}/openapi.json", timeout=10).status_code == 401
+    assert requests.get(f"{server.url}/openapi.json", headers=good, timeout=10).status_code == 200
+    # Unknown routes, /docs and /redoc too: without the token nothing tells which routes exist.
+    for path in ("/no/such/route", "/docs", "/redoc"):
+        assert requests.get(f"{server.url}{path}", timeout=10).status_code == 401, path
+        assert requests.get(f"{server.url}{path}", headers=good, timeout=10).status_code == 404, path
     assert requests.get(f"{server.url}/healthz", timeout=10).json() == {"status": "ok"}
     assert requests.get(f"{server.url}/images/req/a.jpg", timeout=10).content == b"\xff\xd8 jpeg bytes"
 
@@ -188,7 +260,7 @@ def test_output_csv_waits_for_a_terminal_status(api_server):
 
     output = "S. No.,Product Name,Input Image Urls,Output Image Urls\r\n1.,Chaussure été,https://e.com/a.jpg,x\r\n"
     (server.settings.outputs_dir / f"{request_id}.csv").write_text(output, encoding="utf-8", newline="")
-    server.store.finish_request(request_id, "completed")
+    server.store.finish_request(request_id, RequestStatus.COMPLETED)
     done = requests.get(output_url, timeout=10)
     assert done.status_code == 200
     assert done.headers["Content-Type"] == "text/csv; charset=utf-8"
@@ -199,7 +271,7 @@ def test_output_csv_waits_for_a_terminal_status(api_server):
 def test_failed_request_without_csv_shows_its_error(api_server):
     server = api_server()
     request_id = upload(server).json()["request_id"]
-    server.store.finish_request(request_id, "failed", "the run crashed")
+    server.store.finish_request(request_id, RequestStatus.FAILED, "the run crashed")
     document = requests.get(f"{server.url}/requests/{request_id}", timeout=10).json()
     assert document["status"] == "failed"
     assert document["output_csv_url"] is None
@@ -210,18 +282,16 @@ def test_failed_request_without_csv_shows_its_error(api_server):
 
 def test_request_document_lists_products_and_images_in_input_order(api_server):
     server = api_server()
-    request_id = upload(server).json()["request_id"]
-    # Deliberately out of order: the document must follow row_number and position.
-    manifest = pd.DataFrame(
-        [(2, "2", "Hat", 1, "https://e.com/c.jpg"),
-         (1, "1.", "Shoe", 2, "https://e.com/b.jpg"),
-         (1, "1.", "Shoe", 1, "https://e.com/a.jpg")],
-        columns=["row_number", "serial", "product_name", "position", "input_url"],
-    )
-    server.store.start_processing(request_id, "run-1", manifest)
+    csv = (b"S. No.,Product Name,Input Image Urls\n"
+           b'1.,Shoe,"https://e.com/a.jpg, https://e.com/b.jpg"\n'
+           b"2,Hat,https://e.com/c.jpg\n")
+    request_id = upload(server, csv).json()["request_id"]
+    server.store.start_processing(request_id, "run-1")
+    # Results in another order than the CSV's: the document follows row and position.
     server.store.record_results(request_id, [
-        ImageResult("https://e.com/a.jpg", "compressed", output_url=f"{server.url}/images/{request_id}/a.jpg"),
-        ImageResult("https://e.com/c.jpg", "failed", error="HTTP 404"),
+        ImageResult("https://e.com/c.jpg", ImageStatus.FAILED, error="HTTP 404"),
+        ImageResult("https://e.com/a.jpg", ImageStatus.COMPRESSED,
+                    output_url=f"{server.url}/images/{request_id}/a.jpg"),
     ])
     document = requests.get(f"{server.url}/requests/{request_id}", timeout=10).json()
     assert document["status"] == "processing"
@@ -245,7 +315,7 @@ def test_images_are_served_without_listing_or_escaping_the_folder(api_server):
     image = server.settings.images_dir / "req" / "a.webp"
     image.parent.mkdir(parents=True)
     image.write_bytes(b"RIFF webp bytes")
-    (server.settings.home / "secret.txt").write_text("secret")
+    (server.settings.home_dir / "secret.txt").write_text("secret")
 
     served = requests.get(f"{server.url}/images/req/a.webp", timeout=10)
     assert (served.status_code, served.content) == (200, b"RIFF webp bytes")
@@ -267,10 +337,21 @@ def test_errors_share_one_json_shape(api_server):
         ("POST", "/requests", {"Content-Type": "multipart/form-data; boundary=x"}, b"garbage", 400, "bad_request"),
         ("POST", "/requests", {"Content-Type": "multipart/form-data; boundary=x"},
          b'--x\r\nContent-Disposition: form-data; name="other"\r\n\r\nv\r\n--x--\r\n', 422, "invalid_upload"),
+        ("POST", "/requests", {"Content-Type": "multipart/form-data"}, b"--x--\r\n", 400, "bad_request"),
+        ("POST", "/requests", {"Content-Type": "multipart/form-data; boundary=x"},
+         b'--x\r\nContent-Disposition: form-data; name="file"\r\n\r\n1,2', 400, "bad_request"),
+        ("PUT", "/healthz", {}, None, 405, "method_not_allowed"),
+        ("DELETE", "/requests/x", {}, None, 405, "method_not_allowed"),
+        ("GET", "/docs", {}, None, 404, "not_found"),
+        ("GET", "/redoc", {}, None, 404, "not_found"),
+        ("GET", "/images", {}, None, 404, "not_found"),
     ]
     for method, path, headers, body, status, code in cases:
         got_status, got_body = raw_request(server.url, method, path, headers=headers, body=body)
-        assert (got_status, json.loads(got_body)["error"]["code"]) == (status, code), path
+        body = json.loads(got_body)
+        assert (got_status, body["error"]["code"]) == (status, code), (method, path, body)
+        assert set(body) == ({"error", "errors"} if status == 422 else {"error"}), body
+        assert set(body["error"]) == {"code", "message"} and body["error"]["message"], body
 
 
 def test_an_unreadable_store_is_500_and_unhealthy(api_server):
@@ -306,4 +387,4 @@ def test_openapi_document_describes_every_call(api_server):
 
     schemas = document["components"]["schemas"]
     assert {ref.removeprefix("#/components/schemas/") for ref in refs(document)} <= set(schemas)
-    assert set(schemas["Request"]["required"]) == REQUEST_KEYS
+    assert set(schemas["RequestDocument"]["required"]) == REQUEST_KEYS

@@ -1,1 +1,9 @@
+"""The REST API (contract section 6), on FastAPI.
 
+- `app`: `create_app(settings, storage=None)`, the routes and their state (store, storage, locks).
+- `uploads`: the body of `POST /requests`, streamed through python-multipart under limits.
+- `auth`: the bearer token (IMGPIPE_API_TOKEN), an ASGI middleware.
+- `models`: the request and response bodies (pydantic); the status document is `imgpipe.status.document`'s.
+- `errors`: the one error shape and the exception handlers that give it.
+- `openapi`: what FastAPI cannot infer for `/openapi.json` (error answers, links, request bodies, security).
+"""

@@ -1,0 +1,124 @@
+"""What FastAPI cannot infer for `/openapi.json`: the error answers of each operation, the links from an
+accepted upload to its status and output CSV, the two request body media types of `POST /requests`, the bearer
+security scheme, and which operations it guards."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from imgpipe.api.auth import SCHEME_NAME, SECURITY_SCHEME
+from imgpipe.api.models import ErrorBody, InvalidBody, UploadForm
+from imgpipe.api.uploads import (
+    MAX_HEADER_LINE_BYTES,
+    MAX_PARTS,
+    MAX_WEBHOOK_FIELD_BYTES,
+    MULTIPART_ENVELOPE_BYTES,
+)
+from imgpipe.settings import Settings
+
+DESCRIPTION = (
+    "Upload a CSV of product image URLs; follow its status; fetch the compressed images and the output CSV. "
+    "Every error answer is `{\"error\": {\"code\", \"message\"}}`, with `errors` (every problem) on 422."
+)
+EXAMPLE_CSV = ("S. No.,Product Name,Input Image Urls\n"
+               "1,Running shoe,\"https://example.com/shoe-front.jpg, https://example.com/shoe-side.jpg\"\n"
+               "2,Sun hat,https://example.com/hat.png\n")
+REQUEST_ID_FROM_BODY = {"request_id": "$response.body#/request_id"}
+ACCEPTED_LINKS = {
+    "GetRequest": {
+        "operationId": "getRequest",
+        "parameters": REQUEST_ID_FROM_BODY,
+        "description": "The status document of the request just accepted (answers 200 from the moment of the 202).",
+    },
+    "GetOutputCsv": {
+        "operationId": "getOutputCsv",
+        "parameters": REQUEST_ID_FROM_BODY,
+        "description": "Its output CSV, once the request has ended (409 until then).",
+    },
+}
+
+
+def error(description: str) -> dict:
+    return {"model": ErrorBody, "description": description}
+
+
+def responses(settings: Settings, *, guarded: bool = True, store: bool = True, **by_status: dict) -> dict:
+    """The error answers of an operation: `by_status` (keys `r404`, ...), 401 when a token guards it, 503 when
+    it reads the status store."""
+    answers: dict[int | str, dict] = {int(key.removeprefix("r")): value for key, value in by_status.items()}
+    if guarded and settings.api_token:
+        answers[401] = error("Missing or wrong `Authorization: Bearer <token>` (IMGPIPE_API_TOKEN is set)")
+    if store:
+        answers[503] = error("The status store is busy (with `Retry-After`) or unreadable")
+    return dict(sorted(answers.items(), key=lambda item: str(item[0])))
+
+
+def security(settings: Settings, guarded: bool) -> dict:
+    """Per operation: the token when one is configured and the operation is guarded, else none."""
+    return {"security": [{SCHEME_NAME: []}] if guarded and settings.api_token else []}
+
+
+def create_request_docs(settings: Settings) -> dict[str, Any]:
+    limit = settings.max_csv_bytes
+    form = UploadForm.model_json_schema()
+    form["properties"]["webhook_url"]["maxLength"] = settings.max_url_length
+    return {
+        "responses": responses(
+            settings,
+            r202={"links": ACCEPTED_LINKS, "headers": {
+                "Location": {"description": "The status URL", "schema": {"type": "string"}},
+                "Idempotent-Replayed": {"description": "`true` when this is the request of a repeated "
+                                                       "Idempotency-Key", "schema": {"type": "string"}}}},
+            r400=error(f"Malformed multipart body: no boundary, bad framing, more than {MAX_PARTS} parts, a part "
+                       f"header line over {MAX_HEADER_LINE_BYTES:,} bytes"),
+            r413=error(f"The CSV is larger than IMGPIPE_MAX_CSV_BYTES ({limit:,} bytes here), the body larger "
+                       f"than that plus {MULTIPART_ENVELOPE_BYTES:,} bytes of multipart envelope, or the "
+                       f"webhook_url field larger than {MAX_WEBHOOK_FIELD_BYTES:,} bytes"),
+            r415=error("Neither multipart/form-data nor text/csv"),
+            r422={"model": InvalidBody, "description": (
+                "Every problem at once. An invalid CSV is recorded as a `rejected` request (its file kept "
+                "beside errors.json) and `request_id` names it; a bad webhook_url or Idempotency-Key, a form "
+                "without `file`, or an Idempotency-Key first sent with another CSV or webhook_url, is recorded "
+                "nowhere. The same upload with the same Idempotency-Key again gives the same 422.")},
+        ),
+        "openapi_extra": {
+            **security(settings, guarded=True),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {"schema": form,
+                                            "encoding": {"file": {"contentType": "text/csv"}},
+                                            "example": {"file": EXAMPLE_CSV,
+                                                        "webhook_url": "https://hooks.example.com/imgpipe"}},
+                    "text/csv": {"schema": {"type": "string", "description": (
+                        "The CSV itself; its name and webhook come from the query")},
+                                 "example": EXAMPLE_CSV},
+                },
+            },
+        },
+    }
+
+
+def openapi_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """FastAPI's document, with the security scheme, and without the 422 it adds by default to operations with
+    parameters: only `POST /requests` can answer 422, and it declares its own."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
+                           servers=[{"url": settings.public_base_url}])
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            default_422 = operation.get("responses", {}).get("422", {})
+            if "HTTPValidationError" in str(default_422.get("content", {})):
+                del operation["responses"]["422"]
+    components = document.setdefault("components", {})
+    schemas = components.get("schemas", {})
+    if "HTTPValidationError" not in str(document["paths"]):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    # Always declared; operations name it only when IMGPIPE_API_TOKEN is set (see `security`).
+    components["securitySchemes"] = {SCHEME_NAME: dict(SECURITY_SCHEME)}
+    app.openapi_schema = document
+    return document
