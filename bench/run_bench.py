@@ -42,8 +42,8 @@ import requests
 from PIL import Image, ImageDraw
 
 from imgpipe.images.image_policy import compress_image
-from imgpipe.settings import Settings
-from imgpipe.status.store import DuckDBStatusStore
+from imgpipe.settings import Settings, load_settings
+from imgpipe.status.duckdb_store import DuckDBStatusStore
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench-results"
@@ -210,7 +210,7 @@ class TreeMemory:
 
 def _start_worker() -> None:
     global _session, _limits
-    _session, _limits = requests.Session(), Settings.from_env().limits
+    _session, _limits = requests.Session(), Settings()
 
 
 def _download_and_compress(url: str, out_path: str) -> int:
@@ -304,17 +304,17 @@ class Daemon:
         from dagster import RunsFilter
         dropped = self.drop(name, urls)
         request = self.wait(f"terminal status of {name}", lambda: (
-            (r := self.store.latest_request_for_file(name)) and r["status"] in TERMINAL and r), timeout)
-        request_id = request["request_id"]
-        if request["status"] != "completed":  # every benchmark image is valid: anything else is a fault
-            raise RuntimeError(f"request {request_id} ended {request['status']}: {request['error']}")
+            (r := self.store.latest_request_for_file(name)) and r.status in TERMINAL and r), timeout)
+        request_id = request.request_id
+        if request.status != "completed":  # every benchmark image is valid: anything else is a fault
+            raise RuntimeError(f"request {request_id} ended {request.status}: {request.error}")
         record = self.wait(f"end of the run of {request_id}", lambda: next(
             (r for r in self.instance.get_run_records(RunsFilter(tags={"dagster/partition": request_id}))
              if r.end_time), None), 60)
-        created, terminal = _utc_epoch(request["created_at"]), _utc_epoch(request["completed_at"])
+        created, terminal = _utc_epoch(request.created_at), _utc_epoch(request.completed_at)
         return {
             "request_id": request_id,
-            "status": request["status"],
+            "status": request.status,
             "counts": self.store.counts(request_id),
             "end_to_end_s": round(terminal - dropped, 3),
             "drop_to_request_s": round(created - dropped, 3),
@@ -454,8 +454,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="sizes 50 and 200")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in ("50,200" if args.quick else args.sizes).split(","))
-    settings = Settings.from_env()
-    print(f"imgpipe executor {settings.executor}, {settings.compress_workers} compress workers; sizes {sizes}")
+    settings = load_settings()
+    print(f"imgpipe executor {settings.executor}, {settings.compress_slots} compress workers; sizes {sizes}")
     RESULTS.mkdir(exist_ok=True)
     load_at_start = os.getloadavg()
     folder = ensure_images(sizes[-1])
@@ -474,7 +474,7 @@ def main() -> None:
         "sizes": sizes,
         "baseline": {"workers": CPUS, "runs": baseline, "marginal_images_per_s": summary["base_marginal"]},
         "imgpipe": {"sensor_interval_s": SENSOR_INTERVAL, "executor": settings.executor,
-                    "compress_workers": settings.compress_workers, "download_threads": settings.download_threads,
+                    "compress_workers": settings.compress_slots, "download_threads": settings.download_threads,
                     "runs": imgpipe,
                     "marginal_images_per_s_end_to_end": summary["e2e_marginal"],
                     "marginal_images_per_s_run": summary["run_marginal"]},

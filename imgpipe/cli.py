@@ -9,65 +9,14 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Callable, TextIO
 
 import requests
 
-from imgpipe.settings import Settings
-from imgpipe.status.store import TERMINAL_STATUSES, open_status_store
-from imgpipe.storage import open_storage
+from imgpipe.progress import wait_until_terminal
+from imgpipe.settings import Settings, load_settings
 
-DEFAULT_API_URL = "http://127.0.0.1:8000"
-POLL_INTERVAL = 0.5
 HTTP_TIMEOUT = 60.0
-
-
-class ProgressBar:
-    """`[#####.....] 45/100 images (3 failed)` on stderr: redrawn in place on a terminal; in a log, one line
-    per tenth of the way so that the log stays short."""
-
-    WIDTH = 30
-
-    def __init__(self, stream: TextIO):
-        self.stream = stream
-        self.in_place = stream.isatty()
-        self.last_tenth: int | None = None
-
-    def draw(self, counts: dict) -> None:
-        total, failed = counts["total"], counts["failed"]
-        done = counts["compressed"] + failed
-        filled = self.WIDTH * done // total if total else 0
-        line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total} images ({failed} failed)"
-        if self.in_place:
-            self.stream.write("\r" + line)
-        else:
-            tenth = 10 * done // total if total else 0
-            if tenth == self.last_tenth:
-                return
-            self.last_tenth = tenth
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.in_place:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def wait_until_terminal(fetch: Callable[[], dict], stream: TextIO, interval: float = POLL_INTERVAL) -> dict:
-    """Poll the request document until its status is terminal, drawing the progress bar; return it."""
-    progress = ProgressBar(stream)
-    try:
-        while True:
-            document = fetch()
-            progress.draw(document["counts"])
-            if document["status"] in TERMINAL_STATUSES:
-                return document
-            time.sleep(interval)
-    finally:  # also on an error or Ctrl-C, so that what is printed next starts on a line of its own
-        progress.finish()
 
 
 def report_outcome(document: dict) -> int:
@@ -101,33 +50,34 @@ def _error_message(response: requests.Response) -> str:
 # ---------------------------------------------------------------------- commands
 
 
-# The API module is imported only where needed: it pulls in Starlette, pandas and pandera, which `submit`
-# does without.
-def run_api(args: argparse.Namespace) -> int:
+# Modules are imported only where needed: the API pulls in FastAPI, pandas and pandera, the store DuckDB,
+# which `submit` does without.
+def run_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from imgpipe.api.app import create_app
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     return 0
 
 
-def run_stack(args: argparse.Namespace) -> int:
+def run_stack(args: argparse.Namespace, settings: Settings) -> int:
     from imgpipe.local_stack import run_stack as run
 
-    return run(samples_port=args.samples_port, api_port=args.api_port, ui_port=args.ui_port,
+    return run(settings, samples_port=args.samples_port, api_port=args.api_port, ui_port=args.ui_port,
                submit_sample=not args.no_sample)
 
 
-def submit(args: argparse.Namespace) -> int:
+def submit(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.file)
     try:
         data = path.read_bytes()
     except OSError as exc:
         print(f"{args.file}: cannot read: {exc.strerror}", file=sys.stderr)
         return 2
-    api = args.api.rstrip("/")
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    api = (args.api or settings.api_url).rstrip("/")
+    token = args.token or settings.api_token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
     response = requests.post(
@@ -162,17 +112,18 @@ def submit(args: argparse.Namespace) -> int:
     return report_outcome(wait_until_terminal(fetch, sys.stderr))
 
 
-def retry(args: argparse.Namespace) -> int:
-    from imgpipe.api.app import request_document
+def retry(args: argparse.Namespace, settings: Settings) -> int:
+    from imgpipe.backends import open_status_store, open_storage
+    from imgpipe.status.document import request_document
+    from imgpipe.status.store import NotRetryable
 
-    settings = Settings.from_env()
     store = open_status_store(settings)
     try:
         todo = store.requeue_for_retry(args.request_id)
     except KeyError:
         print(f"no request {args.request_id} in the status store", file=sys.stderr)
         return 2
-    except ValueError as exc:
+    except NotRetryable as exc:
         print(exc, file=sys.stderr)
         return 2
     print(f"{todo} image(s) of request {args.request_id} will be processed again; "
@@ -181,30 +132,29 @@ def retry(args: argparse.Namespace) -> int:
         return 0
     storage = open_storage(settings)
     return report_outcome(wait_until_terminal(
-        lambda: request_document(store, storage, settings, args.request_id), sys.stderr))
+        lambda: request_document(store, storage, settings, args.request_id).model_dump(mode="json"), sys.stderr))
 
 
-def status(args: argparse.Namespace) -> int:
-    from imgpipe.api.app import request_document
+def status(args: argparse.Namespace, settings: Settings) -> int:
+    from imgpipe.backends import open_status_store, open_storage
+    from imgpipe.status.document import request_document
 
-    settings = Settings.from_env()
     document = request_document(open_status_store(settings), open_storage(settings), settings, args.request_id)
     if document is None:
         print(f"no request {args.request_id} in the status store", file=sys.stderr)
         return 2
-    print(json.dumps(document, indent=2))
+    print(json.dumps(document.model_dump(mode="json"), indent=2))
     return 0
 
 
-def worker(args: argparse.Namespace) -> int:
+def worker(args: argparse.Namespace, settings: Settings) -> int:
     """A Celery worker for the distributed profile's steps: the same app the run's executor sends them to."""
     from dagster_celery.executor import CeleryExecutor
     from dagster_celery.make_app import make_app
     from dagster_celery.tasks import create_task
 
-    from imgpipe.defs.jobs import celery_config
+    from imgpipe.backends import celery_config
 
-    settings = Settings.from_env()
     if not settings.distributed:
         print("imgpipe worker runs the distributed profile's steps: set IMGPIPE_PROFILE=distributed "
               "(see README, Scaling out)", file=sys.stderr)
@@ -237,10 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("file", metavar="FILE.csv")
     upload.add_argument("--webhook-url", help="called when the request ends")
     upload.add_argument("--wait", action="store_true", help="show progress until the request ends")
-    upload.add_argument("--api", default=os.environ.get("IMGPIPE_API_URL") or DEFAULT_API_URL,
-                        help=f"the API's base URL (default: $IMGPIPE_API_URL or {DEFAULT_API_URL})")
-    upload.add_argument("--token", default=os.environ.get("IMGPIPE_API_TOKEN"),
-                        help="bearer token (default: $IMGPIPE_API_TOKEN)")
+    upload.add_argument("--api", help="the API's base URL (default: $IMGPIPE_API_URL, else http://127.0.0.1:8000)")
+    upload.add_argument("--token", help="bearer token (default: $IMGPIPE_API_TOKEN)")
     upload.add_argument("--idempotency-key", help="the same key again returns the same request")
     upload.set_defaults(run=submit)
 
@@ -264,7 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        settings = load_settings()
+    except ValueError as exc:
+        print(f"imgpipe: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return args.run(args, settings)
     except requests.RequestException as exc:
         print(f"cannot talk to the API: {exc}", file=sys.stderr)
         return 1

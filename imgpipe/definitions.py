@@ -1,23 +1,34 @@
-"""The Dagster code location: assets, the processing job, sensors and resources."""
+"""The Dagster code location: `build_defs(settings)` assembles the assets, jobs, sensors and resources; `defs`
+is that of this process's environment (the entry point Dagster loads)."""
 from __future__ import annotations
 
 from dagster import Definitions
 
-from imgpipe.defs.assets import compressed_images, output_csv, upload_manifest
-from imgpipe.defs.jobs import process_request_job, submit_csv_job
-from imgpipe.defs.resources import resources_for
-from imgpipe.defs.sensors import canceled_run_sensor, failed_run_sensor, inbox_sensor, webhook_retry_sensor
-from imgpipe.settings import Settings
+from imgpipe.backends import io_managers
+from imgpipe.defs.assets import compressed_images, output_csv, upload_manifest, webhook
+from imgpipe.defs.jobs import PROCESS_REQUEST, jobs_for
+from imgpipe.defs.resources import ImgpipeResource
+from imgpipe.defs.sensors import build_sensors
+from imgpipe.settings import Settings, load_settings
 
-defs = Definitions(
-    assets=[upload_manifest, compressed_images, output_csv],
-    jobs=[process_request_job, submit_csv_job],
-    sensors=[inbox_sensor, failed_run_sensor, canceled_run_sensor, webhook_retry_sensor],
-    resources=resources_for(Settings.from_env()),
-)
+
+def build_defs(settings: Settings, secrets_from_env: bool = True) -> Definitions:
+    """Everything of the code location, configured by `settings`. `secrets_from_env`: the credentials among
+    them came from IMGPIPE_* variables, to be passed on as references (see `ImgpipeResource.from_settings`)."""
+    jobs = jobs_for(settings)
+    process_job = next(j for j in jobs if j.name == PROCESS_REQUEST)
+    return Definitions(
+        assets=[upload_manifest, compressed_images, output_csv, webhook],
+        jobs=jobs,
+        sensors=build_sensors(settings, process_job),
+        resources={"imgpipe": ImgpipeResource.from_settings(settings, secrets_from_env), **io_managers(settings)},
+    )
+
+
+defs = build_defs(load_settings())
 
 
 def resolved_process_request_job():
-    """The processing job bound to its resources, for `reconstructable` runs outside the daemon
-    (tests, benchmarks): the multiprocess executor re-imports it in every step process."""
-    return defs.resolve_job_def(process_request_job.name)
+    """The processing job bound to its resources, for `reconstructable` runs outside the daemon (tests,
+    benchmarks): the multiprocess executor re-imports it in every step process."""
+    return defs.resolve_job_def(PROCESS_REQUEST)

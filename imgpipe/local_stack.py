@@ -18,12 +18,12 @@ import threading
 import time
 from pathlib import Path
 
-from imgpipe.api.app import request_document
-from imgpipe.cli import wait_until_terminal
+from imgpipe.backends import open_status_store, open_storage
 from imgpipe.files import write_atomically
-from imgpipe.settings import Settings
-from imgpipe.status.store import StatusStore, open_status_store
-from imgpipe.storage import open_storage
+from imgpipe.progress import wait_until_terminal
+from imgpipe.settings import Settings, dagster_home_dir, process_environment
+from imgpipe.status.document import request_document
+from imgpipe.status.store import StatusStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "data" / "samples"
@@ -41,18 +41,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def stack_environment(samples_port: int, api_port: int) -> dict:
-    env = dict(os.environ)
-    env.setdefault("IMGPIPE_HOME", str(REPO_ROOT / "data"))
-    env.setdefault("DAGSTER_HOME", str(Path(env["IMGPIPE_HOME"]).resolve() / "dagster_home"))
-    env.setdefault("IMGPIPE_PUBLIC_BASE_URL", f"http://127.0.0.1:{api_port}")
-    allowed = [h for h in env.get("IMGPIPE_ALLOW_PRIVATE_HOSTS", "").split(",") if h.strip()]
-    env["IMGPIPE_ALLOW_PRIVATE_HOSTS"] = ",".join(allowed + [f"127.0.0.1:{samples_port}"])
-    return env
+def stack_settings(settings: Settings, samples_port: int, api_port: int) -> Settings:
+    """The stack's settings: the API's own port as the public base URL unless one was set, and the sample
+    server allowed although it is on 127.0.0.1."""
+    update = {"allow_private_hosts": ",".join(
+        [h for h in settings.allow_private_hosts.split(",") if h.strip()] + [f"127.0.0.1:{samples_port}"])}
+    if "public_base_url" not in settings.model_fields_set:
+        update["public_base_url"] = f"http://127.0.0.1:{api_port}"
+    return settings.model_copy(update=update)
 
 
-def prepare_dagster_home(env: dict) -> None:
-    home = Path(env["DAGSTER_HOME"])
+def prepare_dagster_home(home: Path) -> None:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
 
@@ -63,7 +62,7 @@ def wait_for_request(store: StatusStore, file_name: str, timeout: float) -> str 
     while time.monotonic() < deadline:
         found = store.latest_request_for_file(file_name)
         if found:
-            return found["request_id"]
+            return found.request_id
         time.sleep(1)
     return None
 
@@ -72,13 +71,14 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_stack(samples_port: int = 8001, api_port: int = 8000, ui_port: int = 3000, submit_sample: bool = True) -> int:
+def run_stack(settings: Settings, samples_port: int = 8001, api_port: int = 8000, ui_port: int = 3000,
+              submit_sample: bool = True) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children on a plain `kill` too
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up also when piped to a file
-    env = stack_environment(samples_port, api_port)
-    prepare_dagster_home(env)
-    os.environ.update(env)
-    settings = Settings.from_env(env)
+    settings = stack_settings(settings, samples_port, api_port)
+    dagster_home = dagster_home_dir(settings)
+    prepare_dagster_home(dagster_home)
+    env = process_environment(**settings.as_env(), DAGSTER_HOME=str(dagster_home))
     settings.ensure_folders()
     samples = serve_samples(samples_port)
     bin_dir = Path(sys.executable).parent
@@ -110,8 +110,9 @@ def _report_and_wait(settings: Settings, children: list[subprocess.Popen], sampl
                 print("the daemon did not take the sample within 120 s; see the Dagster UI for why")
             else:
                 storage = open_storage(settings)
-                document = wait_until_terminal(lambda: request_document(store, storage, settings, request_id),
-                                               sys.stdout)
+                document = wait_until_terminal(
+                    lambda: request_document(store, storage, settings, request_id).model_dump(mode="json"),
+                    sys.stdout)
                 print(f"request {request_id}: {document['status']}")
                 print(f"output CSV: {settings.outputs_dir / (request_id + '.csv')}")
                 print(f"       URL: {settings.output_csv_url(request_id)}")

@@ -1,161 +1,178 @@
-"""Configuration read from the environment (contract section 1), with the documented defaults.
+"""imgpipe's settings: every one is a field here and an `IMGPIPE_<FIELD>` environment variable.
 
-Every limit has an `IMGPIPE_*` variable so that an operator can tune it without touching code; the README's
-"Configuration" and "Safety" tables list them all.
+This module is the one place the process environment is read (`load_settings()`); everything else receives a
+`Settings`: the Dagster code location as the fields of its `imgpipe` resource, the REST API and the CLI's
+commands as an argument. Pydantic checks the values, so a wrong one names its variable. The README's "Configuration" and
+"Safety" tables list them all.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MIB = 1024 * 1024
+ENV_PREFIX = "IMGPIPE_"
+PROFILES = ("embedded", "distributed")
+EXECUTORS = ("in_process", "multiprocess")
+# Fields that hold credentials: the code location passes them to Dagster as environment variable references
+# (EnvVar), so that the UI shows the variable's name, never its value.
+SECRET_FIELDS = ("api_token", "webhook_secret", "database_url")
 
 
-def _int(env: dict, name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not an integer") from exc
-
-
-def _float(env: dict, name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not a number") from exc
-
-
-def _choice(env: dict, name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = env.get(name, "").strip() or default
-    if raw not in choices:
-        raise ValueError(f"{name}={raw!r} is not one of {', '.join(choices)}")
-    return raw
-
-
-@dataclass(frozen=True)
-class Limits:
+class Limits(BaseModel):
     """Every bound the pipeline enforces on hostile or oversized input."""
 
-    max_download_bytes: int = 25 * MIB
-    max_pixels: int = 50_000_000
-    max_frames: int = 1000
-    image_timeout: float = 60.0
-    download_deadline: float = 30.0
-    connect_timeout: float = 5.0
-    read_timeout: float = 15.0
-    max_redirects: int = 5
-    process_memory_bytes: int = 2048 * MIB
-    max_csv_bytes: int = 10 * MIB
-    max_rows: int = 10_000
-    max_urls: int = 50_000
-    max_urls_per_row: int = 100
-    max_url_length: int = 2048
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
+    max_download_bytes: int = Field(25 * MIB, ge=1, description="Bytes one image download may have.")
+    max_pixels: int = Field(50_000_000, ge=1, description="Pixels an image may have, read from its header.")
+    max_frames: int = Field(1000, ge=1, description="Frames an animation may have.")
+    image_timeout: float = Field(60.0, gt=0, description="Seconds for one image, download and compression.")
+    download_deadline: float = Field(30.0, gt=0, description="Seconds for one download, redirects included.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to an image or webhook server.")
+    read_timeout: float = Field(15.0, gt=0, description="Seconds a server may stay silent.")
+    max_redirects: int = Field(5, ge=0, description="Redirects one download may follow.")
+    process_memory_mb: int = Field(2048, ge=1, description="MiB the process of one image may add.")
+    max_csv_bytes: int = Field(10 * MIB, ge=1, description="Bytes an uploaded CSV may have.")
+    max_rows: int = Field(10_000, ge=1, description="Data rows an uploaded CSV may have.")
+    max_urls: int = Field(50_000, ge=1, description="Image URLs an uploaded CSV may have.")
+    max_urls_per_row: int = Field(100, ge=1, description="Image URLs one row may have.")
+    max_url_length: int = Field(2048, ge=1, description="Characters an image URL may have.")
+
+    @property
+    def process_memory_bytes(self) -> int:
+        return self.process_memory_mb * MIB
+
+
+class Settings(Limits):
+    """Where imgpipe keeps its data, whom it may call, and how it runs."""
+
+    home: str = Field("./data",
+                      description="Data root: inbox/, uploads/, requests/, rejected/, public/, imgpipe.duckdb.")
+    public_base_url: str = Field("http://127.0.0.1:8000", description="Base of every output URL.")
+    allow_private_hosts: str = Field(
+        "", description="Comma list of hosts, IPs or CIDRs (optionally :port) that may be fetched although private.")
+    api_token: Optional[str] = Field(None, description="Bearer token the REST API wants, when set.")
+    webhook_secret: Optional[str] = Field(
+        None, description="Standard Webhooks secret (whsec_...); unset: generated once under the home.")
+    webhook_url: Optional[str] = Field(None, description="Webhook for requests that name none.")
+    webhook_retry_delays: str = Field(
+        "5,20,300,1800,7200,18000,36000,36000",
+        description="Seconds between webhook attempts; the first two within the first minute.")
+    sensor_interval: int = Field(5, ge=1, description="Seconds between inbox checks.")
+    compress_workers: Optional[int] = Field(
+        None, ge=1, description="Images compressed at once per step; unset: CPU count.")
+    download_threads: int = Field(8, ge=1, description="Downloads in flight per step.")
+    executor: str = Field("in_process", description="Where steps run on one machine: in_process or multiprocess.")
+    profile: str = Field("embedded", description="embedded (DuckDB, local folders) or distributed.")
+    database_url: Optional[str] = Field(
+        None, description="distributed: the PostgreSQL status store and Dagster instance.")
+    broker_url: Optional[str] = Field(None, description="distributed: the Celery broker (redis:// or amqp://).")
+    storage_url: Optional[str] = Field(None, description="distributed: s3://bucket/prefix for inputs, images and CSVs.")
+    max_batches: int = Field(8, ge=1, description="distributed: compress_batch steps a request is spread over.")
+    api_url: str = Field("http://127.0.0.1:8000", description="Where `imgpipe submit` finds the REST API.")
+
+    @field_validator("home", mode="before")
     @classmethod
-    def from_env(cls, env: dict) -> "Limits":
-        d = cls()
-        return cls(
-            max_download_bytes=_int(env, "IMGPIPE_MAX_DOWNLOAD_BYTES", d.max_download_bytes),
-            max_pixels=_int(env, "IMGPIPE_MAX_PIXELS", d.max_pixels),
-            max_frames=_int(env, "IMGPIPE_MAX_FRAMES", d.max_frames),
-            image_timeout=_float(env, "IMGPIPE_IMAGE_TIMEOUT", d.image_timeout),
-            download_deadline=_float(env, "IMGPIPE_DOWNLOAD_DEADLINE", d.download_deadline),
-            connect_timeout=_float(env, "IMGPIPE_CONNECT_TIMEOUT", d.connect_timeout),
-            read_timeout=_float(env, "IMGPIPE_READ_TIMEOUT", d.read_timeout),
-            max_redirects=_int(env, "IMGPIPE_MAX_REDIRECTS", d.max_redirects),
-            process_memory_bytes=_int(env, "IMGPIPE_PROCESS_MEMORY_MB", d.process_memory_bytes // MIB) * MIB,
-            max_csv_bytes=_int(env, "IMGPIPE_MAX_CSV_BYTES", d.max_csv_bytes),
-            max_rows=_int(env, "IMGPIPE_MAX_ROWS", d.max_rows),
-            max_urls=_int(env, "IMGPIPE_MAX_URLS", d.max_urls),
-            max_urls_per_row=_int(env, "IMGPIPE_MAX_URLS_PER_ROW", d.max_urls_per_row),
-            max_url_length=_int(env, "IMGPIPE_MAX_URL_LENGTH", d.max_url_length),
-        )
+    def _absolute_home(cls, home: str | Path) -> str:
+        return str(Path(home).expanduser().resolve())
 
-
-@dataclass(frozen=True)
-class Settings:
-    home: Path
-    public_base_url: str = "http://127.0.0.1:8000"
-    allow_private_hosts: str = ""
-    api_token: str | None = None
-    webhook_secret: str | None = None
-    webhook_url: str | None = None
-    sensor_interval: int = 5
-    compress_workers: int = field(default_factory=lambda: os.cpu_count() or 2)
-    download_threads: int = 8
-    executor: str = "in_process"
-    limits: Limits = field(default_factory=Limits)
-    # The distributed profile (contract section 11); all three URLs are required there and unused otherwise.
-    profile: str = "embedded"
-    database_url: str | None = None
-    broker_url: str | None = None
-    storage_url: str | None = None
-    max_batches: int = 8
-
+    @field_validator("public_base_url")
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Settings":
-        env = dict(os.environ if env is None else env)
-        home = Path(env.get("IMGPIPE_HOME") or "./data").expanduser().resolve()
-        return cls(
-            home=home,
-            public_base_url=(env.get("IMGPIPE_PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/"),
-            allow_private_hosts=env.get("IMGPIPE_ALLOW_PRIVATE_HOSTS", ""),
-            api_token=env.get("IMGPIPE_API_TOKEN") or None,
-            webhook_secret=env.get("IMGPIPE_WEBHOOK_SECRET") or None,
-            webhook_url=env.get("IMGPIPE_WEBHOOK_URL") or None,
-            sensor_interval=max(1, _int(env, "IMGPIPE_SENSOR_INTERVAL", 5)),
-            compress_workers=max(1, _int(env, "IMGPIPE_COMPRESS_WORKERS", os.cpu_count() or 2)),
-            download_threads=max(1, _int(env, "IMGPIPE_DOWNLOAD_THREADS", 8)),
-            executor=_choice(env, "IMGPIPE_EXECUTOR", ("in_process", "multiprocess"), "in_process"),
-            limits=Limits.from_env(env),
-            profile=_choice(env, "IMGPIPE_PROFILE", ("embedded", "distributed"), "embedded"),
-            database_url=env.get("IMGPIPE_DATABASE_URL") or None,
-            broker_url=env.get("IMGPIPE_BROKER_URL") or None,
-            storage_url=env.get("IMGPIPE_STORAGE_URL") or None,
-            max_batches=max(1, _int(env, "IMGPIPE_MAX_BATCHES", 8)),
-        )._checked()
+    def _without_trailing_slash(cls, url: str) -> str:
+        return url.rstrip("/")
 
-    def _checked(self) -> "Settings":
-        if self.profile == "distributed":
-            missing = [name for name, value in (("IMGPIPE_DATABASE_URL", self.database_url),
-                                                ("IMGPIPE_BROKER_URL", self.broker_url),
-                                                ("IMGPIPE_STORAGE_URL", self.storage_url),
-                                                ("IMGPIPE_WEBHOOK_SECRET", self.webhook_secret)) if not value]
-            if missing:
-                raise ValueError(f"IMGPIPE_PROFILE=distributed needs {', '.join(missing)}")
-            if not self.database_url.startswith(("postgresql://", "postgres://")):
-                raise ValueError(f"IMGPIPE_DATABASE_URL={self.database_url!r} is not a postgresql:// URL")
-            if not self.storage_url.startswith("s3://"):
-                raise ValueError(f"IMGPIPE_STORAGE_URL={self.storage_url!r} is not an s3://bucket/prefix URL")
+    @field_validator("webhook_retry_delays")
+    @classmethod
+    def _delays_in_seconds(cls, delays: str) -> str:
+        try:
+            seconds = [float(part) for part in delays.split(",")]
+        except ValueError:
+            raise ValueError("is not a comma list of seconds") from None
+        if not all(second > 0 for second in seconds):
+            raise ValueError("has a delay that is not positive")
+        return delays
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, executor: str) -> str:
+        return _one_of(executor, EXECUTORS)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, profile: str) -> str:
+        return _one_of(profile, PROFILES)
+
+    @model_validator(mode="after")
+    def _distributed_is_complete(self) -> "Settings":
+        if self.profile != "distributed":
+            return self
+        missing = [env_name(name) for name in ("database_url", "broker_url", "storage_url", "webhook_secret")
+                   if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"{env_name('profile')}=distributed needs {', '.join(missing)}")
+        if not self.database_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"{env_name('database_url')}={self.database_url!r} is not a postgresql:// URL")
+        if not self.storage_url.startswith("s3://"):
+            raise ValueError(f"{env_name('storage_url')}={self.storage_url!r} is not an s3://bucket/prefix URL")
         return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+        """The settings of the `IMGPIPE_*` variables in `env`; an empty variable means its default."""
+        given = {name: env[env_name(name)].strip() for name in cls.model_fields
+                 if env.get(env_name(name), "").strip()}
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            raise ValueError("; ".join(_explain(error) for error in exc.errors())) from None
+
+    def as_env(self) -> dict[str, str]:
+        """The `IMGPIPE_*` variables that give these settings to another process."""
+        return {env_name(name): str(value) for name, value in self.model_dump().items() if value is not None}
+
+    # ------------------------------------------------------------------ derived
 
     @property
     def distributed(self) -> bool:
         return self.profile == "distributed"
 
+    @property
+    def compress_slots(self) -> int:
+        return self.compress_workers or os.cpu_count() or 2
+
+    @property
+    def webhook_delays(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.webhook_retry_delays.split(","))
+
+    @property
+    def home_dir(self) -> Path:
+        return Path(self.home)
+
     # Folders of contract section 1; created on first use by `ensure_folders`.
     @property
     def inbox(self) -> Path:
-        return self.home / "inbox"
+        return self.home_dir / "inbox"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where the Launchpad's `submit_csv_job` may read CSVs from."""
+        return self.home_dir / "uploads"
 
     @property
     def requests_dir(self) -> Path:
-        return self.home / "requests"
+        return self.home_dir / "requests"
 
     @property
     def rejected_dir(self) -> Path:
-        return self.home / "rejected"
+        return self.home_dir / "rejected"
 
     @property
     def public_dir(self) -> Path:
-        return self.home / "public"
+        return self.home_dir / "public"
 
     @property
     def images_dir(self) -> Path:
@@ -167,14 +184,50 @@ class Settings:
 
     @property
     def db_path(self) -> Path:
-        return self.home / "imgpipe.duckdb"
+        return self.home_dir / "imgpipe.duckdb"
 
     def ensure_folders(self) -> None:
-        for folder in (self.inbox, self.requests_dir, self.rejected_dir, self.images_dir, self.outputs_dir):
+        for folder in (self.inbox, self.uploads_dir, self.requests_dir, self.rejected_dir, self.images_dir,
+                       self.outputs_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def output_csv_url(self, request_id: str) -> str:
-        return f"{self.public_base_url}/requests/{request_id}/output.csv"
+    def status_url(self, request_id: str) -> str:
+        return f"{self.public_base_url}/requests/{request_id}"
 
-    def image_url(self, relative_key: str) -> str:
-        return f"{self.public_base_url}/images/{relative_key}"
+    def output_csv_url(self, request_id: str) -> str:
+        return f"{self.status_url(request_id)}/output.csv"
+
+
+def load_settings() -> Settings:
+    """The settings of this process's environment."""
+    return Settings.from_env(os.environ)
+
+
+def dagster_home_dir(settings: Settings) -> Path:
+    """DAGSTER_HOME, else `dagster_home/` under the data root (what `make run` uses)."""
+    return Path(os.environ.get("DAGSTER_HOME") or settings.home_dir / "dagster_home")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def process_environment(**overrides: str) -> dict[str, str]:
+    """This process's environment with `overrides`, for a child process."""
+    return {**os.environ, **overrides}
+
+
+def _one_of(value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"is not one of {', '.join(choices)}")
+    return value
+
+
+def _explain(error: dict) -> str:
+    """`IMGPIPE_X='value' is not ...` for our own checks, `IMGPIPE_X='value': Input should be ...` for
+    pydantic's; a check of several fields says whom it concerns itself."""
+    ours = error["msg"].startswith("Value error, ")
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:
+        return message
+    return f"{env_name(error['loc'][0])}={error['input']!r}{' ' if ours else ': '}{message}"

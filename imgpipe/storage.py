@@ -26,7 +26,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from imgpipe.files import write_atomically
-from imgpipe.settings import Settings
 
 INPUT_NAME = "input.csv"
 ERRORS_NAME = "errors.json"
@@ -109,7 +108,7 @@ def split_s3_url(url: str) -> tuple[str, str]:
 
 class Storage:
     """The interface the pipeline, the intake and the REST API use. Subclasses implement `_put`, `_get`,
-    `_exists`, `_keep` and `location`."""
+    `_exists` and `location`."""
 
     def __init__(self, public_base_url: str):
         self.public_base_url = public_base_url.rstrip("/")
@@ -120,7 +119,8 @@ class Storage:
         """Where the key's bytes are: a file path or an s3:// URI."""
         raise NotImplementedError
 
-    def _put(self, key: str, data: bytes, content_type: str) -> None:
+    def _put(self, key: str, data: bytes | Path, content_type: str) -> None:
+        """Store `data`, bytes or the contents of a local file (an upload too large to read into memory)."""
         raise NotImplementedError
 
     def _get(self, key: str) -> bytes | None:
@@ -128,11 +128,6 @@ class Storage:
         raise NotImplementedError
 
     def _exists(self, key: str) -> bool:
-        raise NotImplementedError
-
-    def _keep(self, key: str, source: Path | bytes, content_type: str) -> None:
-        """Make a file the intake keeps in its local folders (given as its path or its bytes) readable under
-        `key` from every machine."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ URLs
@@ -161,17 +156,16 @@ class Storage:
             raise FileNotFoundError(f"no input at {self.location(key)}")
         return data
 
-    def keep_input(self, request_id: str, source: Path) -> None:
-        """Called by the intake before its commit rename moves `source` to `requests/<id>/input.csv`."""
+    def keep_input(self, request_id: str, data: bytes) -> None:
+        """An accepted upload, the very bytes the intake validated."""
         key = input_key(request_id)
-        self._keep(key, Path(source), content_type_of(key))
+        self._put(key, data, content_type_of(key))
 
-    def keep_rejected(self, request_id: str, file_name: str, source: Path, errors: bytes) -> None:
-        """Called by the intake before its commit rename moves `source` to `rejected/<id>/<file_name>`, beside
-        the `errors` document it has written there."""
+    def keep_rejected(self, request_id: str, file_name: str, data: bytes | Path, errors: bytes) -> None:
+        """A rejected upload byte for byte under its own name, beside the `errors` document."""
+        self._put(errors_key(request_id), errors, content_type_of(ERRORS_NAME))
         key = rejected_key(request_id, file_name)
-        self._keep(errors_key(request_id), errors, content_type_of(ERRORS_NAME))
-        self._keep(key, Path(source), content_type_of(key))
+        self._put(key, data, content_type_of(key))
 
     def write_image(self, request_id: str, name: str, data: bytes) -> StoredObject:
         key = image_key(request_id, name)
@@ -208,11 +202,13 @@ class LocalStorage(Storage):
     def location(self, key: str) -> str:
         return str(self.path(key))
 
-    def _put(self, key: str, data: bytes, content_type: str) -> None:
+    def _put(self, key: str, data: bytes | Path, content_type: str) -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # An fsync for what cannot be recomputed; an image can.
-        write_atomically(path, data, durable=not key.startswith(IMAGES + "/"))
+        public = key.startswith((IMAGES + "/", OUTPUTS + "/"))
+        # An fsync for what cannot be recomputed; an image can. An upload is its sender's: readable by
+        # imgpipe's own user only.
+        write_atomically(path, data, durable=not key.startswith(IMAGES + "/"), private=not public)
 
     def _get(self, key: str) -> bytes | None:
         try:
@@ -222,9 +218,6 @@ class LocalStorage(Storage):
 
     def _exists(self, key: str) -> bool:
         return self.path(key).is_file()
-
-    def _keep(self, key: str, source: Path | bytes, content_type: str) -> None:
-        """Nothing to do: the intake's own rename puts the file in its folder, which is this storage."""
 
 
 class S3Storage(Storage):
@@ -255,8 +248,13 @@ class S3Storage(Storage):
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.object_key(key)}"
 
-    def _put(self, key: str, data: bytes, content_type: str) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data, ContentType=content_type)
+    def _put(self, key: str, data: bytes | Path, content_type: str) -> None:
+        if isinstance(data, Path):
+            self.client.upload_file(str(data), self.bucket, self.object_key(key),
+                                    ExtraArgs={"ContentType": content_type})
+        else:
+            self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data,
+                                   ContentType=content_type)
 
     def _get(self, key: str) -> bytes | None:
         try:
@@ -277,19 +275,9 @@ class S3Storage(Storage):
             raise
         return True
 
-    def _keep(self, key: str, source: Path | bytes, content_type: str) -> None:
-        self._put(key, source if isinstance(source, bytes) else source.read_bytes(), content_type)
-
 
 def _is_missing(exc: Exception) -> bool:
     """A botocore ClientError for a key that is not there (GET says NoSuchKey, HEAD only 404)."""
     error = getattr(exc, "response", None)
     code = error.get("Error", {}).get("Code") if isinstance(error, dict) else None
     return code in ("NoSuchKey", "404", "NotFound")
-
-
-def open_storage(settings: Settings) -> Storage:
-    """The distributed profile's bucket, else the folders under IMGPIPE_HOME."""
-    if settings.distributed:
-        return S3Storage(settings.storage_url, settings.public_base_url)
-    return LocalStorage(settings.home, settings.public_base_url)

@@ -19,9 +19,8 @@ from types import SimpleNamespace
 import pytest
 import uvicorn
 
-from imgpipe.api.app import create_app
 from imgpipe.settings import Settings
-from imgpipe.status.store import DuckDBStatusStore
+from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe_tests.servers import ImageServer, WebhookReceiver
 
 PIPELINE_HOME = Path(tempfile.mkdtemp(prefix="imgpipe-test-home-"))
@@ -68,6 +67,8 @@ def webhook_receiver():
 def api_server(tmp_path):
     """Start the REST API on a free port, in a thread, over an IMGPIPE_HOME of its own; extra IMGPIPE_* variables
     as keyword arguments. Returns `.url`, `.settings` and `.store`."""
+    from imgpipe.api.app import create_app  # the API's own imports only where it is served
+
     running = []
 
     def start(**env: str) -> SimpleNamespace:
@@ -76,6 +77,7 @@ def api_server(tmp_path):
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         settings = Settings.from_env({"IMGPIPE_HOME": str(tmp_path / f"home{len(running)}"),
                                       "IMGPIPE_PUBLIC_BASE_URL": url, **env})
+        settings.ensure_folders()  # as the daemon beside it would have (the API itself writes only the store)
         server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()

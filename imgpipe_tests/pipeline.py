@@ -4,32 +4,30 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 from dagster import DagsterInstance, execute_job, reconstructable
 
+from imgpipe.backends import open_status_store, open_storage
 from imgpipe.definitions import resolved_process_request_job
-from imgpipe.intake.intake import Intake
+from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.settings import Settings
-from imgpipe.status.store import DuckDBStatusStore
+from imgpipe.status.models import Source
 
 HEADER = ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
 
 
 def submit(settings: Settings, csv_text: str, name: str, webhook_url: str | None = None) -> str:
-    settings.ensure_folders()
-    if webhook_url:
-        (settings.inbox / f"{name.rsplit('.', 1)[0]}.json").write_text(json.dumps({"webhook_url": webhook_url}))
-    (settings.inbox / name).write_text(csv_text)
-    store = DuckDBStatusStore(settings.db_path)
-    [result] = [r for r in Intake(settings, store).take_inbox() if r.file_name == name]
+    """The intake of every entry, as the folder drop and the REST API call it."""
+    result = take_upload(open_status_store(settings), open_storage(settings), settings,
+                         Upload(csv_text.encode(), name, Source.FOLDER, webhook_url=webhook_url))
     assert result.accepted, result.errors
     return result.request_id
 
 
-def run(instance: DagsterInstance, request_id: str):
+def run(instance: DagsterInstance, request_id: str, run_config: dict | None = None):
+    """`process_request` for one request, with the multiprocess executor (each step a process of its own)."""
     instance.add_dynamic_partitions("requests", [request_id])
-    with execute_job(reconstructable(resolved_process_request_job), instance=instance,
+    with execute_job(reconstructable(resolved_process_request_job), instance=instance, run_config=run_config,
                      tags={"dagster/partition": request_id}) as result:
         checks = {e.event_specific_data.check_name: e.event_specific_data.passed
                   for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import requests
 
-from imgpipe import cli
-from imgpipe.settings import Settings
-from imgpipe.status.store import DuckDBStatusStore, ImageResult
+from imgpipe import cli, progress
+from imgpipe.settings import load_settings
+from imgpipe.status.duckdb_store import DuckDBStatusStore
+from imgpipe.status.models import ImageResult
 
 CSV = (b"S. No.,Product Name,Input Image Urls\n"
        b"1,Shoe,\"https://e.com/a.jpg,https://e.com/b.jpg\"\n"
@@ -36,14 +37,14 @@ def csv_file(tmp_path):
 @pytest.fixture
 def home_store(tmp_path, monkeypatch) -> DuckDBStatusStore:
     monkeypatch.setenv("IMGPIPE_HOME", str(tmp_path / "cli-home"))
-    return DuckDBStatusStore(Settings.from_env().db_path)
+    return DuckDBStatusStore(load_settings().db_path)
 
 
 def fake_pipeline(monkeypatch, *steps):
     """Each poll's pause runs the next step instead of sleeping: the pipeline advances between two polls,
     while the API server (if any) is idle."""
     pending = list(steps)
-    monkeypatch.setattr(cli, "time", SimpleNamespace(sleep=lambda seconds: pending.pop(0)()))
+    monkeypatch.setattr(progress, "time", SimpleNamespace(sleep=lambda seconds: pending.pop(0)()))
 
 
 def printed_value(output: str, key: str) -> str:
@@ -57,7 +58,7 @@ def test_submit_prints_the_request_id_and_status_url(api_server, csv_file, capsy
     request_id = printed_value(out, "request_id")
     assert printed_value(out, "status_url") == f"{server.url}/requests/{request_id}"
     row = server.store.get_request(request_id)
-    assert (row["status"], row["source"], row["file_name"]) == ("queued", "api", "products.csv")
+    assert (row.status, row.source, row.file_name) == ("queued", "api", "products.csv")
 
 
 def test_submit_sends_token_webhook_and_idempotency_key(api_server, csv_file, capsys, monkeypatch):
@@ -72,7 +73,7 @@ def test_submit_sends_token_webhook_and_idempotency_key(api_server, csv_file, ca
     first = printed_value(capsys.readouterr().out, "request_id")
     assert cli.main(args) == 0
     assert printed_value(capsys.readouterr().out, "request_id") == first
-    assert server.store.get_request(first)["webhook_url"] == "https://hooks.example.com/x"
+    assert server.store.get_request(first).webhook_url == "https://hooks.example.com/x"
 
 
 def test_submit_of_an_invalid_csv_prints_every_problem_and_exits_2(api_server, tmp_path, capsys):
@@ -97,9 +98,9 @@ def test_submit_wait_shows_progress_until_the_request_ends(api_server, csv_file,
     started = []
 
     def start():
-        request_id = store.queued_requests()[0]["request_id"]
+        request_id = store.queued_requests()[0].request_id
         started.append(request_id)
-        store.start_processing(request_id, "run-1", MANIFEST)
+        store.start_processing(request_id, "run-1")
         store.record_results(request_id, [ImageResult("https://e.com/a.jpg", "compressed")])
 
     def finish():
@@ -113,7 +114,7 @@ def test_submit_wait_shows_progress_until_the_request_ends(api_server, csv_file,
     assert cli.main(["submit", str(csv_file), "--api", server.url, "--wait"]) == 0
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [
-        f"[{'.' * 30}] 0/0 images (0 failed)",
+        f"[{'.' * 30}] 0/3 images (0 failed)",
         f"[{'#' * 10}{'.' * 20}] 1/3 images (0 failed)",
         f"[{'#' * 30}] 3/3 images (1 failed)",
     ]
@@ -121,9 +122,14 @@ def test_submit_wait_shows_progress_until_the_request_ends(api_server, csv_file,
     assert printed_value(captured.out, "output_csv_url").endswith("/output.csv")
 
 
+def seed_processing_request(store: DuckDBStatusStore, request_id: str, manifest: pd.DataFrame = MANIFEST) -> None:
+    store.record_accepted(request_id, source="folder", file_name="products.csv", webhook_url=None,
+                          manifest=manifest)
+    store.start_processing(request_id, "run-1")
+
+
 def seed_finished_request(store: DuckDBStatusStore, request_id: str) -> None:
-    store.create_request(request_id, source="folder", file_name="products.csv", webhook_url=None)
-    store.start_processing(request_id, "run-1", MANIFEST)
+    seed_processing_request(store, request_id)
     store.record_results(request_id, [
         ImageResult("https://e.com/a.jpg", "compressed"), ImageResult("https://e.com/b.jpg", "compressed"),
         ImageResult("https://e.com/c.jpg", "failed", error="HTTP 404"),
@@ -133,12 +139,20 @@ def seed_finished_request(store: DuckDBStatusStore, request_id: str) -> None:
 
 def test_retry_requeues_what_is_not_compressed(home_store, capsys):
     seed_finished_request(home_store, "r1")
-    generation = home_store.get_request("r1")["generation"]
+    generation = home_store.get_request("r1").generation
     assert cli.main(["retry", "r1"]) == 0
     assert "1 image(s) of request r1 will be processed again" in capsys.readouterr().out
     row = home_store.get_request("r1")
-    assert (row["status"], row["generation"]) == ("queued", generation + 1)
-    assert [i["status"] for i in home_store.images("r1")] == ["compressed", "compressed", "pending"]
+    assert (row.status, row.generation) == ("queued", generation + 1)
+    assert [i.status for i in home_store.images("r1")] == ["compressed", "compressed", "pending"]
+
+
+def test_retry_of_a_request_that_has_not_ended_exits_2_and_changes_nothing(home_store, capsys):
+    seed_processing_request(home_store, "r1")
+    assert cli.main(["retry", "r1"]) == 2
+    assert "request r1 is processing; retry it once it has ended" in capsys.readouterr().err
+    row = home_store.get_request("r1")
+    assert (row.status, row.generation) == ("processing", 0)
 
 
 def test_retry_wait_exits_1_when_the_request_fails(home_store, capsys, monkeypatch):
@@ -162,7 +176,7 @@ def test_status_prints_what_the_api_answers(api_server, capsys, monkeypatch):
     server = api_server()
     request_id = requests.post(f"{server.url}/requests", data=CSV, headers={"Content-Type": "text/csv"},
                                timeout=10).json()["request_id"]
-    monkeypatch.setenv("IMGPIPE_HOME", str(server.settings.home))
+    monkeypatch.setenv("IMGPIPE_HOME", server.settings.home)
     monkeypatch.setenv("IMGPIPE_PUBLIC_BASE_URL", server.url)
     assert cli.main(["status", request_id]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -180,7 +194,7 @@ def test_progress_bar_redraws_on_a_terminal_and_logs_tenths_otherwise():
         return {"total": 100, "pending": 100 - done, "processing": 0, "compressed": done, "failed": 0}
 
     log = io.StringIO()
-    bar = cli.ProgressBar(log)
+    bar = progress.ProgressBar(log)
     for done in range(101):
         bar.draw(counts(done))
     lines = log.getvalue().splitlines()
@@ -188,7 +202,7 @@ def test_progress_bar_redraws_on_a_terminal_and_logs_tenths_otherwise():
     assert lines[4] == f"[{'#' * 12}{'.' * 18}] 40/100 images (0 failed)"
 
     terminal = Terminal()
-    bar = cli.ProgressBar(terminal)
+    bar = progress.ProgressBar(terminal)
     bar.draw(counts(45))
     bar.draw(counts(46))
     bar.finish()
@@ -205,8 +219,7 @@ def test_status_into_a_closed_pipe_ends_quietly(home_store, tmp_path):
     # A document larger than a pipe's buffer, so that the writer is still writing when the reader leaves.
     slots = pd.DataFrame([(row, str(row), f"Product {row}", 1, f"https://e.com/{'x' * 100}/{row}.jpg")
                           for row in range(1, 501)], columns=MANIFEST.columns)
-    home_store.create_request("r-pipe", source="api", file_name="p.csv", webhook_url=None)
-    home_store.start_processing("r-pipe", "run-1", slots)
+    seed_processing_request(home_store, "r-pipe", slots)
     env = {**os.environ, "IMGPIPE_HOME": str(tmp_path / "cli-home")}
 
     result = subprocess.run(f"'{sys.executable}' -m imgpipe.cli status r-pipe | head -n 1", shell=True,

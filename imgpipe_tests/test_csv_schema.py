@@ -274,3 +274,14 @@ def test_errors_are_dicts_and_summarised():
     assert summary.endswith("; and 3 more")
     with pytest.raises(dataclasses.FrozenInstanceError):
         errors[0].row = 3
+
+
+def test_a_file_that_is_no_csv_never_has_its_first_line_echoed():
+    """A secret or a page named as the CSV: its errors name the columns, never its text."""
+    secret = "whsec_c2VjcmV0LWtleS1ieXRlcy0wMTIzNDU2Nzg5"
+    errors = rejection(f"{secret}\nsecond line\n".encode(), LIMITS)
+    assert len(errors) == 3 and all(secret not in error.message for error in errors)
+    assert errors[0].message == "column 'S. No.' is missing (the header has 1 cell(s); recognised: none)"
+    partial = rejection(upload("Serial Number,Product Name,notes", "1,Chair,x"), LIMITS)
+    assert [e.message for e in partial] == [
+        "column 'Input Image Urls' is missing (the header has 3 cell(s); recognised: 'S. No.', 'Product Name')"]

@@ -20,7 +20,7 @@ import requests
 from dagster import DagsterEventType, DagsterInstance, instance_for_test
 from standardwebhooks import Webhook
 
-from imgpipe.settings import Settings
+from imgpipe.settings import load_settings
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.pipeline import csv_for, read_output, run, submit
 from imgpipe_tests.postgres import fresh_database
@@ -36,7 +36,8 @@ TERMINAL = {"completed", "completed_with_errors", "failed"}
 
 
 class DistributedStack:
-    """Two `imgpipe worker`s, `dagster-daemon` and `imgpipe api`, over PostgreSQL, Redis and the S3 server."""
+    """Two `imgpipe worker`s, `dagster-daemon` and `imgpipe api`, over PostgreSQL, Redis and the S3 server; each
+    process with an IMGPIPE_HOME of its own that no other process sees, as on machines of their own."""
 
     def __init__(self, root: Path, database_url: str, s3_env: dict, storage_url: str, broker_url: str):
         self.api = f"http://127.0.0.1:{free_port()}"
@@ -49,13 +50,16 @@ class DistributedStack:
                          "IMGPIPE_MAX_BATCHES": "2"})
         self.logs = root
         self.procs: dict[str, subprocess.Popen] = {}
+        self.homes = {name: root / f"{name}-home" for name in (*WORKERS, "daemon", "api")}
 
     def start(self) -> None:
         commands = {name: [BIN / "imgpipe", "worker", "--name", name] for name in WORKERS}
         commands["daemon"] = [BIN / "dagster-daemon", "run", "-w", "workspace.yaml"]
         commands["api"] = [BIN / "imgpipe", "api", "--port", self.api.rsplit(":", 1)[1]]
         for name, command in commands.items():
-            self.procs[name] = subprocess.Popen([str(c) for c in command], cwd=REPO, env=self.env,
+            self.homes[name].mkdir()
+            env = {**self.env, "IMGPIPE_HOME": str(self.homes[name])}
+            self.procs[name] = subprocess.Popen([str(c) for c in command], cwd=REPO, env=env,
                                                 stdout=open(self.logs / f"{name}.log", "wb"),
                                                 stderr=subprocess.STDOUT, start_new_session=True)
         assert wait_for(self._healthy, 60), f"the API did not come up: {self.log_tail('api')}"
@@ -132,7 +136,10 @@ def test_a_request_runs_on_celery_workers_with_postgres_and_s3_and_matches_embed
         assert cur.fetchall() == [("compressed", 6), ("failed", 1)]
         cur.execute("SELECT status, source, file_name FROM requests WHERE request_id = %s", [request_id])
         assert cur.fetchone() == ("completed_with_errors", "api", "dist.csv")
-    assert not list(stack.home.rglob("*.duckdb"))
+    # Nothing went through a local folder: no process's home holds a file (the API's and the daemon's
+    # included), and there is no DuckDB file anywhere.
+    assert {name: [p for p in home.rglob("*") if p.is_file()] for name, home in stack.homes.items()} == {
+        name: [] for name in stack.homes}
 
     # Objects: the input, the images and the output CSV in the bucket, served by the API from there.
     s3 = boto3.client("s3", endpoint_url=stack.env["AWS_ENDPOINT_URL"])
@@ -168,7 +175,7 @@ def test_a_request_runs_on_celery_workers_with_postgres_and_s3_and_matches_embed
     assert step_pids and all(parent_of(pid) in worker_pids for pid in step_pids), (step_pids, worker_pids)
 
     # The embedded profile, on the same CSV: the same output CSV and the same image bytes.
-    settings = Settings.from_env()
+    settings = load_settings()
     with instance_for_test() as instance:
         embedded_id = submit(settings, csv_text, f"embedded-{folder}.csv")
         assert run(instance, embedded_id)[0]

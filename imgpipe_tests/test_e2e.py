@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from dagster import DagsterInstance, RunsFilter
 from PIL import Image
 from standardwebhooks import Webhook
 
-from imgpipe.status.store import DuckDBStatusStore
+from imgpipe.status.duckdb_store import DuckDBStatusStore
+from imgpipe.status.models import RequestRow
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.servers import REPO, IsolatedHome, WebhookReceiver, drop_into_inbox, free_port, product_csv, wait_for
 
@@ -63,13 +65,13 @@ class Stack:
     def drop(self, name: str, text: str) -> None:
         drop_into_inbox(self.home, name, text)
 
-    def request_for(self, file_name: str, timeout: float) -> dict:
+    def request_for(self, file_name: str, timeout: float) -> RequestRow:
         found = wait_for(lambda: self.store.latest_request_for_file(file_name), timeout)
         assert found, f"no request for {file_name}; daemon log: {self.log_tail()}"
         return found
 
-    def wait_terminal(self, request_id: str, timeout: float) -> dict:
-        request = wait_for(lambda: (r := self.store.get_request(request_id)) and r["status"] in TERMINAL and r,
+    def wait_terminal(self, request_id: str, timeout: float) -> RequestRow:
+        request = wait_for(lambda: (r := self.store.get_request(request_id)) and r.status in TERMINAL and r,
                            timeout)
         assert request, f"{request_id} not terminal: {self.store.get_request(request_id)}; {self.log_tail()}"
         return request
@@ -99,15 +101,15 @@ def test_folder_drop_with_a_dead_url_ends_completed_with_errors_within_60s(stack
     started = time.monotonic()
     stack.drop("three-by-three.csv", product_csv(rows))
 
-    request = stack.wait_terminal(stack.request_for("three-by-three.csv", 30)["request_id"], 60)
+    request = stack.wait_terminal(stack.request_for("three-by-three.csv", 30).request_id, 60)
 
     assert time.monotonic() - started < 60
-    assert request["status"] == "completed_with_errors" and request["source"] == "folder"
-    counts = stack.store.counts(request["request_id"])
+    assert request.status == "completed_with_errors" and request.source == "folder"
+    counts = stack.store.counts(request.request_id)
     assert (counts["compressed"], counts["failed"]) == (8, 1)
-    [failed] = [i for i in stack.store.images(request["request_id"]) if i["status"] == "failed"]
-    assert "HTTP 404" in failed["error"]
-    with open(stack.home / "public" / "outputs" / f"{request['request_id']}.csv", newline="") as f:
+    [failed] = [i for i in stack.store.images(request.request_id) if i.status == "failed"]
+    assert "HTTP 404" in failed.error
+    with open(stack.home / "public" / "outputs" / f"{request.request_id}.csv", newline="") as f:
         output = list(csv.reader(f))
     assert output[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
     assert [r[0] for r in output[1:]] == ["1", "2", "3"]
@@ -163,8 +165,8 @@ def test_webhook_is_retried_after_two_503s_and_delivered_once(stack, image_serve
 
     deliveries = wait_for(lambda: (d := stack.store.webhook_deliveries(request_id)) and len(d) == 3 and d, 30)
 
-    assert [d["status_code"] for d in deliveries] == [503, 503, 200]
-    assert [d["attempt"] for d in deliveries] == [1, 2, 3]
+    assert [d.status_code for d in deliveries] == [503, 503, 200]
+    assert [d.attempt for d in deliveries] == [1, 2, 3]
     assert len({c["headers"]["webhook-id"] for c in receiver.calls}) == 1
     assert [c["code"] for c in receiver.calls] == [503, 503, 200]
     receiver.close()
@@ -193,7 +195,7 @@ def test_a_killed_run_ends_failed_and_a_retry_finishes_without_redoing_work(stac
     slow = slow_file.replace("/img/", "/slow/10/")  # under the 15 s read timeout, so the retry gets it
     stack.drop("doomed.json", json.dumps({"webhook_url": receiver.url()}))
     stack.drop("doomed.csv", product_csv([[fast, slow], [fast]]))
-    request_id = stack.request_for("doomed.csv", 30)["request_id"]
+    request_id = stack.request_for("doomed.csv", 30).request_id
     assert wait_for(lambda: stack.store.counts(request_id)["compressed"] == 2, 60), stack.log_tail()
 
     workers = run_workers()
@@ -202,7 +204,7 @@ def test_a_killed_run_ends_failed_and_a_retry_finishes_without_redoing_work(stac
         os.kill(pid, signal.SIGKILL)
 
     request = stack.wait_terminal(request_id, 90)
-    assert request["status"] == "failed" and request["error"]
+    assert request.status == "failed" and request.error
     assert wait_for(lambda: receiver.calls, 30)
     payload = json.loads(receiver.calls[0]["body"])
     assert payload["type"] == "request.failed" and payload["request_id"] == request_id
@@ -213,8 +215,8 @@ def test_a_killed_run_ends_failed_and_a_retry_finishes_without_redoing_work(stac
 
     assert retried.returncode == 0, retried.stderr
     images_rows = stack.store.images(request_id)
-    assert stack.store.get_request(request_id)["status"] == "completed", [(i["status"], i["error"]) for i in images_rows]
-    assert len(images_rows) == 3 and {i["status"] for i in images_rows} == {"compressed"}
+    assert stack.store.get_request(request_id).status == "completed", [(i.status, i.error) for i in images_rows]
+    assert len(images_rows) == 3 and {i.status for i in images_rows} == {"compressed"}
     assert len(stack.store.products(request_id)) == 2
     path_of = lambda url: url.split(str(image_server.port), 1)[1]  # noqa: E731
     assert image_server.hits_for(path_of(fast)) == 1  # compressed once, before the kill, and kept
@@ -230,14 +232,14 @@ def test_retry_against_the_running_daemon_redoes_only_failed_images(stack, image
     flaky = [u.replace("/img/", "/flaky/1/") for u in (first, second)]
     stack.drop("flaky.json", json.dumps({"webhook_url": receiver.url()}))
     stack.drop("flaky.csv", product_csv([[good, flaky[0]], [flaky[1]]]))
-    request_id = stack.request_for("flaky.csv", 30)["request_id"]
-    assert stack.wait_terminal(request_id, 60)["status"] == "completed_with_errors"
+    request_id = stack.request_for("flaky.csv", 30).request_id
+    assert stack.wait_terminal(request_id, 60).status == "completed_with_errors"
 
     retried = subprocess.run([str(BIN / "imgpipe"), "retry", request_id, "--wait"], env=stack.env, cwd=REPO,
                              capture_output=True, text=True, timeout=120)
 
     assert retried.returncode == 0, retried.stderr
-    assert stack.store.get_request(request_id)["status"] == "completed"
+    assert stack.store.get_request(request_id).status == "completed"
     path_of = lambda url: url.split(str(image_server.port), 1)[1]  # noqa: E731
     assert image_server.hits_for(path_of(good)) == 1
     assert [image_server.hits_for(path_of(u)) for u in flaky] == [2, 2]
@@ -246,4 +248,63 @@ def test_retry_against_the_running_daemon_redoes_only_failed_images(stack, image
     assert receiver.calls[0]["headers"]["webhook-id"] != receiver.calls[1]["headers"]["webhook-id"]
     with open(stack.home / "public" / "outputs" / f"{request_id}.csv", newline="") as f:
         assert all(u.strip() for row in list(csv.reader(f))[1:] for u in row[3].split(","))
+    receiver.close()
+
+
+# The daemon goes round its sensor loop every 5 s whatever a sensor asks (IMGPIPE_SENSOR_INTERVAL is 1 here).
+SENSOR_LOOP_SECONDS = 5
+
+
+def test_a_poisoned_sidecar_stops_nothing_but_its_own_upload(stack, image_server, image_root):
+    """Safety round 2, item 1: JSON nested 5,000 deep once stopped every inbox tick, REST uploads included."""
+    warm_up, poisoned_url, dropped_url, posted_url = images(image_root, image_server, 4)
+    stack.drop("warm-up.csv", product_csv([[warm_up]]))  # the daemon is going round its loop
+    stack.request_for("warm-up.csv", 60)
+    stack.drop("poisoned.json", "[" * 5000 + "]" * 5000)
+    stack.drop("poisoned.csv", product_csv([[poisoned_url]]))
+    stack.drop("beside.csv", product_csv([[dropped_url]]))
+    started = time.monotonic()
+    posted = requests.post(f"{stack.api}/requests", data=product_csv([[posted_url]]),
+                           headers={"Content-Type": "text/csv"}, timeout=30)
+    assert posted.status_code == 202, posted.text
+    ids = [stack.request_for("beside.csv", 2 * SENSOR_LOOP_SECONDS).request_id, posted.json()["request_id"]]
+
+    # Both have their run within two sensor loops of the drop.
+    with DagsterInstance.from_config(str(stack.dagster_home)) as instance:
+        def launched() -> bool:
+            return all(instance.get_run_records(RunsFilter(tags={"imgpipe/request_id": i}), limit=1) for i in ids)
+
+        assert wait_for(launched, 2 * SENSOR_LOOP_SECONDS - (time.monotonic() - started), step=0.1), stack.log_tail()
+    launched_after = time.monotonic() - started
+    for request_id in ids:
+        assert stack.wait_terminal(request_id, 60).status == "completed"
+    poisoned = stack.request_for("poisoned.csv", 1)
+    assert poisoned.status == "rejected"
+    assert poisoned.errors == [{"row": None, "column": None,
+                                "message": "sidecar poisoned.json is not valid JSON: nested too deeply"}]
+    print(f"beside a poisoned sidecar, a dropped CSV and a REST upload had their runs {launched_after:.1f} s "
+          "after the drop")
+
+
+def test_a_retry_while_processing_is_refused_and_nothing_is_done_twice(stack, image_server, image_root):
+    """Safety round 2, item 4: a second, overlapping run fetched every image twice and sent two webhooks."""
+    receiver = WebhookReceiver()
+    fast, slow_file = images(image_root, image_server, 2)
+    slow = slow_file.replace("/img/", "/slow/6/")
+    stack.drop("busy.json", json.dumps({"webhook_url": receiver.url()}))
+    stack.drop("busy.csv", product_csv([[fast, slow]]))
+    request_id = stack.request_for("busy.csv", 30).request_id
+    assert wait_for(lambda: stack.store.get_request(request_id).status == "processing", 30), stack.log_tail()
+
+    retried = subprocess.run([str(BIN / "imgpipe"), "retry", request_id], env=stack.env, cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+
+    assert retried.returncode == 2
+    assert f"request {request_id} is processing; retry it once it has ended" in retried.stderr
+    assert stack.wait_terminal(request_id, 60).status == "completed"
+    path_of = lambda url: url.split(str(image_server.port), 1)[1]  # noqa: E731
+    assert [image_server.hits_for(path_of(u)) for u in (fast, slow)] == [1, 1]
+    assert wait_for(lambda: receiver.calls, 30)
+    time.sleep(3)  # no second webhook follows
+    assert [json.loads(c["body"])["status"] for c in receiver.calls] == ["completed"]
     receiver.close()

@@ -30,13 +30,15 @@ from imgpipe.images import batch
 from imgpipe.images.batch import BatchRunner, WorkItem
 from imgpipe.images.compressor import compress_isolated
 from imgpipe.intake.csv_schema import UploadRejected, parse_upload
-from imgpipe.intake.intake import Intake
+from imgpipe.intake.inbox import Inbox
+from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.output.output_csv import OutputRow, render_output_csv
 from imgpipe.settings import MIB, Limits, Settings
-from imgpipe.status.store import DuckDBStatusStore
+from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.storage import LocalStorage
 from imgpipe.images.url_safety import AllowList
-from imgpipe.webhooks.webhook import attempt_delivery
+from imgpipe.status.models import Source
+from imgpipe.webhooks.attempt import attempt_delivery
 from imgpipe_tests import faults
 from imgpipe_tests.images import photo_like
 
@@ -261,7 +263,7 @@ def runner_for(tmp_path: Path, ports: dict[str, int], **env: str) -> BatchRunner
     """127.0.0.1 is allowed on the ports of the misbehaving servers, and on no other (the canary's) port."""
     allowed = ",".join(f"127.0.0.1:{ports[name]}" for name in ("hostile", "refused", "backlogged"))
     settings = Settings.from_env({"IMGPIPE_HOME": str(tmp_path), "IMGPIPE_ALLOW_PRIVATE_HOSTS": allowed, **env})
-    return BatchRunner(settings, LocalStorage(settings.home, "http://127.0.0.1:8000"), "r1")
+    return BatchRunner(settings, LocalStorage(settings.home_dir, "http://127.0.0.1:8000"), "r1")
 
 
 def fill(template: str, ports: dict[str, int]) -> str:
@@ -485,10 +487,22 @@ def test_hostile_csv_is_rejected_with_row_column_and_reason(data, row, column, m
 
 
 @pytest.fixture
-def intake(tmp_path):
-    settings = Settings.from_env({"IMGPIPE_HOME": str(tmp_path / "home")})
+def inbox(tmp_path) -> Inbox:
+    settings = Settings(home=tmp_path / "home")
     settings.ensure_folders()
-    return Intake(settings, DuckDBStatusStore(settings.db_path))
+    return Inbox(settings, DuckDBStatusStore(settings.db_path),
+                 LocalStorage(settings.home_dir, settings.public_base_url))
+
+
+def assert_kept_byte_for_byte(tmp_path, inbox: Inbox, result, kept_name: str, data: bytes, error: str) -> None:
+    folder = inbox.settings.rejected_dir / result.request_id
+    assert not result.accepted
+    assert sorted(p.name for p in folder.iterdir()) == sorted([kept_name, "errors.json"])
+    assert (folder / kept_name).read_bytes() == data
+    errors = json.loads((folder / "errors.json").read_text())["errors"]
+    assert any(error in e["message"] for e in errors), errors
+    assert inbox.store.get_request(result.request_id).status == "rejected"
+    assert os.listdir(tmp_path) == ["home"]  # nothing written beside IMGPIPE_HOME
 
 
 @pytest.mark.parametrize("name, sidecar, data, kept_name, error", [
@@ -498,49 +512,51 @@ def intake(tmp_path):
     pytest.param(b"evil\x1b[31m\r\n.csv", None, GARBAGE, "evil_[31m__.csv", "NUL character",
                  id="control-characters-in-name"),
     pytest.param(b"caf\xe9.csv", None, GARBAGE, "caf\ufffd.csv", "NUL character", id="name-not-utf-8"),
-    pytest.param(b"up.csv", {"file_name": "../../../outside.csv"}, GARBAGE, "outside.csv", "NUL character",
-                 id="dot-dot-slash-name"),
-    pytest.param(b"up.csv", {"file_name": "..\\..\\outside.csv"}, GARBAGE, ".._.._outside.csv", "NUL character",
-                 id="dot-dot-backslash-name"),
-    pytest.param(b"up.csv", {"file_name": ".."}, GARBAGE, "upload-file.csv", "NUL character", id="name-is-dot-dot"),
-    pytest.param(b"up.csv", {"file_name": "errors.json"}, GARBAGE, "upload-errors.json.csv", "NUL character",
-                 id="name-is-errors-json"),
-    pytest.param(b"up.csv", {"file_name": "x" * 5000}, GARBAGE, "x" * 200, "NUL character", id="name-too-long"),
-    pytest.param(b"up.csv", {"file_name": 5}, _rows(1), "up.csv", "file_name must be a string",
-                 id="name-not-a-string"),
+    pytest.param(b"up.csv", {"webhook_url": 5}, _rows(1), "up.csv", "webhook_url must be a string",
+                 id="webhook-not-a-string"),
     pytest.param(b"up.csv", '{"webhook_url": "https://hooks.example/\\udce9"}', _rows(1), "up.csv",
                  "surrogates not allowed", id="sidecar-lone-surrogate"),
+    pytest.param(b"up.csv", "[" * 5000 + "]" * 5000, _rows(1), "up.csv", "nested too deeply",
+                 id="sidecar-nested-5000-deep"),
+    pytest.param(b"up.csv", "x" * (64 * 1024 + 1), _rows(1), "up.csv", "larger than 65536 bytes",
+                 id="sidecar-over-64-kib"),
 ])
-def test_rejected_upload_is_kept_byte_for_byte_inside_its_rejected_folder(tmp_path, intake, name, sidecar, data,
-                                                                          kept_name, error):
-    inbox = bytes(intake.settings.inbox)
+def test_rejected_drop_is_kept_byte_for_byte_inside_its_rejected_folder(tmp_path, inbox, name, sidecar, data,
+                                                                        kept_name, error):
+    folder = bytes(inbox.settings.inbox)
     if sidecar is not None:
         text = sidecar if isinstance(sidecar, str) else json.dumps(sidecar)
-        Path(os.fsdecode(os.path.join(inbox, name))).with_suffix(".json").write_text(text)
-    with open(os.path.join(inbox, name), "wb") as dropped:
+        Path(os.fsdecode(os.path.join(folder, name))).with_suffix(".json").write_text(text)
+    with open(os.path.join(folder, name), "wb") as dropped:
         dropped.write(data)
 
-    [result] = intake.take_inbox()
+    [result] = inbox.take()
 
-    folder = intake.settings.rejected_dir / result.request_id
-    assert not result.accepted
-    assert sorted(p.name for p in folder.iterdir()) == sorted([kept_name, "errors.json", "request.json"])
-    assert (folder / kept_name).read_bytes() == data
-    errors = json.loads((folder / "errors.json").read_text())["errors"]
-    assert any(error in e["message"] for e in errors), errors
-    assert intake.store.get_request(result.request_id)["status"] == "rejected"
-    assert os.listdir(inbox) == []
-    assert os.listdir(tmp_path) == ["home"]  # nothing written beside IMGPIPE_HOME
-    assert intake.take_inbox() == []  # and nothing left behind that a later pass would trip over
+    assert_kept_byte_for_byte(tmp_path, inbox, result, kept_name, data, error)
+    assert os.listdir(folder) == [b".claimed"] and os.listdir(inbox.claims) == []
+    assert inbox.take() == []  # and nothing left behind that a later pass would trip over
 
 
-def test_symlink_in_the_inbox_is_never_taken(tmp_path, intake):
+@pytest.mark.parametrize("name, kept_name", [
+    pytest.param("../../../outside.csv", "outside.csv", id="dot-dot-slash-name"),
+    pytest.param("..\\..\\outside.csv", "outside.csv", id="dot-dot-backslash-name"),
+    pytest.param("..", "upload.csv", id="name-is-dot-dot"),
+    pytest.param("errors.json", "upload-errors.json.csv", id="name-is-errors-json"),
+    pytest.param("x" * 5000, "x" * 200, id="name-too-long"),
+    pytest.param("a\x00b\x1b[2J.csv", "a_b_[2J.csv", id="control-characters"),
+])
+def test_an_uploaded_name_is_made_harmless_and_nothing_leaves_the_rejected_folder(tmp_path, inbox, name, kept_name):
+    result = take_upload(inbox.store, inbox.storage, inbox.settings, Upload(GARBAGE, name, Source.API))
+    assert_kept_byte_for_byte(tmp_path, inbox, result, kept_name, GARBAGE, "NUL character")
+
+
+def test_symlink_in_the_inbox_is_never_taken(tmp_path, inbox):
     secret = tmp_path / "secret.csv"
     secret.write_bytes(_rows(1))
-    (intake.settings.inbox / "link.csv").symlink_to(secret)
+    (inbox.settings.inbox / "link.csv").symlink_to(secret)
 
-    assert intake.take_inbox() == []
-    assert (intake.settings.inbox / "link.csv").is_symlink()
+    assert inbox.take() == []
+    assert (inbox.settings.inbox / "link.csv").is_symlink()
     assert secret.read_bytes() == _rows(1)
 
 

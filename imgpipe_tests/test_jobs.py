@@ -1,14 +1,13 @@
-"""The Launchpad job: a CSV named by a path under IMGPIPE_HOME or an http(s) URL goes to the inbox."""
+"""The Launchpad job: a CSV from $IMGPIPE_HOME/uploads/ or an http(s) URL goes through the one intake."""
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 
 from imgpipe.definitions import defs
-from imgpipe.settings import Settings
-from imgpipe.status.store import DuckDBStatusStore
+from imgpipe.settings import load_settings
+from imgpipe.status.duckdb_store import DuckDBStatusStore
 
 GOOD = "S. No.,Product Name,Input Image Urls\n1,Chair,https://img.example/a.jpg\n"
 
@@ -20,34 +19,63 @@ def launch(csv: str, webhook_url: str | None = None, raise_on_error: bool = True
                                   raise_on_error=raise_on_error)
 
 
-def test_a_path_under_home_is_queued_through_the_inbox():
-    settings = Settings.from_env()
+def test_a_file_in_the_uploads_folder_is_taken_in_directly():
+    settings = load_settings()
     name = f"ui-{uuid.uuid4().hex[:6]}.csv"
-    (settings.home / "uploads").mkdir(parents=True, exist_ok=True)
-    (settings.home / "uploads" / name).write_text(GOOD)
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    (settings.uploads_dir / name).write_text(GOOD)
 
-    result = launch(f"uploads/{name}", webhook_url="https://hooks.example/done")
+    result = launch(name, webhook_url="https://hooks.example/done")
 
     request_id = result.output_for_node("submit_csv")
     request = DuckDBStatusStore(settings.db_path).get_request(request_id)
-    assert (request["status"], request["file_name"], request["webhook_url"]) == (
-        "queued", name, "https://hooks.example/done")
-    assert (settings.inbox / f"{request_id}.csv").read_text() == GOOD
-    assert json.loads((settings.inbox / f"{request_id}.json").read_text())["request_id"] == request_id
+    assert (request.status, request.source, request.file_name, request.webhook_url) == (
+        "queued", "folder", name, "https://hooks.example/done")
+    assert (settings.requests_dir / request_id / "input.csv").read_text() == GOOD
+    assert not any(settings.inbox.glob(f"{request_id}*"))  # never through the inbox
+
+
+def test_a_rejected_csv_fails_the_launch_with_every_problem_and_is_kept():
+    settings = load_settings()
+    name = f"ui-bad-{uuid.uuid4().hex[:6]}.csv"
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    (settings.uploads_dir / name).write_text("S. No.,Product Name,Input Image Urls\n1,,ftp://x/y.jpg\n")
+
+    result = launch(name, raise_on_error=False)
+
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    assert f"{name} was rejected with 2 problem(s)" in failure.event_specific_data.error.message
+    request = DuckDBStatusStore(settings.db_path).latest_request_for_file(name)
+    assert request.status == "rejected" and len(request.errors) == 2
+    assert (settings.rejected_dir / request.request_id / name).is_file()
 
 
 def test_a_csv_url_is_fetched_safely(image_server, image_root):
     name = f"remote-{uuid.uuid4().hex[:6]}.csv"
     (image_root / name).write_text(GOOD)
     request_id = launch(image_server.url(f"img/{name}")).output_for_node("submit_csv")
-    assert DuckDBStatusStore(Settings.from_env().db_path).get_request(request_id)["file_name"] == name
+    assert DuckDBStatusStore(load_settings().db_path).get_request(request_id).file_name == name
 
 
-@pytest.mark.parametrize("csv, reason", [("../../etc/passwd", "outside IMGPIPE_HOME"),
-                                         ("/etc/passwd", "outside IMGPIPE_HOME"),
+@pytest.mark.parametrize("csv, reason", [("../../etc/passwd", "not a file under"),
+                                         ("/etc/passwd", "not a file under"),
+                                         ("../webhook_secret", "not a file under"),
+                                         ("../requests", "not a file under"),
                                          ("http://169.254.169.254/latest/x.csv", "blocked")])
-def test_sources_outside_home_or_unsafe_are_refused(csv, reason):
+def test_sources_outside_the_uploads_folder_or_unsafe_are_refused(csv, reason):
     result = launch(csv, raise_on_error=False)
     assert not result.success
     [failure] = result.get_step_failure_events()
     assert reason in failure.event_specific_data.error.cause.message
+
+
+def test_a_private_file_under_the_home_is_never_published():
+    """The audit's case: the generated webhook secret named as the CSV. Nothing is read, recorded or kept."""
+    settings = load_settings()
+    secret = settings.home_dir / "webhook_secret.csv"
+    secret.write_text("whsec_dGhpcyBpcyBzZWNyZXQ=\n")
+    before = DuckDBStatusStore(settings.db_path).latest_request_for_file("webhook_secret.csv")
+    result = launch("../webhook_secret.csv", raise_on_error=False)
+    assert not result.success
+    assert DuckDBStatusStore(settings.db_path).latest_request_for_file("webhook_secret.csv") == before

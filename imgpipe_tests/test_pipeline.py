@@ -11,10 +11,12 @@ import pytest
 from dagster import instance_for_test
 from PIL import Image
 
+from imgpipe.definitions import defs
 from imgpipe.images.quality import estimate_jpeg_quality
-from imgpipe.settings import Settings
+from imgpipe.intake import csv_schema
+from imgpipe.settings import Settings, load_settings
+from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.webhooks.signing import verify
-from imgpipe.status.store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.pipeline import HEADER, csv_for, read_output, run, slots_of, submit
 
@@ -26,7 +28,7 @@ def instance():
 
 
 def test_mixed_request_ends_completed_with_errors_and_aligned(instance, image_server, image_root):
-    settings = Settings.from_env()
+    settings = load_settings()
     folder = uuid.uuid4().hex[:8]
     for i in range(8):
         save_jpeg(image_root / folder / f"{i}.jpg", quality=60 + i * 4, seed=i)
@@ -39,17 +41,17 @@ def test_mixed_request_ends_completed_with_errors_and_aligned(instance, image_se
     assert ok
     store = DuckDBStatusStore(settings.db_path)
     request = store.get_request(request_id)
-    assert request["status"] == "completed_with_errors"
-    assert request["completed_at"] is not None and request["total_images"] == 9
+    assert request.status == "completed_with_errors"
+    assert request.completed_at is not None and request.total_images == 9
     images = store.images(request_id)
-    assert [i["status"] for i in images].count("compressed") == 8
-    [failed] = [i for i in images if i["status"] == "failed"]
-    assert (failed["serial"], failed["position"]) == ("2", 2) and "404" in failed["error"]
+    assert [i.status for i in images].count("compressed") == 8
+    [failed] = [i for i in images if i.status == "failed"]
+    assert (failed.serial, failed.position) == ("2", 2) and "404" in failed.error
     for image in images:
-        if image["status"] == "compressed":
-            assert 0 < image["bytes_out"] < image["bytes_in"]
-            assert image["quality_out"] == max(1, round(image["quality_in"] / 2))
-            assert Image.open(image["output_path"]).format == "JPEG"
+        if image.status == "compressed":
+            assert 0 < image.bytes_out < image.bytes_in
+            assert image.quality_out == max(1, round(image.quality_in / 2))
+            assert Image.open(image.output_path).format == "JPEG"
     output = read_output(settings, request_id)
     assert output[0] == HEADER
     assert [r[0] for r in output[1:]] == ["1", "2", "3"]
@@ -57,12 +59,12 @@ def test_mixed_request_ends_completed_with_errors_and_aligned(instance, image_se
     outputs = [slots_of(r[3]) for r in output[1:]]
     assert [len(s) for s in outputs] == [3, 3, 3]
     assert outputs[1][1] == "" and all(u.startswith("http://127.0.0.1:8000/images/") for u in outputs[0])
-    # Nine images stay a handful of steps: upload_manifest, plan, one batch, summarize, output_csv.
-    assert len(steps) <= 6, steps
+    # Nine images stay a handful of steps: upload_manifest, plan, one batch, summarize, output_csv, webhook.
+    assert len(steps) <= 7, steps
 
 
 def test_jpeg_quality_halved_and_identify_agrees(instance, image_server, image_root):
-    settings = Settings.from_env()
+    settings = load_settings()
     folder = uuid.uuid4().hex[:8]
     for q in (20, 60, 90):
         save_jpeg(image_root / folder / f"q{q}.jpg", quality=q, seed=q)
@@ -73,20 +75,20 @@ def test_jpeg_quality_halved_and_identify_agrees(instance, image_server, image_r
 
     assert ok
     images = DuckDBStatusStore(settings.db_path).images(request_id)
-    assert [(i["quality_in"], i["quality_out"]) for i in images] == [(20, 10), (60, 30), (90, 45)]
+    assert [(i.quality_in, i.quality_out) for i in images] == [(20, 10), (60, 30), (90, 45)]
     for image in images:
-        with Image.open(image["output_path"]) as out:
-            assert estimate_jpeg_quality(out.quantization) == image["quality_out"]
+        with Image.open(image.output_path) as out:
+            assert estimate_jpeg_quality(out.quantization) == image.quality_out
     if shutil.which("identify") is None:
         pytest.skip("ImageMagick's identify is not installed (make test installs it where it can)")
     for image in images:
-        q = int(subprocess.run(["identify", "-format", "%Q", image["output_path"]], capture_output=True,
+        q = int(subprocess.run(["identify", "-format", "%Q", image.output_path], capture_output=True,
                                text=True, check=True).stdout)
-        assert abs(q - image["quality_out"]) <= 1
+        assert abs(q - image.quality_out) <= 1
 
 
 def test_repeated_url_is_fetched_once_and_fills_every_slot(instance, image_server, image_root, webhook_receiver):
-    settings = Settings.from_env()
+    settings = load_settings()
     folder = uuid.uuid4().hex[:8]
     save_jpeg(image_root / folder / "same.jpg", quality=80)
     same = image_server.url(f"img/{folder}/same.jpg")
@@ -106,11 +108,11 @@ def test_repeated_url_is_fetched_once_and_fills_every_slot(instance, image_serve
     assert body["type"] == "request.completed" and body["request_id"] == request_id
     assert body["status"] == "completed" and body["counts"]["compressed"] == 3
     [delivery] = DuckDBStatusStore(settings.db_path).webhook_deliveries(request_id)
-    assert delivery["status_code"] == 200 and delivery["attempt"] == 1
+    assert delivery.status_code == 200 and delivery.attempt == 1
 
 
 def test_retry_redoes_only_failed_images(instance, image_server, image_root):
-    settings = Settings.from_env()
+    settings = load_settings()
     folder = uuid.uuid4().hex[:8]
     for name in ("a", "b", "c"):
         save_jpeg(image_root / folder / f"{name}.jpg", quality=75)
@@ -120,12 +122,53 @@ def test_retry_redoes_only_failed_images(instance, image_server, image_root):
     store = DuckDBStatusStore(settings.db_path)
 
     assert run(instance, request_id)[0]
-    assert store.get_request(request_id)["status"] == "completed_with_errors"
+    assert store.get_request(request_id).status == "completed_with_errors"
     assert store.requeue_for_retry(request_id) == 2
     assert run(instance, request_id)[0]
 
-    assert store.get_request(request_id)["status"] == "completed"
+    assert store.get_request(request_id).status == "completed"
     assert image_server.hits_for(f"img/{folder}/a.jpg") == 1
     assert image_server.hits_for(f"flaky/1/{folder}/b.jpg") == 2
     assert len(store.images(request_id)) == 3
     assert all(slots_of(read_output(settings, request_id)[1][3]))
+
+
+def test_the_csv_is_parsed_once_per_request(instance, image_server, image_root, monkeypatch):
+    """The intake validates the CSV and records its slots; the run works from those, never from the file."""
+    settings = load_settings()
+    folder = uuid.uuid4().hex[:8]
+    save_jpeg(image_root / folder / "a.jpg", quality=70)
+    parsed = []
+    real_decode = csv_schema._decode  # every parse of an upload starts here
+    monkeypatch.setattr(csv_schema, "_decode", lambda *args, **kwargs: parsed.append(1) or real_decode(*args, **kwargs))
+    request_id = submit(settings, csv_for([[image_server.url(f"img/{folder}/a.jpg")]] * 2), f"once-{folder}.csv")
+    assert len(parsed) == 1
+    instance.add_dynamic_partitions("requests", [request_id])
+
+    # In this process, so that every step's parsing would be counted.
+    result = defs.resolve_job_def("process_request").execute_in_process(instance=instance, partition_key=request_id)
+
+    assert result.success and len(parsed) == 1
+    assert DuckDBStatusStore(settings.db_path).get_request(request_id).status == "completed"
+
+
+def test_a_run_uses_the_resource_config_it_was_launched_with(instance, image_server, image_root, tmp_path):
+    """Another home than the environment's, given as the `imgpipe` resource's config: every step process of the
+    run (multiprocess executor) works there, and the environment's home never hears of the request."""
+    env_settings = load_settings()
+    other = Settings(**{**env_settings.model_dump(), "home": str(tmp_path / "other-home"),
+                        "public_base_url": "http://images.example"})
+    folder = uuid.uuid4().hex[:8]
+    save_jpeg(image_root / folder / "a.jpg", quality=70)
+    request_id = submit(other, csv_for([[image_server.url(f"img/{folder}/a.jpg")]]), f"other-{folder}.csv")
+
+    ok, _ = run(instance, request_id, run_config={"resources": {"imgpipe": {"config": {
+        name: value for name, value in other.model_dump().items() if value is not None}}}})
+
+    assert ok
+    assert DuckDBStatusStore(other.db_path).get_request(request_id).status == "completed"
+    [image] = DuckDBStatusStore(other.db_path).images(request_id)
+    assert image.output_path.startswith(str(other.images_dir)) and image.output_url.startswith("http://images.example/")
+    assert read_output(other, request_id)[1][3] == image.output_url
+    assert DuckDBStatusStore(env_settings.db_path).get_request(request_id) is None
+    assert not (env_settings.outputs_dir / f"{request_id}.csv").exists()

@@ -1,16 +1,16 @@
-"""Settings from the environment: the defaults, and the distributed profile's required variables."""
+"""Settings from the environment: the defaults, the distributed profile's required variables, and the
+Dagster resource that carries them."""
 from __future__ import annotations
 
 import pytest
+from dagster import EnvVar
 
-from imgpipe.defs.resources import (
-    DuckDBStatusStoreResource,
-    LocalStorageResource,
-    PostgresStatusStoreResource,
-    S3StorageResource,
-    resources_for,
-)
-from imgpipe.settings import Settings
+from imgpipe.backends import io_managers
+from imgpipe.defs.resources import ImgpipeResource
+from imgpipe.settings import SECRET_FIELDS, Settings, env_name
+from imgpipe.status.duckdb_store import DuckDBStatusStore
+from imgpipe.status.postgres_store import PostgresStatusStore
+from imgpipe.storage import LocalStorage, S3Storage
 
 DISTRIBUTED = {
     "IMGPIPE_HOME": "/srv/imgpipe",
@@ -26,20 +26,48 @@ def test_embedded_is_the_default_and_needs_no_service():
     settings = Settings.from_env({"IMGPIPE_HOME": "/srv/imgpipe"})
 
     assert (settings.profile, settings.distributed, settings.executor) == ("embedded", False, "in_process")
-    resources = resources_for(settings)
-    assert isinstance(resources["status_store"], DuckDBStatusStoreResource)
-    assert resources["status_store"].database_path == "/srv/imgpipe/imgpipe.duckdb"
-    assert isinstance(resources["storage"], LocalStorageResource)
-    assert "io_manager" not in resources  # Dagster's file system IO manager
+    resource = ImgpipeResource.from_settings(settings)
+    assert isinstance(resource.store(), DuckDBStatusStore)
+    assert str(resource.store().path) == "/srv/imgpipe/imgpipe.duckdb"
+    assert isinstance(resource.storage(), LocalStorage)
+    assert io_managers(settings) == {}  # Dagster's file system IO manager
 
 
-def test_distributed_profile_swaps_every_resource():
-    resources = resources_for(Settings.from_env(DISTRIBUTED))
+def test_distributed_profile_swaps_every_backend():
+    settings = Settings.from_env(DISTRIBUTED)
+    resource = ImgpipeResource.from_settings(settings, secrets_from_env=False)
 
-    assert isinstance(resources["status_store"], PostgresStatusStoreResource)
-    assert isinstance(resources["storage"], S3StorageResource)
-    io_manager = resources["io_manager"]
+    assert isinstance(resource.store(), PostgresStatusStore)
+    assert isinstance(resource.storage(), S3Storage)
+    io_manager = io_managers(settings)["io_manager"]
     assert (io_manager.s3_bucket, io_manager.s3_prefix) == ("product-images", "imgpipe/dagster-io")
+
+
+def test_every_field_is_an_imgpipe_variable_and_back():
+    env = {env_name(name): str(value) for name, value in {
+        "home": "/srv/x", "max_pixels": 12, "image_timeout": 2.5, "webhook_url": "https://h.example/x",
+        "compress_workers": 3, "webhook_retry_delays": "1,2"}.items()}
+    settings = Settings.from_env(env)
+
+    assert (settings.max_pixels, settings.image_timeout, settings.compress_slots) == (12, 2.5, 3)
+    assert settings.webhook_delays == (1.0, 2.0)
+    assert Settings.from_env(settings.as_env()) == settings
+
+
+def test_credentials_reach_the_resource_as_variable_references():
+    settings = Settings.from_env({**DISTRIBUTED, "IMGPIPE_API_TOKEN": "t0ken"})
+    resource = ImgpipeResource.from_settings(settings)
+
+    for name in SECRET_FIELDS:
+        assert getattr(resource, name) == EnvVar(env_name(name))
+    assert resource.home == "/srv/imgpipe"  # everything else as its value, shown in the UI
+
+
+def test_a_value_of_the_wrong_type_is_named_with_its_variable():
+    with pytest.raises(ValueError, match="IMGPIPE_MAX_PIXELS='many': Input should be a valid integer"):
+        Settings.from_env({"IMGPIPE_MAX_PIXELS": "many"})
+    with pytest.raises(ValueError, match="IMGPIPE_WEBHOOK_RETRY_DELAYS='5,soon' is not a comma list of seconds"):
+        Settings.from_env({"IMGPIPE_WEBHOOK_RETRY_DELAYS": "5,soon"})
 
 
 @pytest.mark.parametrize("missing", ["IMGPIPE_DATABASE_URL", "IMGPIPE_BROKER_URL", "IMGPIPE_STORAGE_URL",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import ipaddress
-import json
 import socket
 import threading
 import urllib.parse
@@ -21,9 +20,9 @@ from dagster import execute_job, instance_for_test, reconstructable
 
 from imgpipe.definitions import resolved_process_request_job
 from imgpipe.webhooks.delivery import deliver
-from imgpipe.intake.intake import Intake
-from imgpipe.settings import Settings
-from imgpipe.status.store import DuckDBStatusStore
+from imgpipe_tests.pipeline import submit as submit_csv
+from imgpipe.settings import Settings, load_settings
+from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.servers import WebhookReceiver
 
@@ -81,14 +80,7 @@ def submit(settings: Settings, urls: list[str], webhook_url: str) -> str:
     writer = csv.writer(out)
     writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
     writer.writerows([serial, f"Product {serial}", url] for serial, url in enumerate(urls, 1))
-    stem = f"ssrf-{uuid.uuid4().hex[:8]}"
-    settings.ensure_folders()
-    (settings.inbox / f"{stem}.json").write_text(json.dumps({"webhook_url": webhook_url}))
-    (settings.inbox / f"{stem}.csv").write_text(out.getvalue())
-    [result] = [r for r in Intake(settings, DuckDBStatusStore(settings.db_path)).take_inbox()
-                if r.file_name == f"{stem}.csv"]
-    assert result.accepted, result.errors
-    return result.request_id
+    return submit_csv(settings, out.getvalue(), f"ssrf-{uuid.uuid4().hex[:8]}.csv", webhook_url=webhook_url)
 
 
 def test_every_spelling_names_the_canary():
@@ -96,7 +88,7 @@ def test_every_spelling_names_the_canary():
 
 
 def test_pipeline_never_reaches_the_canary(image_server, image_root, canary):
-    settings = Settings.from_env()
+    settings = load_settings()
     folder = uuid.uuid4().hex[:8]
     save_jpeg(image_root / folder / "good.jpg", quality=80)
     good = image_server.url(f"img/{folder}/good.jpg")
@@ -114,20 +106,20 @@ def test_pipeline_never_reaches_the_canary(image_server, image_root, canary):
     assert canary.connections == 0
     assert image_server.hits_for("redirect") - redirects_before == len(redirected)  # the allowed hop was taken
     store = DuckDBStatusStore(settings.db_path)
-    images = {image["input_url"]: image for image in store.images(request_id)}
-    assert images[good]["status"] == "compressed"
+    images = {image.input_url: image for image in store.images(request_id)}
+    assert images[good].status == "compressed"
     for url in direct + redirected:
-        assert images[url]["status"] == "failed", url
-        assert "blocked" in images[url]["error"] and str(CANARY) in images[url]["error"], images[url]["error"]
-    assert store.get_request(request_id)["status"] == "completed_with_errors"
+        assert images[url].status == "failed", url
+        assert "blocked" in images[url].error and str(CANARY) in images[url].error, images[url].error
+    assert store.get_request(request_id).status == "completed_with_errors"
     [delivery] = store.webhook_deliveries(request_id)
-    assert delivery["status_code"] is None
-    assert "blocked" in delivery["error"] and str(CANARY) in delivery["error"]
+    assert delivery.status_code is None
+    assert "blocked" in delivery.error and str(CANARY) in delivery.error
 
 
 def deliver_once(url: str) -> tuple[str, dict]:
     """Queue a webhook to `url` and make every attempt the run's last step would make."""
-    settings = Settings.from_env()
+    settings = load_settings()
     store = DuckDBStatusStore(settings.db_path)
     request_id = f"ssrf-hook-{uuid.uuid4().hex[:8]}"
     webhook_id = f"msg_{request_id}"
@@ -143,7 +135,7 @@ def test_webhook_to_any_spelling_of_the_canary_is_blocked(canary, host):
     state, attempt = deliver_once(canary.url(host, "hook"))
 
     assert state == "blocked"
-    assert attempt["status_code"] is None and "blocked" in attempt["error"]
+    assert attempt.status_code is None and "blocked" in attempt.error
     assert canary.connections == 0
 
 
@@ -155,6 +147,6 @@ def test_webhook_redirect_to_the_canary_is_not_followed(canary):
         receiver.close()
 
     assert state == "rejected"
-    assert attempt["status_code"] == 307 and "not followed" in attempt["error"]
+    assert attempt.status_code == 307 and "not followed" in attempt.error
     assert len(receiver.calls) == 1
     assert canary.connections == 0

@@ -11,17 +11,12 @@ import pandas as pd
 import psycopg2
 import pytest
 
+from imgpipe.backends import open_status_store
 from imgpipe.settings import Settings
-from imgpipe.status.store import (
-    DuckDBStatusStore,
-    ImageResult,
-    ImageSlot,
-    PostgresStatusStore,
-    StatusStore,
-    StoreBusy,
-    open_status_store,
-    utcnow,
-)
+from imgpipe.status.duckdb_store import DuckDBStatusStore
+from imgpipe.status.models import ImageResult, ImageSlot, ImageStatus, RequestRow, RequestStatus
+from imgpipe.status.postgres_store import PostgresStatusStore
+from imgpipe.status.store import NotRetryable, StatusStore, StoreBusy, utcnow
 
 CONTRACT_COLUMNS = {
     "requests": {"request_id": "VARCHAR", "status": "VARCHAR", "source": "VARCHAR", "file_name": "VARCHAR",
@@ -62,8 +57,13 @@ def manifest(n_rows: int, per_row: int, prefix: str = "http://img.example/") -> 
     ])
 
 
+def accept(store: StatusStore, request_id: str, frame: pd.DataFrame | None = None, **fields) -> None:
+    fields = {"source": "folder", "file_name": "a.csv", "webhook_url": None, **fields}
+    store.record_accepted(request_id, manifest=manifest(2, 2) if frame is None else frame, **fields)
+
+
 def test_schema_has_the_contract_columns_and_types(store_factory):
-    store_factory().create_request("r1", source="folder", file_name="a.csv", webhook_url=None)
+    accept(store_factory(), "r1")
     for table, columns in CONTRACT_COLUMNS.items():
         if store_factory.backend == "duckdb":
             con, placeholder = duckdb.connect(store_factory.target, read_only=True), "?"
@@ -81,78 +81,94 @@ def test_schema_has_the_contract_columns_and_types(store_factory):
         assert {c: actual.get(c) for c in columns} == expected, table
 
 
+def test_an_accepted_request_is_queued_with_every_slot_and_recorded_once(store_factory):
+    store = store_factory()
+    accept(store, "r1", source="api", idempotency_key="k")
+    accept(store, "r1", manifest(5, 5), file_name="again.csv")  # an interrupted intake taken again: no-op
+    request = store.get_request("r1")
+    assert (request.status, request.source, request.file_name, request.total_images) == ("queued", "api", "a.csv", 4)
+    assert store.find_by_idempotency_key("k").request_id == "r1"
+    assert store.counts("r1") == {"total": 4, "pending": 4, "processing": 0, "compressed": 0, "failed": 0}
+    assert [(p.serial, p.product_name, p.row_number) for p in store.products("r1")] == [("1", "P1", 1), ("2", "P2", 2)]
+    assert store.manifest("r1").equals(manifest(2, 2)[["row_number", "serial", "product_name", "position",
+                                                        "input_url"]])
+
+
 def test_lifecycle_counts_and_idempotent_start(store_factory):
     store = store_factory()
-    store.create_request("r1", source="api", file_name="a.csv", webhook_url=None, idempotency_key="k")
-    assert store.get_request("r1")["status"] == "queued"
-    assert store.find_by_idempotency_key("k")["request_id"] == "r1"
-    frame = manifest(2, 2)
-    store.start_processing("r1", "run-1", frame)
+    accept(store, "r1")
+    store.start_processing("r1", "run-1")
     store.record_results("r1", [ImageResult("http://img.example/1-1.jpg", "compressed", bytes_in=10, bytes_out=5)])
     store.mark_processing("r1", ["http://img.example/1-2.jpg"])
-    store.start_processing("r1", "run-2", frame)  # a re-executed run: nothing duplicated, finished kept
+    store.start_processing("r1", "run-2")  # a re-executed run: the finished image kept, the interrupted one pending
     assert store.counts("r1") == {"pending": 3, "processing": 0, "compressed": 1, "failed": 0, "total": 4}
-    assert len(store.products("r1")) == 2
-    assert store.get_request("r1")["status"] == "processing"
+    assert (store.get_request("r1").status, store.get_request("r1").run_id) == ("processing", "run-2")
 
 
-def test_every_method_and_plain_python_values(store_factory):
+def test_every_method_and_typed_rows(store_factory):
     store = store_factory()
-    store.create_request("r1", source="folder", file_name="a.csv", webhook_url="https://hooks.example/x")
-    store.create_request("r1", source="folder", file_name="ignored.csv", webhook_url=None)  # no-op
+    accept(store, "r1", webhook_url="https://hooks.example/x")
     assert store.known_request_ids(["r1", "nope"]) == {"r1"} and store.known_request_ids([]) == set()
-    assert [q["request_id"] for q in store.queued_requests()] == ["r1"]
-    store.start_processing("r1", "run-1", manifest(2, 2))
+    assert [q.request_id for q in store.queued_requests()] == ["r1"]
+    store.start_processing("r1", "run-1")
     store.mark_processing("r1", ["http://img.example/1-1.jpg", "http://img.example/2-2.jpg"])
     store.record_results("r1", [
-        ImageResult("http://img.example/1-1.jpg", "compressed", output_path="out/1-1.webp", output_url="http://o/1",
-                    bytes_in=5_000_000_000, bytes_out=40, quality_in=90, quality_out=75, format_out="webp"),
-        ImageResult("http://img.example/2-2.jpg", "failed", error="HTTP 404 (a 100% miss?)"),
+        ImageResult("http://img.example/1-1.jpg", ImageStatus.COMPRESSED, output_path="out/1-1.webp",
+                    output_url="http://o/1", bytes_in=5_000_000_000, bytes_out=40, quality_in=90, quality_out=75,
+                    format_out="webp"),
+        ImageResult("http://img.example/2-2.jpg", ImageStatus.FAILED, error="HTTP 404 (a 100% miss?)"),
     ])
     [first, *_, last] = store.images("r1")
-    assert (first["bytes_in"], first["quality_out"], first["attempts"], first["format_out"]) == (
-        5_000_000_000, 75, 1, "webp")
-    assert (last["status"], last["error"], last["bytes_in"], last["output_path"]) == (
-        "failed", "HTTP 404 (a 100% miss?)", None, None)
+    assert (first.bytes_in, first.quality_out, first.attempts, first.format_out) == (5_000_000_000, 75, 1, "webp")
+    assert (last.status, last.error, last.bytes_in, last.output_path) == (
+        ImageStatus.FAILED, "HTTP 404 (a 100% miss?)", None, None)
     for row in (first, last, store.get_request("r1"), store.products("r1")[0]):
-        for column, value in row.items():
-            assert value is None or type(value) in (str, int, datetime), (column, value)
-    assert type(first["updated_at"]) is datetime and first["updated_at"].tzinfo is None
-    assert abs(first["updated_at"] - utcnow()) < timedelta(minutes=1)  # naive UTC, not local time
+        for column, value in vars(row).items():
+            assert value is None or type(value) in (str, int, datetime, ImageStatus, RequestStatus), (column, value)
+    assert type(first.updated_at) is datetime and first.updated_at.tzinfo is None
+    assert abs(first.updated_at - utcnow()) < timedelta(minutes=1)  # naive UTC, not local time
 
+    with pytest.raises(NotRetryable, match="r1 is processing"):
+        store.requeue_for_retry("r1")
+    store.finish_request("r1", RequestStatus.COMPLETED_WITH_ERRORS, "1 image failed")
+    request = store.get_request("r1")
+    assert (request.status, request.error, request.total_images) == ("completed_with_errors", "1 image failed", 4)
+    assert request.completed_at is not None
     assert store.requeue_for_retry("r1") == 3
-    assert store.get_request("r1")["generation"] == 1 and store.get_request("r1")["status"] == "queued"
+    assert (store.get_request("r1").generation, store.get_request("r1").status) == (1, RequestStatus.QUEUED)
     assert store.unfinished_slots("r1") == [ImageSlot(1, 2, "http://img.example/1-2.jpg"),
                                             ImageSlot(2, 1, "http://img.example/2-1.jpg"),
                                             ImageSlot(2, 2, "http://img.example/2-2.jpg")]
+    with pytest.raises(NotRetryable, match="r1 is queued"):
+        store.requeue_for_retry("r1")
     with pytest.raises(KeyError):
         store.requeue_for_retry("nope")
-    store.finish_request("r1", "completed_with_errors", "1 image failed")
-    request = store.get_request("r1")
-    assert (request["status"], request["error"], request["total_images"]) == (
-        "completed_with_errors", "1 image failed", 4)
-    assert request["completed_at"] is not None
 
-    store.record_rejected("r2", source="api", file_name="b.csv", webhook_url=None, errors=[{"message": "bad"}])
-    assert store.latest_request_for_file("b.csv")["status"] == "rejected"
-    with pytest.raises(ValueError):
+    store.record_rejected("r2", source="api", file_name="b.csv", webhook_url=None,
+                          errors=[{"row": 2, "column": None, "message": "bad"}])
+    rejected = store.latest_request_for_file("b.csv")
+    assert isinstance(rejected, RequestRow) and rejected.status is RequestStatus.REJECTED
+    assert rejected.errors == [{"row": 2, "column": None, "message": "bad"}]
+    with pytest.raises(NotRetryable, match="rejected"):
         store.requeue_for_retry("r2")
 
     store.enqueue_webhook(webhook_id="w1", request_id="r1", url="https://hooks.example/x", event_type="done",
                           payload=b'{"a": 1}')
-    assert store.due_webhook_ids() == ["w1"]
+    assert store.due_webhook_ids() == ["w1"] and store.due_webhook_ids("r1") == ["w1"]
+    assert store.due_webhook_ids("r2") == [] and store.webhooks_due_again(first_attempt_grace=60) == []
     entry = store.claim_webhook("w1", lease_seconds=60)
     assert entry.payload == b'{"a": 1}' and entry.attempts == 0 and entry.first_attempt_at is None
     assert store.claim_webhook("w1", lease_seconds=60) is None and store.due_webhook_ids() == []
     attempted = utcnow()
     store.record_webhook_attempt(entry, status_code=500, error="HTTP 500", attempted_at=attempted, state="pending",
                                  next_attempt_at=attempted - timedelta(seconds=1))
+    assert store.webhooks_due_again(first_attempt_grace=60) == [("w1", 1)]
     again = store.claim_webhook("w1", lease_seconds=60)
     assert again.attempts == 1 and again.first_attempt_at == attempted
     store.record_webhook_attempt(again, status_code=200, error=None, attempted_at=utcnow(), state="delivered",
                                  next_attempt_at=None)
     deliveries = store.webhook_deliveries("r1")
-    assert [(d["attempt"], d["status_code"], d["error"]) for d in deliveries] == [(1, 500, "HTTP 500"), (2, 200, None)]
+    assert [(d.attempt, d.status_code, d.error) for d in deliveries] == [(1, 500, "HTTP 500"), (2, 200, None)]
     assert store.claim_webhook("w1", lease_seconds=0) is None
 
 
@@ -184,7 +200,7 @@ def test_postgres_runs_a_transaction_again_after_a_serialization_failure(postgre
         return "done"
 
     assert store._transact(work) == "done" and len(attempts) == 3
-    assert [p["row_number"] for p in store.products("r1")] == [3]  # the failed attempts were rolled back
+    assert [p.row_number for p in store.products("r1")] == [3]  # the failed attempts were rolled back
     with pytest.raises(StoreBusy, match="serialization failures"):
         store._transact(lambda cur: cur.execute(SERIALIZATION_FAILURE))
     with pytest.raises(psycopg2.errors.DivisionByZero):  # other errors are not retried
@@ -199,9 +215,9 @@ def _writer(factory, request_id: str, urls: list[str]) -> None:
 
 def test_eight_writers_and_a_polling_reader_lose_nothing(store_factory):
     store = store_factory()
-    store.create_request("r1", source="folder", file_name="a.csv", webhook_url=None)
     frame = manifest(8, 10)
-    store.start_processing("r1", "run-1", frame)
+    accept(store, "r1", frame)
+    store.start_processing("r1", "run-1")
     urls = list(frame["input_url"])
     ctx = multiprocessing.get_context("spawn")
     writers = [ctx.Process(target=_writer, args=(store_factory, "r1", urls[i::8])) for i in range(8)]

@@ -3,20 +3,19 @@ then the REST API and the intake over the bucket."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import boto3
+import pandas as pd
 import pytest
 
-from imgpipe.api.app import create_app
-from imgpipe.intake.intake import Intake
+from imgpipe.backends import open_storage
+from imgpipe.intake.inbox import Inbox
 from imgpipe.settings import Settings
-from imgpipe.status.store import DuckDBStatusStore
+from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.storage import (
     LocalStorage,
     S3Storage,
@@ -24,7 +23,6 @@ from imgpipe.storage import (
     errors_key,
     image_key,
     input_key,
-    open_storage,
     output_key,
     rejected_key,
     split_s3_url,
@@ -51,13 +49,6 @@ def storage(request, tmp_path) -> Storage:
     return S3Storage(request.getfixturevalue("bucket_url"), BASE)
 
 
-def landed(storage: Storage, source: Path, key: str) -> None:
-    """What the intake does after `keep_*`: its commit rename into the local folders."""
-    target = storage.path(key) if isinstance(storage, LocalStorage) else source.with_name("renamed-" + source.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, target)
-
-
 def test_image_round_trip(storage):
     stored = storage.write_image("r1", "a.jpg", b"\xff\xd8 jpeg")
     assert stored.url == f"{BASE}/images/r1/a.jpg"
@@ -78,27 +69,33 @@ def test_output_csv_round_trip(storage):
     assert storage.read_output_csv("r1") == OUTPUT
 
 
-def test_an_input_kept_by_the_intake_is_read_back(storage, tmp_path):
-    source = tmp_path / "inbox" / "chairs.csv"
-    source.parent.mkdir()
-    source.write_bytes(GOOD)
-    storage.keep_input("r1", source)
-    landed(storage, source, input_key("r1"))
+def test_an_input_kept_by_the_intake_is_read_back(storage):
+    storage.keep_input("r1", GOOD)
     assert storage.read_input("r1") == GOOD
 
 
 def test_a_rejected_file_is_kept_with_its_errors(storage, tmp_path):
-    source = tmp_path / "inbox" / "bad été.csv"
-    source.parent.mkdir()
-    source.write_bytes(BAD)
     errors = json.dumps({"request_id": "r1", "file_name": "bad été.csv", "errors": []}).encode()
-    if isinstance(storage, LocalStorage):  # the intake writes it there itself
-        storage.path(errors_key("r1")).parent.mkdir(parents=True)
-        storage.path(errors_key("r1")).write_bytes(errors)
-    storage.keep_rejected("r1", "bad été.csv", source, errors)
-    landed(storage, source, rejected_key("r1", "bad été.csv"))
+    storage.keep_rejected("r1", "bad été.csv", BAD, errors)
     assert storage.read(rejected_key("r1", "bad été.csv")) == BAD
     assert storage.read(errors_key("r1")) == errors
+    # A file too large to read into memory is kept from its path, byte for byte.
+    large = tmp_path / "large.csv"
+    large.write_bytes(BAD * 100_000)
+    storage.keep_rejected("r2", "large.csv", large, errors)
+    assert storage.read(rejected_key("r2", "large.csv")) == BAD * 100_000
+
+
+def test_uploads_are_private_on_disk_and_outputs_are_not(tmp_path):
+    storage = LocalStorage(tmp_path, BASE)
+    storage.keep_input("r1", GOOD)
+    storage.keep_rejected("r2", "x.csv", BAD, b"{}")
+    storage.write_image("r1", "a.jpg", b"x")
+    storage.write_output_csv("r1", OUTPUT)
+    modes = {key: storage.path(key).stat().st_mode & 0o777 for key in (
+        input_key("r1"), rejected_key("r2", "x.csv"), errors_key("r2"), image_key("r1", "a.jpg"), output_key("r1"))}
+    assert modes == {input_key("r1"): 0o600, rejected_key("r2", "x.csv"): 0o600, errors_key("r2"): 0o600,
+                     image_key("r1", "a.jpg"): 0o644, output_key("r1"): 0o644}
 
 
 def test_missing_keys(storage):
@@ -112,9 +109,8 @@ def test_missing_keys(storage):
     assert storage.read_image("r1", "b.jpg") is None
 
 
-def test_bad_request_ids_names_and_keys_are_refused(storage, tmp_path):
-    source = tmp_path / "x.csv"
-    source.write_bytes(GOOD)
+def test_bad_request_ids_names_and_keys_are_refused(storage):
+    source = GOOD
     for request_id in BAD_REQUEST_IDS:
         for call in (lambda: storage.write_image(request_id, "a.jpg", b"x"),
                      lambda: storage.read_image(request_id, "a.jpg"),
@@ -145,7 +141,7 @@ def test_urls_and_objects_are_the_same_in_both_profiles(tmp_path, bucket_url):
     settings = Settings(home=tmp_path, public_base_url=BASE)
     local, s3 = LocalStorage(tmp_path, BASE), S3Storage(bucket_url, BASE + "/")
     for storage in (local, s3):
-        assert storage.write_image("r1", "a.webp", b"w").url == settings.image_url("r1/a.webp")
+        assert storage.write_image("r1", "a.webp", b"w").url == f"{settings.public_base_url}/images/r1/a.webp"
         assert storage.write_output_csv("r1", OUTPUT).url == settings.output_csv_url("r1")
     assert local.read_output_csv("r1") == s3.read_output_csv("r1")
 
@@ -170,8 +166,8 @@ def test_s3_objects_have_their_keys_and_content_types(bucket_url, tmp_path):
     assert s3.write_output_csv("r1", OUTPUT).path == f"{bucket_url}/outputs/r1.csv"
     source = tmp_path / "in.csv"
     source.write_bytes(GOOD)
-    s3.keep_input("r1", source)
-    s3.keep_rejected("r2", "x.csv", source, b"{}")
+    s3.keep_input("r1", GOOD)
+    s3.keep_rejected("r2", "x.csv", GOOD, b"{}")
     client = boto3.client("s3")
     types = {obj["Key"]: client.head_object(Bucket=bucket, Key=obj["Key"])["ContentType"]
              for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]}
@@ -192,9 +188,9 @@ def test_one_s3_storage_serves_many_threads(bucket_url):
 
 
 def test_the_profile_chooses_the_storage(tmp_path):
-    settings = Settings(home=tmp_path, public_base_url=BASE)
+    settings = Settings(home=str(tmp_path), public_base_url=BASE)
     assert isinstance(open_storage(settings), LocalStorage)
-    s3 = open_storage(dataclasses.replace(settings, profile="distributed", storage_url="s3://b/some/prefix/"))
+    s3 = open_storage(settings.model_copy(update={"profile": "distributed", "storage_url": "s3://b/some/prefix/"}))
     assert isinstance(s3, S3Storage) and (s3.bucket, s3.prefix) == ("b", "some/prefix")
     assert s3.location(input_key("r1")) == "s3://b/some/prefix/requests/r1/input.csv"
     assert S3Storage("s3://b", BASE).location(output_key("r1")) == "s3://b/outputs/r1.csv"
@@ -227,7 +223,9 @@ def asgi_get(app, path: str) -> tuple[int, dict[str, str], bytes]:
 
 
 def test_the_api_serves_images_and_output_csvs_from_the_bucket(tmp_path, bucket_url):
-    settings = Settings(home=tmp_path / "home", public_base_url=BASE)
+    from imgpipe.api.app import create_app
+
+    settings = Settings(home=str(tmp_path / "home"), public_base_url=BASE)
     s3 = S3Storage(bucket_url, BASE)
     app = create_app(settings, storage=s3)
     store = DuckDBStatusStore(settings.db_path)
@@ -247,7 +245,9 @@ def test_the_api_serves_images_and_output_csvs_from_the_bucket(tmp_path, bucket_
         status, _, body = asgi_get(app, path)
         assert (status, json.loads(body)["error"]["code"]) == (404, "not_found"), path
 
-    store.create_request("r1", source="api", file_name="x.csv", webhook_url=None)
+    store.record_accepted("r1", source="api", file_name="x.csv", webhook_url=None, manifest=pd.DataFrame(
+        [(1, "1", "Chair", 1, "https://img.example/a.jpg")],
+        columns=["row_number", "serial", "product_name", "position", "input_url"]))
     assert asgi_get(app, "/requests/r1/output.csv")[0] == 409
     store.finish_request("r1", "failed", "no CSV")
     assert asgi_get(app, "/requests/r1/output.csv")[0] == 404
@@ -263,64 +263,39 @@ def test_the_api_serves_images_and_output_csvs_from_the_bucket(tmp_path, bucket_
 
 @pytest.fixture
 def s3_intake(tmp_path, bucket_url):
-    settings = dataclasses.replace(Settings(home=tmp_path / "home", public_base_url=BASE), profile="distributed",
-                                   storage_url=bucket_url)
+    """The inbox over a bucket: the files go nowhere else."""
+    settings = Settings(home=str(tmp_path / "home"), public_base_url=BASE)
     settings.ensure_folders()
     store = DuckDBStatusStore(settings.db_path)
-    intake = Intake(settings, store)
-    assert isinstance(intake.storage, S3Storage)
-    return settings, store, intake
+    return settings, store, Inbox(settings, store, S3Storage(bucket_url, BASE))
 
 
 def test_intake_puts_accepted_and_rejected_files_in_the_bucket(s3_intake):
-    settings, store, intake = s3_intake
+    settings, store, inbox = s3_intake
     (settings.inbox / "good.csv").write_bytes(GOOD)
     (settings.inbox / "bad.csv").write_bytes(BAD)
-    results = {r.file_name: r for r in intake.take_inbox()}
+    results = {r.file_name: r for r in inbox.take()}
     good, bad = results["good.csv"], results["bad.csv"]
     assert good.accepted and not bad.accepted
-    assert intake.storage.read_input(good.request_id) == GOOD
-    assert (settings.requests_dir / good.request_id / "input.csv").read_bytes() == GOOD  # the local copy stays
-    assert intake.storage.read(rejected_key(bad.request_id, "bad.csv")) == BAD
-    errors = intake.storage.read(errors_key(bad.request_id))
-    assert errors == (settings.rejected_dir / bad.request_id / "errors.json").read_bytes()
-    assert json.loads(errors)["errors"]
-    assert store.get_request(bad.request_id)["status"] == "rejected"
+    assert inbox.storage.read_input(good.request_id) == GOOD
+    assert inbox.storage.read(rejected_key(bad.request_id, "bad.csv")) == BAD
+    assert json.loads(inbox.storage.read(errors_key(bad.request_id)))["errors"]
+    assert store.get_request(bad.request_id).status == "rejected"
+    # Nothing stays on this machine's disk: other machines read the bucket.
+    assert [p for p in settings.home_dir.rglob("*") if p.is_file() and "imgpipe.duckdb" not in p.name] == []
 
 
-def test_a_failed_upload_leaves_the_file_in_the_inbox(s3_intake, monkeypatch):
-    settings, store, intake = s3_intake
+def test_a_failed_upload_is_taken_again_on_the_next_pass(s3_intake, monkeypatch):
+    settings, store, inbox = s3_intake
     (settings.inbox / "later.csv").write_bytes(GOOD)
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("the bucket is unreachable")
 
-    monkeypatch.setattr(intake.storage, "keep_input", unreachable)
-    with pytest.raises(ConnectionError):
-        intake.take_inbox()
+    monkeypatch.setattr(inbox.storage, "keep_input", unreachable)
+    assert inbox.take() == []  # logged, not raised: other files go on
     monkeypatch.undo()
-    assert (settings.inbox / "later.csv").is_file()
-    [result] = intake.take_inbox()
-    assert result.accepted and intake.storage.read_input(result.request_id) == GOOD
-    assert os.listdir(settings.requests_dir) == [result.request_id]
-
-
-def test_recovery_finishes_the_upload_and_the_record(s3_intake):
-    settings, store, intake = s3_intake
-    # A rename done, neither the object nor the row (as after a crash, or a bucket emptied by hand).
-    for base, name, data in ((settings.requests_dir, "input.csv", GOOD), (settings.rejected_dir, "bad.csv", BAD)):
-        folder = base / f"20260101-000000-{name[:3]}"
-        folder.mkdir()
-        (folder / "request.json").write_text(json.dumps({"request_id": folder.name, "file_name": name,
-                                                         "source": "folder", "webhook_url": None}))
-        (folder / name).write_bytes(data)
-    (settings.rejected_dir / "20260101-000000-bad" / "errors.json").write_text(json.dumps(
-        {"request_id": "20260101-000000-bad", "file_name": "bad.csv",
-         "errors": [{"row": None, "column": None, "message": "no"}]}))
-
-    assert intake.take_inbox() == []
-    assert intake.storage.read_input("20260101-000000-inp") == GOOD
-    assert intake.storage.read(rejected_key("20260101-000000-bad", "bad.csv")) == BAD
-    assert json.loads(intake.storage.read(errors_key("20260101-000000-bad")))["errors"][0]["message"] == "no"
-    assert store.get_request("20260101-000000-inp")["status"] == "queued"
-    assert store.get_request("20260101-000000-bad")["status"] == "rejected"
+    [result] = inbox.take()
+    assert result.accepted and inbox.storage.read_input(result.request_id) == GOOD
+    assert result.file_name == "later.csv" and store.get_request(result.request_id).file_name == "later.csv"
+    assert inbox.take() == [] and os.listdir(settings.inbox) == [".claimed"]

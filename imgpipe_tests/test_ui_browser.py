@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from imgpipe.status.store import DuckDBStatusStore
+from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.servers import REPO, IsolatedHome, drop_into_inbox, free_port, product_csv, wait_for
 
@@ -108,7 +108,7 @@ class DagsterDev:
         drop_into_inbox(self.home, name, text)
 
     def terminal_request_for(self, file_name: str, timeout: float) -> dict:
-        request = wait_for(lambda: (r := self.store.latest_request_for_file(file_name)) and r["status"] in TERMINAL
+        request = wait_for(lambda: (r := self.store.latest_request_for_file(file_name)) and r.status in TERMINAL
                            and r, timeout, step=0.5)
         assert request, (f"no terminal request for {file_name}: {self.store.latest_request_for_file(file_name)}; "
                          f"{self.log_tail()}")
@@ -165,12 +165,12 @@ def test_asset_page_shows_the_partition_and_the_launchpad_launches_a_request(dag
     csv_text = product_csv([[good[0], broken], [good[1]]])
     dagster_dev.drop("ui-products.csv", csv_text)
     request = dagster_dev.terminal_request_for("ui-products.csv", 90)
-    request_id = request["request_id"]
-    assert request["status"] == "completed_with_errors", request
+    request_id = request.request_id
+    assert request.status == "completed_with_errors", request
     images = dagster_dev.store.images(request_id)
-    done = [i for i in images if i["status"] == "compressed"]
-    bytes_in, bytes_out = sum(i["bytes_in"] for i in done), sum(i["bytes_out"] for i in done)
-    [failed] = [i for i in images if i["status"] == "failed"]
+    done = [i for i in images if i.status == "compressed"]
+    bytes_in, bytes_out = sum(i.bytes_in for i in done), sum(i.bytes_out for i in done)
+    [failed] = [i for i in images if i.status == "failed"]
 
     try:
         # Assets -> output_csv -> Partitions, the request's partition selected.
@@ -190,7 +190,7 @@ def test_asset_page_shows_the_partition_and_the_launchpad_launches_a_request(dag
         failed_cell = metadata_value(page, "failed_images")
         expect(failed_cell).to_contain_text(broken)
         expect(failed_cell).to_contain_text("HTTP 500")
-        assert failed["error"] and "HTTP 500" in failed["error"]
+        assert failed.error and "HTTP 500" in failed.error
         save_screenshot(page, "asset-page.png")
 
         # Jobs -> submit_csv_job -> Launchpad, the README's config, Launch Run.
@@ -205,8 +205,8 @@ def test_asset_page_shows_the_partition_and_the_launchpad_launches_a_request(dag
         editor = page.locator(".CodeMirror")
         editor.click()
         page.keyboard.press("Control+A")
-        page.keyboard.insert_text("ops:\n  submit_csv:\n    config:\n      csv: uploads/ui-launchpad.csv\n")
-        expect(editor).to_contain_text("uploads/ui-launchpad.csv")
+        page.keyboard.insert_text("ops:\n  submit_csv:\n    config:\n      csv: ui-launchpad.csv\n")
+        expect(editor).to_contain_text("csv: ui-launchpad.csv")
         expect(page.get_by_text("No errors", exact=True)).to_be_visible()
         page.get_by_role("button", name="Launch Run").click()
 
@@ -216,17 +216,17 @@ def test_asset_page_shows_the_partition_and_the_launchpad_launches_a_request(dag
         launched = dagster_dev.store.latest_request_for_file("ui-launchpad.csv")
         assert launched, "the Launchpad run created no request"
         # The submit_csv step's output metadata names the new request.
-        expect(page.get_by_text(launched["request_id"], exact=True).first).to_be_visible()
+        expect(page.get_by_text(launched.request_id, exact=True).first).to_be_visible()
         save_screenshot(page, "launchpad-run.png")
     except BaseException:
         with contextlib.suppress(Exception):  # the page as it was, for whoever reads the CI failure
             save_screenshot(page, "ui-failure.png")
         raise
 
-    # The inbox sensor takes it like any folder drop and processes it to the end.
+    # The inbox sensor launches its run, as for any queued request, and it is processed to the end.
     processed = dagster_dev.terminal_request_for("ui-launchpad.csv", 90)
-    assert processed["request_id"] == launched["request_id"]
-    assert processed["status"] == "completed_with_errors" and processed["source"] == "folder", processed
-    assert processed["run_id"] and processed["run_id"] != run_id
-    assert dagster_dev.store.counts(processed["request_id"])["compressed"] == 2
-    assert (dagster_dev.home / "public" / "outputs" / f"{processed['request_id']}.csv").exists()
+    assert processed.request_id == launched.request_id
+    assert processed.status == "completed_with_errors" and processed.source == "folder", processed
+    assert processed.run_id and processed.run_id != run_id
+    assert dagster_dev.store.counts(processed.request_id)["compressed"] == 2
+    assert (dagster_dev.home / "public" / "outputs" / f"{processed.request_id}.csv").exists()

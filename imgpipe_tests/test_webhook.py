@@ -14,7 +14,10 @@ import standardwebhooks
 
 from imgpipe.webhooks.signing import signed_headers
 from imgpipe.images.url_safety import AllowList
-from imgpipe.webhooks.webhook import RetryPolicy, attempt_delivery, build_payload, event_type, message_id
+from imgpipe.settings import Settings
+from imgpipe.webhooks.attempt import attempt_delivery
+from imgpipe.webhooks.message import build_payload, event_type, message_id
+from imgpipe.webhooks.retry import RetryPolicy
 from imgpipe_tests.servers import WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"webhook-test-secret-32-bytes-abc").decode()
@@ -239,10 +242,11 @@ def test_gives_up_at_the_horizon():
 
 
 def test_a_fast_schedule_from_the_environment():
-    policy = RetryPolicy.from_env({"IMGPIPE_WEBHOOK_RETRY_DELAYS": "0.5, 1, 2,4"})
+    settings = Settings.from_env({"IMGPIPE_WEBHOOK_RETRY_DELAYS": "0.5, 1, 2,4"})
+    policy = RetryPolicy.from_delays(settings.webhook_delays)
     assert (policy.inline_delays, policy.later_delays) == ((0.5, 1.0), (2.0, 4.0))
     assert attempt_times(policy) == [0, 0.5, 1.5, 3.5, 7.5]
-    assert RetryPolicy.from_env({}) == RetryPolicy()
+    assert RetryPolicy.from_delays(Settings().webhook_delays) == RetryPolicy()
     for bad in ("soon", "1,0", "1,-2"):
         with pytest.raises(ValueError, match="IMGPIPE_WEBHOOK_RETRY_DELAYS"):
-            RetryPolicy.from_env({"IMGPIPE_WEBHOOK_RETRY_DELAYS": bad})
+            Settings.from_env({"IMGPIPE_WEBHOOK_RETRY_DELAYS": bad})

@@ -1,11 +1,11 @@
 """The partitioned assets: one dynamic partition per request.
 
 upload_manifest -> compressed_images (a graph: plan batches, compress each batch in a mapped step, collect)
--> output_csv (the aligned output CSV, the terminal status and the webhook).
+-> output_csv (the aligned output CSV and the terminal status) -> webhook (the signed notification).
+
+Thin: each step reads its settings and backends from the `imgpipe` resource and calls the code that does the
+work (`imgpipe.images.batch`, `imgpipe.output.completion`, `imgpipe.webhooks.delivery`).
 """
-
-import os
-
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -25,43 +25,31 @@ from dagster import (
 )
 from dagster_pandera import pandera_schema_to_dagster_type
 
+from imgpipe.backends import batches_per_request
+from imgpipe.defs.resources import ImgpipeResource
 from imgpipe.images.batch import BatchRunner, WorkItem, split_into_batches, work_items
+from imgpipe.intake.csv_schema import ManifestModel
 from imgpipe.output.completion import Completion, complete_request
-from imgpipe.intake.csv_schema import ManifestModel, parse_upload
-from imgpipe.webhooks.delivery import deliver
 from imgpipe.output.output_csv import alignment_problems
-from imgpipe.defs.resources import StatusStoreResource, StorageResource
-from imgpipe.settings import Settings
+from imgpipe.status.models import ImageRow, ImageStatus
+from imgpipe.text import markdown_text
+from imgpipe.webhooks.delivery import deliver
 
 requests_partitions = DynamicPartitionsDefinition(name="requests")
 ManifestType = pandera_schema_to_dagster_type(ManifestModel)
-
-# A step costs far more than an image (see the brief), so steps take batches. In one process (the default)
-# a single batch already keeps every core busy (downloads in threads, one fork per image); with a step per
-# process, a couple of batches per concurrent step let them overlap.
-BATCHES_PER_CONCURRENT_STEP = 2
 MIN_BATCH_SIZE = 16
-
-
-def step_concurrency() -> int:
-    return os.cpu_count() or 2
-
-
-def max_batches(settings: Settings) -> int:
-    """Celery workers may be many, on many machines: IMGPIPE_MAX_BATCHES says how widely to spread."""
-    if settings.distributed:
-        return settings.max_batches
-    return 1 if settings.executor == "in_process" else BATCHES_PER_CONCURRENT_STEP * step_concurrency()
+# The failed-images table in the asset metadata: enough to see a pattern, bounded for a request of 20,000.
+MAX_LISTED_FAILURES = 50
 
 
 @asset(partitions_def=requests_partitions, dagster_type=ManifestType, group_name="imgpipe")
-def upload_manifest(context: AssetExecutionContext, status_store: StatusStoreResource,
-                    storage: StorageResource) -> Output[pd.DataFrame]:
-    """The uploaded CSV, validated: one row per image slot (serial, product, row, position, URL)."""
+def upload_manifest(context: AssetExecutionContext, imgpipe: ImgpipeResource) -> Output[pd.DataFrame]:
+    """The uploaded CSV as the intake validated it: one row per image slot (serial, product, row, position,
+    URL). Read from the status store, where the intake recorded it; the request becomes `processing`."""
     request_id = context.partition_key
-    settings = Settings.from_env()
-    manifest = parse_upload(storage.open().read_input(request_id), limits=settings.limits)
-    status_store.open().start_processing(request_id, context.run_id, manifest)
+    store = imgpipe.store()
+    manifest = store.manifest(request_id)
+    store.start_processing(request_id, context.run.run_id)
     return Output(manifest, metadata={
         "products": int(manifest["row_number"].nunique()),
         "images": len(manifest),
@@ -70,10 +58,10 @@ def upload_manifest(context: AssetExecutionContext, status_store: StatusStoreRes
 
 
 @op(out=DynamicOut(list))
-def plan_batches(context: OpExecutionContext, upload_manifest: pd.DataFrame, status_store: StatusStoreResource):
+def plan_batches(context: OpExecutionContext, upload_manifest: pd.DataFrame, imgpipe: ImgpipeResource):
     """The request's unfinished images (a re-executed run skips compressed ones), in bounded batches."""
-    items = work_items(status_store.open().unfinished_slots(context.partition_key))
-    batches = split_into_batches(items, max_batches(Settings.from_env()), MIN_BATCH_SIZE)
+    items = work_items(imgpipe.store().unfinished_slots(context.partition_key))
+    batches = split_into_batches(items, batches_per_request(imgpipe.settings()), MIN_BATCH_SIZE)
     context.log.info(f"{len(items)} unique images to process in {len(batches)} batch(es)")
     # An empty request still yields one empty batch so that the collect step runs.
     for index, batch in enumerate(batches or [[]]):
@@ -81,27 +69,27 @@ def plan_batches(context: OpExecutionContext, upload_manifest: pd.DataFrame, sta
 
 
 @op
-def compress_batch(context: OpExecutionContext, batch: list, status_store: StatusStoreResource,
-                   storage: StorageResource) -> list:
+def compress_batch(context: OpExecutionContext, batch: list, imgpipe: ImgpipeResource) -> list:
     request_id = context.partition_key
-    store = status_store.open()
+    store = imgpipe.store()
     items = [WorkItem(**item) for item in batch]
     store.mark_processing(request_id, [item.input_url for item in items])
-    runner = BatchRunner(Settings.from_env(), storage.open(), request_id)
+    runner = BatchRunner(imgpipe.settings(), imgpipe.storage(), request_id)
     results = runner.run(items, report=lambda done: store.record_results(request_id, done))
-    failed = [r for r in results if r.status == "failed"]
+    failed = [r for r in results if r.status == ImageStatus.FAILED]
     context.log.info(f"{len(results) - len(failed)} compressed, {len(failed)} failed")
-    return [(r.status, r.bytes_in or 0, r.bytes_out or 0) for r in results]
+    return [(str(r.status), r.bytes_in or 0, r.bytes_out or 0) for r in results]
 
 
 @op
 def summarize_batches(batches: list) -> Output[dict]:
     outcomes = [outcome for batch in batches for outcome in batch]
+    compressed = [(bytes_in, bytes_out) for status, bytes_in, bytes_out in outcomes if status == ImageStatus.COMPRESSED]
     summary = {
-        "compressed": sum(1 for status, _, _ in outcomes if status == "compressed"),
-        "failed": sum(1 for status, _, _ in outcomes if status == "failed"),
-        "bytes_in": sum(bytes_in for status, bytes_in, _ in outcomes if status == "compressed"),
-        "bytes_out": sum(bytes_out for status, _, bytes_out in outcomes if status == "compressed"),
+        "compressed": len(compressed),
+        "failed": len(outcomes) - len(compressed),
+        "bytes_in": sum(bytes_in for bytes_in, _ in compressed),
+        "bytes_out": sum(bytes_out for _, bytes_out in compressed),
     }
     return Output(summary, metadata={f"this_run_{k}": v for k, v in summary.items()})
 
@@ -115,6 +103,7 @@ def compressed_images(upload_manifest: pd.DataFrame) -> dict:
 @asset(
     partitions_def=requests_partitions,
     group_name="imgpipe",
+    deps=[compressed_images],
     check_specs=[
         AssetCheckSpec("aligned_with_input", asset="output_csv",
                        description="One row per input row, in order, one output slot per input URL."),
@@ -122,49 +111,76 @@ def compressed_images(upload_manifest: pd.DataFrame) -> dict:
                        description="No compressed image is larger than the image it came from."),
     ],
 )
-def output_csv(context: AssetExecutionContext, upload_manifest: pd.DataFrame, compressed_images: dict,
-               status_store: StatusStoreResource, storage: StorageResource) -> MaterializeResult:
-    """The output CSV lined up with the input; then the terminal status and the signed webhook."""
-    request_id = context.partition_key
-    settings = Settings.from_env()
-    store = status_store.open()
-    completion = complete_request(settings, store, storage.open(), request_id, context.run_id)
-    if completion.webhook_id:
-        state = deliver(settings, store, completion.webhook_id, inline=True)
-        context.log.info(f"webhook {completion.webhook_id}: {state}")
-    images = store.images(request_id)
+def output_csv(context: AssetExecutionContext, upload_manifest: pd.DataFrame,
+               imgpipe: ImgpipeResource) -> MaterializeResult:
+    """The output CSV lined up with the input; then the terminal status, and the webhook queued."""
+    completion = complete_request(imgpipe.settings(), imgpipe.store(), imgpipe.storage(), context.partition_key,
+                                  context.run.run_id)
     misaligned = alignment_problems(upload_manifest, completion.csv_bytes)
-    larger = [i for i in images if i["status"] == "compressed" and i["bytes_out"] > i["bytes_in"]]
+    larger = [i for i in completion.images
+              if i.status is ImageStatus.COMPRESSED and i.bytes_out > i.bytes_in]
     return MaterializeResult(
-        metadata=request_metadata(images, completion),
+        metadata=request_metadata(completion),
         check_results=[
             AssetCheckResult(check_name="aligned_with_input", passed=not misaligned,
                              severity=AssetCheckSeverity.ERROR,
-                             metadata={"problems": MetadataValue.md("\n".join(f"- {p}" for p in misaligned) or "none")}),
+                             metadata={"problems": markdown_list(misaligned)}),
             AssetCheckResult(check_name="outputs_not_larger", passed=not larger, severity=AssetCheckSeverity.ERROR,
-                             metadata={"larger_images": MetadataValue.md("\n".join(
-                                 f"- row {i['row_number']} position {i['position']}: {i['bytes_in']} -> "
-                                 f"{i['bytes_out']} bytes" for i in larger) or "none")}),
+                             metadata={"larger_images": markdown_list(
+                                 f"row {i.row_number} position {i.position}: {i.bytes_in} -> {i.bytes_out} bytes"
+                                 for i in larger)}),
         ],
     )
 
 
-def request_metadata(images: list[dict], completion: Completion) -> dict:
-    done = [i for i in images if i["status"] == "compressed"]
-    bytes_in = sum(i["bytes_in"] or 0 for i in done)
-    bytes_out = sum(i["bytes_out"] or 0 for i in done)
-    failed = [i for i in images if i["status"] != "compressed"]
-    table = "| row | position | URL | reason |\n|---|---|---|---|\n" + "".join(
-        f"| {i['row_number']} | {i['position']} | {i['input_url'][:80]} | {(i['error'] or i['status'])[:120]} |\n"
-        for i in failed[:50]
-    )
+@asset(partitions_def=requests_partitions, group_name="imgpipe", deps=[output_csv])
+def webhook(context: AssetExecutionContext, imgpipe: ImgpipeResource) -> MaterializeResult:
+    """The signed webhook of the request's end: the attempts of its first minute (later ones are made by the
+    `deliver_webhooks` job). A request without a webhook URL has nothing to send."""
+    request_id = context.partition_key
+    settings, store = imgpipe.settings(), imgpipe.store()
+    for webhook_id in store.due_webhook_ids(request_id):
+        state = deliver(settings, store, webhook_id, inline=True)
+        context.log.info(f"webhook {webhook_id}: {state}")
+    attempts = store.webhook_deliveries(request_id)
+    table = "| webhook-id | attempt | at | HTTP status | error |\n|---|---|---|---|---|\n" + "".join(
+        f"| {a.webhook_id} | {a.attempt} | {a.attempted_at:%Y-%m-%d %H:%M:%S} | {a.status_code or ''} "
+        f"| {markdown_text(a.error or '')} |\n" for a in attempts)
+    return MaterializeResult(metadata={
+        "attempts": len(attempts),
+        "delivered": any(a.status_code is not None and 200 <= a.status_code < 300 for a in attempts),
+        "attempt_log": MetadataValue.md(table if attempts else "no webhook URL: nothing to send"),
+    })
+
+
+def request_metadata(completion: Completion) -> dict:
+    done = [i for i in completion.images if i.status is ImageStatus.COMPRESSED]
+    bytes_in = sum(i.bytes_in or 0 for i in done)
+    bytes_out = sum(i.bytes_out or 0 for i in done)
+    failed = [i for i in completion.images if i.status is not ImageStatus.COMPRESSED]
     return {
-        "status": completion.status,
+        "status": str(completion.status),
         **{f"images_{k}": v for k, v in completion.counts.items()},
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "percent_saved": round(100 * (1 - bytes_out / bytes_in), 1) if bytes_in else 0.0,
         "output_csv_path": MetadataValue.path(completion.output_csv.path),
         "output_csv_url": MetadataValue.url(completion.output_csv.url),
-        "failed_images": MetadataValue.md(table if failed else "none"),
+        "failed_images": MetadataValue.md(failures_table(failed)),
     }
+
+
+def failures_table(failed: list[ImageRow]) -> str:
+    if not failed:
+        return "none"
+    table = "| row | position | URL | reason |\n|---|---|---|---|\n" + "".join(
+        f"| {i.row_number} | {i.position} | {markdown_text(i.input_url[:80])} "
+        f"| {markdown_text((i.error or i.status)[:120])} |\n" for i in failed[:MAX_LISTED_FAILURES])
+    if len(failed) > MAX_LISTED_FAILURES:
+        table += f"\n…and {len(failed) - MAX_LISTED_FAILURES} more failed images (see the status API)\n"
+    return table
+
+
+def markdown_list(lines) -> MetadataValue:
+    items = [f"- {markdown_text(line)}" for line in lines]
+    return MetadataValue.md("\n".join(items) or "none")

@@ -9,15 +9,16 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from imgpipe.images.compressor import compress_isolated
 from imgpipe.images.fetcher import FetchError, FetchLimits, fetch
 from imgpipe.settings import Settings
-from imgpipe.status.store import ImageResult, ImageSlot
+from imgpipe.status.models import ImageResult, ImageSlot
 from imgpipe.storage import Storage
+from imgpipe.text import printable
 from imgpipe.images.url_safety import AllowList
 
 
@@ -58,9 +59,9 @@ class BatchRunner:
         self.storage = storage
         self.request_id = request_id
         self.allow = AllowList.parse(settings.allow_private_hosts)
-        self.fetch_limits = FetchLimits.from_settings(settings.limits)
+        self.fetch_limits = FetchLimits.from_settings(settings)
         # More downloads than compressions may wait on the network; compressions are capped at the cores.
-        self.compress_slots = threading.Semaphore(settings.compress_workers)
+        self.compress_slots = threading.Semaphore(settings.compress_slots)
 
     def run(self, items: Sequence[WorkItem], report: Callable[[list[ImageResult]], None],
             report_interval: float = 1.0) -> list[ImageResult]:
@@ -68,12 +69,13 @@ class BatchRunner:
         unreported: list[ImageResult] = []
         last_report = time.monotonic()
         with ThreadPoolExecutor(max_workers=min(self.settings.download_threads, max(1, len(items)))) as pool:
-            pending = {pool.submit(self.process, item) for item in items}
+            items_of = {pool.submit(self.process, item): item for item in items}
+            pending = set(items_of)
             while pending:
                 # Wake at least every interval, so a finished image is reported while slow ones still run.
                 done, pending = wait(pending, timeout=report_interval, return_when=FIRST_COMPLETED)
                 for future in done:
-                    results.append(future.result())
+                    results.append(_outcome(future, items_of[future]))
                     unreported.append(results[-1])
                 if unreported and (not pending or time.monotonic() - last_report >= report_interval):
                     report(unreported)
@@ -81,14 +83,14 @@ class BatchRunner:
         return results
 
     def process(self, item: WorkItem) -> ImageResult:
-        limits = self.settings.limits
+        limits = self.settings
         started = time.monotonic()
         try:
             download = fetch(item.input_url, allow=self.allow, limits=self.fetch_limits)
         except FetchError as exc:
-            return ImageResult(item.input_url, "failed", error=f"download failed: {exc}")
+            return _failed(item, f"download failed: {exc}")
         except Exception as exc:  # noqa: BLE001 - a bug met by one URL must fail that image, not its batch
-            return ImageResult(item.input_url, "failed", error=f"download failed: {type(exc).__name__}: {exc}")
+            return _failed(item, f"download failed: {type(exc).__name__}: {exc}")
         bytes_in = len(download.content)
         # The per-image budget covers download and compression, not the wait for a free core.
         remaining = max(1.0, limits.image_timeout - (time.monotonic() - started))
@@ -96,12 +98,33 @@ class BatchRunner:
             outcome = compress_isolated(download.content, max_pixels=limits.max_pixels,
                                         max_frames=limits.max_frames, timeout=remaining,
                                         memory_bytes=limits.process_memory_bytes)
-        if not outcome.ok:
-            return ImageResult(item.input_url, "failed", bytes_in=bytes_in, error=outcome.error)
+        if not outcome.ok:  # the reason may quote the file's own bytes, or a decoder's
+            return _failed(item, outcome.error, bytes_in)
         image = outcome.image
-        stored = self.storage.write_image(self.request_id, item.output_stem + image.extension, image.data)
+        try:
+            stored = self.storage.write_image(self.request_id, item.output_stem + image.extension, image.data)
+        except Exception as exc:  # noqa: BLE001 - a full disk or a storage service's refusal fails this image alone
+            return _failed(item, f"could not store the compressed image: {_reason(exc)}", bytes_in)
         return ImageResult(
             item.input_url, "compressed", output_path=stored.path, output_url=stored.url, bytes_in=bytes_in,
             bytes_out=len(image.data), quality_in=image.quality_in, quality_out=image.quality_out,
             format_out=image.format,
         )
+
+
+def _outcome(future: Future, item: WorkItem) -> ImageResult:
+    """The item's result, also when `process` raised: every item of a batch gets one, and the batch returns."""
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - one image's failure, even a bug's, must not lose the others' results
+        return _failed(item, f"processing failed: {_reason(exc)}")
+
+
+def _failed(item: WorkItem, error: str, bytes_in: int | None = None) -> ImageResult:
+    # Reasons quote servers, files and libraries: printable and bounded, as the status store and logs need them.
+    return ImageResult(item.input_url, "failed", bytes_in=bytes_in, error=printable(error))
+
+
+def _reason(exc: Exception) -> str:
+    # An OSError says what happened ("[Errno 28] No space left on device"); anything else is also named by its type.
+    return str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"

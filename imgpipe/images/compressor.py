@@ -174,8 +174,11 @@ class ForkServerClient:
 
 
 def _server_environment() -> dict[str, str]:
-    configured = os.environ.get("GLIBC_TUNABLES")
-    return {**os.environ, "GLIBC_TUNABLES": f"{configured}:{_GLIBC_TUNABLES}" if configured else _GLIBC_TUNABLES}
+    # Imported here, in the caller: the fork server itself loads nothing but the image policy.
+    from imgpipe.settings import process_environment
+
+    configured = process_environment().get("GLIBC_TUNABLES")
+    return process_environment(GLIBC_TUNABLES=f"{configured}:{_GLIBC_TUNABLES}" if configured else _GLIBC_TUNABLES)
 
 
 _client = ForkServerClient()

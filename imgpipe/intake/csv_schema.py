@@ -228,13 +228,16 @@ def _read_header(records: Iterator[tuple[int, list[str]]]) -> _Header:
         field = _FIELD_BY_HEADER[header]
         if field in column_by_field:
             first = cells[column_by_field[field]]
-            errors.append(RowError(row, header, f"column {header!r} appears twice: {first!r} and {name!r}"))
+            errors.append(RowError(row, header, f"column {header!r} appears twice: {_shown(first)} and {_shown(name)}"))
         else:
             column_by_field[field] = column
+    # The header's own text is not echoed back: a file that is no CSV at all (a secret, a page of HTML) would
+    # have its first line published in the request's errors. The columns recognised are named instead.
+    recognised = ", ".join(repr(header) for header, field in _FIELD_BY_HEADER.items() if field in column_by_field)
     for header, field in _FIELD_BY_HEADER.items():
         if field not in column_by_field:
-            found = ", ".join(cells)
-            errors.append(RowError(None, header, f"column {header!r} is missing (the header has {_shown(found)})"))
+            found = f"the header has {len(cells)} cell(s); recognised: {recognised or 'none'}"
+            errors.append(RowError(None, header, f"column {header!r} is missing ({found})"))
     if errors:
         raise UploadRejected(errors)
     return _Header(column_by_field, width=len(cells))

@@ -1,6 +1,6 @@
 """Ending a request: the output CSV, the terminal status, and the webhook queued in the outbox.
 
-Used by the output CSV asset when a run finishes and by the run failure sensor when a run dies. The order is
+Used by the output CSV asset when a run finishes and by the `end_failed_run` job when a run dies. The order is
 the contract's: the output CSV and the outbox entry are written first, the terminal status last, so a reader
 that sees the status finds everything else in place.
 """
@@ -9,73 +9,62 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from imgpipe.intake.csv_schema import UploadRejected, parse_upload
-from imgpipe.output.output_csv import OutputRow, render_output_csv, rows_from_manifest
+from imgpipe.output.output_csv import OutputRow, render_output_csv
 from imgpipe.settings import Settings
+from imgpipe.status.models import ImageRow, ImageStatus, RequestStatus, image_counts
 from imgpipe.status.store import StatusStore
 from imgpipe.storage import Storage, StoredObject
-from imgpipe.webhooks.webhook import build_payload, event_type, message_id
+from imgpipe.webhooks.message import build_payload, event_type, message_id
 
 
 @dataclass(frozen=True)
 class Completion:
-    status: str
+    status: RequestStatus
     counts: dict[str, int]
     output_csv: StoredObject
     csv_bytes: bytes
+    images: list[ImageRow]
     webhook_id: str | None
     error: str | None
 
 
-def terminal_status(counts: dict[str, int], run_failure: str | None) -> tuple[str, str | None]:
+def terminal_status(counts: dict[str, int], run_failure: str | None) -> tuple[RequestStatus, str | None]:
     """`completed` only when every image made it; never `completed` when all failed."""
     if run_failure:
-        return "failed", run_failure
+        return RequestStatus.FAILED, run_failure
     failed, total = counts["failed"] + counts["pending"] + counts["processing"], counts["total"]
     if failed == 0:
-        return "completed", None
+        return RequestStatus.COMPLETED, None
     if failed == total:
-        return "failed", f"all {total} images failed"
-    return "completed_with_errors", f"{failed} of {total} images failed"
+        return RequestStatus.FAILED, f"all {total} images failed"
+    return RequestStatus.COMPLETED_WITH_ERRORS, f"{failed} of {total} images failed"
 
 
-def output_rows(store: StatusStore, storage: Storage, settings: Settings,
-                request_id: str) -> list[OutputRow]:
-    products = store.products(request_id)
-    if not products:
-        # The run died before recording its products: the input file still lines the output up.
-        return _rows_from_input(storage, settings, request_id)
-    slots: dict[int, list[dict]] = {}
-    for image in store.images(request_id):
-        slots.setdefault(image["row_number"], []).append(image)
+def output_rows(store: StatusStore, request_id: str, images: list[ImageRow]) -> list[OutputRow]:
+    slots: dict[int, list[ImageRow]] = {}
+    for image in images:
+        slots.setdefault(image.row_number, []).append(image)
     return [
         OutputRow(
-            serial=p["serial"],
-            product_name=p["product_name"],
-            input_urls=tuple(i["input_url"] for i in slots.get(p["row_number"], [])),
-            output_urls=tuple(i["output_url"] if i["status"] == "compressed" else None
-                              for i in slots.get(p["row_number"], [])),
+            serial=p.serial,
+            product_name=p.product_name,
+            input_urls=tuple(i.input_url for i in slots.get(p.row_number, [])),
+            output_urls=tuple(i.output_url if i.status is ImageStatus.COMPRESSED else None
+                              for i in slots.get(p.row_number, [])),
         )
-        for p in products
+        for p in store.products(request_id)
     ]
-
-
-def _rows_from_input(storage: Storage, settings: Settings, request_id: str) -> list[OutputRow]:
-    try:
-        manifest = parse_upload(storage.read_input(request_id), limits=settings.limits)
-    except (OSError, UploadRejected):
-        return []
-    return rows_from_manifest(manifest, {})
 
 
 def complete_request(settings: Settings, store: StatusStore, storage: Storage, request_id: str,
                      run_id: str, run_failure: str | None = None) -> Completion:
-    csv_bytes = render_output_csv(output_rows(store, storage, settings, request_id))
+    images = store.images(request_id)
+    csv_bytes = render_output_csv(output_rows(store, request_id, images))
     csv_object = storage.write_output_csv(request_id, csv_bytes)
-    counts = store.counts(request_id)
+    counts = image_counts(image.status for image in images)
     status, error = terminal_status(counts, run_failure)
-    request = store.get_request(request_id) or {}
-    url = request.get("webhook_url") or settings.webhook_url
+    request = store.get_request(request_id)
+    url = (request.webhook_url if request else None) or settings.webhook_url
     webhook_id = None
     if url:
         webhook_id = message_id(request_id, run_id)
@@ -83,4 +72,4 @@ def complete_request(settings: Settings, store: StatusStore, storage: Storage, r
         store.enqueue_webhook(webhook_id=webhook_id, request_id=request_id, url=url,
                               event_type=event_type(status), payload=payload)
     store.finish_request(request_id, status, error)
-    return Completion(status, counts, csv_object, csv_bytes, webhook_id, error)
+    return Completion(status, counts, csv_object, csv_bytes, images, webhook_id, error)

@@ -1,21 +1,22 @@
 """Delivering queued webhooks from the outbox, one signed attempt at a time (contract section 7).
 
-The run's last step makes the inline attempts (the first three, within 60 s) and waits between them; the
-webhook sensor makes every later one and picks up anything a crashed process left behind. An attempt claims
-its entry for a lease first, so two processes never send the same attempt.
+The `webhook` asset, the step after the output CSV, makes the inline attempts (the first three, within 60 s)
+and waits between them; the `deliver_webhooks` job, launched by a sensor when attempts fall due, makes every
+later one and picks up anything a crashed process left behind. An attempt claims its entry for a lease first,
+so two processes never send the same attempt.
 """
 from __future__ import annotations
 
-import os
 import time
 from datetime import timedelta
 from typing import Callable
 
-from imgpipe.settings import Settings
-from imgpipe.webhooks.signing import load_or_create_secret, signed_headers
-from imgpipe.status.store import StatusStore, utcnow
 from imgpipe.images.url_safety import AllowList
-from imgpipe.webhooks.webhook import RetryPolicy, attempt_delivery
+from imgpipe.settings import Settings
+from imgpipe.status.store import StatusStore, utcnow
+from imgpipe.webhooks.attempt import attempt_delivery
+from imgpipe.webhooks.retry import RetryPolicy
+from imgpipe.webhooks.signing import load_or_create_secret, signed_headers
 
 CLAIM_LEASE_SECONDS = 120.0
 
@@ -24,8 +25,8 @@ def deliver(settings: Settings, store: StatusStore, webhook_id: str, *, inline: 
             policy: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep) -> str | None:
     """Attempt the entry if it is due; with `inline`, keep attempting through the inline window.
     Returns the entry's state after the last attempt made here, or None when none was due."""
-    policy = policy or RetryPolicy.from_env(os.environ)
-    secret = load_or_create_secret(settings.home, settings.webhook_secret)
+    policy = policy or RetryPolicy.from_delays(settings.webhook_delays)
+    secret = load_or_create_secret(settings.home_dir, settings.webhook_secret)
     allow = AllowList.parse(settings.allow_private_hosts)
     state = None
     while True:
@@ -36,8 +37,7 @@ def deliver(settings: Settings, store: StatusStore, webhook_id: str, *, inline: 
         body = entry.payload
         headers = signed_headers(secret, entry.webhook_id, int(time.time()), body)
         result = attempt_delivery(entry.url, body, headers, allow=allow,
-                                  connect_timeout=settings.limits.connect_timeout,
-                                  read_timeout=settings.limits.read_timeout)
+                                  connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
         attempts_made = entry.attempts + 1
         finished_at = utcnow()
         # Measured after the attempt, so a slow receiver cannot push an "inline" attempt past the window.
@@ -58,5 +58,5 @@ def deliver(settings: Settings, store: StatusStore, webhook_id: str, *, inline: 
 
 
 def deliver_due(settings: Settings, store: StatusStore) -> dict[str, str | None]:
-    """One attempt for every entry that is due; the webhook sensor calls this each tick."""
+    """One attempt for every entry that is due: the `deliver_webhooks` job."""
     return {webhook_id: deliver(settings, store, webhook_id, inline=False) for webhook_id in store.due_webhook_ids()}

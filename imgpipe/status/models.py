@@ -1,0 +1,158 @@
+"""What the status store holds (contract section 4), as typed rows and the two status vocabularies."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Iterable
+
+
+class RequestStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({RequestStatus.COMPLETED, RequestStatus.COMPLETED_WITH_ERRORS,
+                               RequestStatus.FAILED, RequestStatus.REJECTED})
+
+
+class ImageStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPRESSED = "compressed"
+    FAILED = "failed"
+
+
+def image_counts(statuses: Iterable[str]) -> dict[str, int]:
+    """How many images are in each status, and `total`: the `counts` of the status document and webhook."""
+    counts = dict.fromkeys(map(str, ImageStatus), 0)
+    for status in statuses:
+        counts[status] += 1
+    return {"total": sum(counts.values()), **counts}
+
+
+class Source(StrEnum):
+    FOLDER = "folder"
+    API = "api"
+
+
+class _Row:
+    """A row read back from the store: built from a mapping of its columns (extra columns are ignored)."""
+
+    @classmethod
+    def from_mapping(cls, row: dict):
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+
+
+@dataclass(frozen=True)
+class RequestRow(_Row):
+    request_id: str
+    status: RequestStatus
+    source: str
+    file_name: str | None
+    webhook_url: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+    total_images: int | None = None
+    error: str | None = None
+    errors_json: str | None = None
+    idempotency_key: str | None = None
+    generation: int = 0
+    run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", RequestStatus(self.status))
+
+    @property
+    def errors(self) -> list[dict]:
+        """The problems of a rejected upload, each {"row", "column", "message"}."""
+        return json.loads(self.errors_json) if self.errors_json else []
+
+
+@dataclass(frozen=True)
+class ProductRow(_Row):
+    request_id: str
+    serial: str
+    product_name: str
+    row_number: int
+
+
+@dataclass(frozen=True)
+class ImageRow(_Row):
+    request_id: str
+    serial: str
+    position: int
+    row_number: int
+    input_url: str
+    status: ImageStatus
+    updated_at: datetime
+    output_path: str | None = None
+    output_url: str | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    quality_in: int | None = None
+    quality_out: int | None = None
+    format_out: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", ImageStatus(self.status))
+
+
+@dataclass(frozen=True)
+class DeliveryRow(_Row):
+    """One webhook attempt."""
+
+    request_id: str
+    attempt: int
+    url: str
+    status_code: int | None
+    error: str | None
+    attempted_at: datetime
+    webhook_id: str
+    event_type: str
+
+
+@dataclass(frozen=True)
+class ImageSlot:
+    row_number: int
+    position: int
+    input_url: str
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The outcome of one unique input URL, applied to every slot that names it."""
+
+    input_url: str
+    status: ImageStatus  # compressed | failed
+    output_path: str | None = None
+    output_url: str | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    quality_in: int | None = None
+    quality_out: int | None = None
+    format_out: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    webhook_id: str
+    request_id: str
+    url: str
+    event_type: str
+    payload: bytes
+    attempts: int
+    first_attempt_at: datetime | None
