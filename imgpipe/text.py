@@ -36,7 +36,10 @@ def printable(text: str, limit: int = 500) -> str:
     return "".join(pieces)
 
 
-_MARKDOWN_SPECIAL = str.maketrans({char: "\\" + char for char in "\\`*_{}[]()<>#+-.!|~"})
+# What gives Markdown structure: links and images need brackets, HTML angle brackets, a table cell a pipe; code
+# and emphasis marks are escaped too. Nothing else is, so that URLs (which GFM links as raw text, backslashes
+# and all) stay readable.
+_MARKDOWN_SPECIAL = str.maketrans({char: "\\" + char for char in "\\`*[]<>|"})
 
 
 def markdown_text(text: str) -> str:

@@ -18,7 +18,7 @@ def test_a_servers_text_cannot_add_links_html_or_cells_to_the_table():
                                    url="https://img.example/a|b.jpg")])
     [header, rule, row] = table.strip().split("\n")
     assert row.count(" | ") == 3  # row, position, URL, reason: no cell added by the text
-    assert "](" not in row and "<script>" not in row and "\\[login\\]" in row
+    assert "](" not in row.replace("\\]", "") and "<script>" not in row and "\\[login\\]" in row
 
 
 def test_the_table_of_a_huge_request_stays_bounded_and_says_what_it_left_out():
