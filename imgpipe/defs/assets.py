@@ -15,8 +15,10 @@ from dagster import (
     DynamicOut,
     DynamicOutput,
     DynamicPartitionsDefinition,
+    In,
     MaterializeResult,
     MetadataValue,
+    Nothing,
     OpExecutionContext,
     Output,
     asset,
@@ -57,9 +59,10 @@ def upload_manifest(context: AssetExecutionContext, imgpipe: ImgpipeResource) ->
     })
 
 
-@op(out=DynamicOut(list))
-def plan_batches(context: OpExecutionContext, upload_manifest: pd.DataFrame, imgpipe: ImgpipeResource):
-    """The request's unfinished images (a re-executed run skips compressed ones), in bounded batches."""
+@op(ins={"upload_manifest": In(Nothing)}, out=DynamicOut(list))
+def plan_batches(context: OpExecutionContext, imgpipe: ImgpipeResource):
+    """The request's unfinished images (a re-executed run skips compressed ones), in bounded batches: from the
+    status store, after the manifest is recorded (the manifest itself is not read)."""
     items = work_items(imgpipe.store().unfinished_slots(context.partition_key))
     batches = split_into_batches(items, batches_per_request(imgpipe.settings()), MIN_BATCH_SIZE)
     context.log.info(f"{len(items)} unique images to process in {len(batches)} batch(es)")
