@@ -24,17 +24,25 @@ test-system-deps:
 	@command -v identify >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq imagemagick >/dev/null) || echo "note: ImageMagick not installed; its cross-check will be skipped"; }
 	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "note: Chromium not installed; the browser test (imgpipe_tests/test_ui_browser.py) will be skipped"; }
 
-# The distributed profile's tests use PostgreSQL (127.0.0.1:5432, user postgres) and Redis (127.0.0.1:6379);
-# each is started with the Debian packages' own commands when it is installed but not answering.
+# The distributed profile's tests use PostgreSQL (127.0.0.1:5432, user postgres, trust), Redis (127.0.0.1:6379)
+# and RabbitMQ (127.0.0.1:5672, guest/guest). Each one not answering is started with its Debian package's own
+# command, and first installed from Debian's packages where it is missing and we are root (CI); not root, its
+# tests are skipped, saying `sudo make services`. Silent where all three answer (deploy/test-services.sh).
 services:
-	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || { command -v pg_ctlcluster >/dev/null && pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; } || echo "note: PostgreSQL is not running on 127.0.0.1:5432; the distributed tests will fail"
-	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { command -v redis-server >/dev/null && redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; } || echo "note: Redis is not running on 127.0.0.1:6379; the distributed tests will fail"
+	@bash deploy/test-services.sh
 
 test: $(STAMP) test-system-deps services
 	$(PY) -m pytest -q -ra
 
-# Throughput against a warm process pool (bench-results/bench.json). BENCH_ARGS=--quick for 50 and 200 images.
-bench: $(STAMP)
+# Throughput against a warm process pool, on photographs (scikit-image's, the `bench` extra) and synthetic images,
+# under both IMGPIPE_ISOLATION modes (bench-results/bench.json). BENCH_ARGS=--quick for 50 and 200 images;
+# BENCH_ARGS=--huge adds requests of 2,000 and 20,000 images with the status API polled (bench-results/huge.json).
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP) setup.cfg
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/run_bench.py $(BENCH_ARGS)
 
 clean:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fork_cost.py [--images 120] [--rounds 3]
 
-Three ways to compress the same 1600x1200 JPEGs on every core:
+Three ways to compress the same 1632x1224 JPEGs (photographs, or `--corpus synthetic`) on every core:
 1. pool: a persistent process per core (the throughput benchmark's baseline, without its downloads);
 2. fork server: `imgpipe.compressor.compress_isolated`, each image in a child of the lean fork server;
 3. fork from caller: each image in a child forked from this process, as imgpipe did before the fork server.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_bench import make_image  # noqa: E402
+from corpus import MAKERS  # noqa: E402
 
 import imgpipe.definitions  # noqa: E402,F401  (the caller's size, as in a step process)
 from imgpipe.images.compressor import compress_isolated  # noqa: E402
@@ -82,10 +82,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--corpus", default="photo", choices=sorted(MAKERS))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(8):
-            make_image(Path(folder) / f"{seed}.jpg", seed)
+            MAKERS[args.corpus](Path(folder) / f"{seed}.jpg", seed)
             _images.append((Path(folder) / f"{seed}.jpg").read_bytes())
     rss = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
     print(f"{CPUS} cores, caller RSS {rss} MiB, {args.images} images per measurement")

@@ -1,32 +1,49 @@
 """Throughput benchmark: imgpipe end to end against a warm process pool doing the same image work.
 
-    .venv/bin/python bench/run_bench.py [--sizes 500,2000] [--quick]
+    .venv/bin/python bench/run_bench.py [--corpus photo,synthetic] [--isolation process,pool] [--sizes 500,2000]
+                                        [--repeat 2] [--quick] [--reuse 500] [--many 40] [--huge]
 
-Generates photo-like JPEGs once (cached in bench-results/images-<N>/), serves them from 127.0.0.1, then times
+For each corpus (`bench/corpus.py`: real photographs, and the synthetic noise-heavy images) and each isolation
+mode (IMGPIPE_ISOLATION), it serves the images from 127.0.0.1 and times, size by size and `--repeat` times:
 1. the baseline: a persistent pool of one process per core that downloads each image and re-encodes it with
-   imgpipe's own policy (`compress_image`), writing the output files and nothing else;
+   imgpipe's own policy (`compress_image`, thumbnails included), writing the output files and nothing else;
 2. imgpipe: a real `dagster-daemon` with a fresh IMGPIPE_HOME and DAGSTER_HOME, one CSV dropped into the inbox
-   per size, timed from the drop to the request's terminal status (end to end) and from the Dagster run's
-   start to its end (the run alone).
-A one-image request and two sizes tell fixed cost from marginal throughput: (n2 - n1) / (t2 - t1). Each size
-runs through the baseline and then through imgpipe, so that load from elsewhere on the machine hits both alike.
-Peak memory is the sum of VmRSS (and of PSS, which does not count pages shared after fork twice) over the
-daemon's process tree, or the pool's workers, sampled every 0.2 s. Everything is printed and written to
-bench-results/bench.json.
+   per size, timed from the drop to the request's terminal status (end to end) and from the Dagster run's start
+   to its end (the run alone). Every run's images are new to imgpipe by URL and by content (a JPEG comment of
+   its own, which imgpipe drops), so that no run reuses another's outputs: the path of any new upload, reuse
+   lookups included. `--fresh` adds a `fresh` sidecar instead (reuse skipped altogether), for comparison.
+Each size runs through the baseline and then through imgpipe, so that load from elsewhere hits both alike. The
+marginal throughput, (n2 - n1) / (t2 - t1) over the medians of the repeats, is what a sceptic measures: it leaves
+out fixed costs (the sensor's pick-up, the run's start) that a larger request does not pay again. It is given
+from the drop, and from the request's creation (the same without the sensor's 0-5 s pick-up jitter).
+
+CPU: user + system seconds of the daemon's whole tree per kind of process (daemon, code servers, run worker,
+fork server, image processes), and of the pool's workers, for each timed request: CPU per image beside
+throughput. Memory: peak summed RSS and PSS of the tree, sampled every 0.2 s.
+
+`--reuse N`: the same N-image catalogue uploaded twice (no `fresh`): the second comes from 304s and kept outputs.
+`--many N`: N requests of 5 images (the first corpus) dropped together against one request of the same 5N (each `fresh`), and
+the fixed cost of a one-image request: what many small sellers cost over one big upload.
+`--huge`: requests of 2,000 and 20,000 small images (800x600 photographs, four per product) with the REST API
+running beside the daemon, polled all along (`GET /requests/{id}?view=summary` and pages of 100 products):
+per-image cost ratio, peak tree RSS and the worst status answer.
+
+Everything is printed and written to bench-results/bench.json (bench-results/huge.json for --huge).
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import functools
-import http.server
 import io
 import json
 import multiprocessing
 import os
 import platform
+import random
 import shutil
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,175 +52,34 @@ import time
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import requests
-from PIL import Image, ImageDraw
 
-from imgpipe.images.image_policy import compress_image
-from imgpipe.settings import Settings, load_settings
-from imgpipe.status.duckdb_store import DuckDBStatusStore
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench-results"
+from corpus import CORPORA, CPUS, REPO, RESULTS, SMALL, SMALL_FILES, ImageServer, corpus_stats, ensure_images  # noqa: E402
+from procstat import TreeMonitor, own_cpu_seconds, tree  # noqa: E402
+
+from imgpipe.images.image_policy import compress_image  # noqa: E402
+from imgpipe.settings import Settings, load_settings  # noqa: E402
+from imgpipe.status.duckdb_store import DuckDBStatusStore  # noqa: E402
+
 BIN = Path(sys.executable).parent
-CPUS = os.cpu_count() or 2
 TERMINAL = {"completed", "completed_with_errors", "failed"}
 # 1 s unless IMGPIPE_SENSOR_INTERVAL says otherwise; Dagster's sensor daemon loops every 5 s in any case.
 SENSOR_INTERVAL = int(os.environ.get("IMGPIPE_SENSOR_INTERVAL") or 1)
-WIDTH, HEIGHT = 1600, 1200
 URLS_PER_PRODUCT = 10
+CODE_SERVER_WORKSPACE = """load_from:
+  - grpc_server:
+      host: 127.0.0.1
+      port: {port}
+      location_name: imgpipe.definitions
+"""
+HUGE_URLS_PER_PRODUCT = 4
 
 
-# ---------------------------------------------------------------- images and their server
-
-def make_image(path: Path, seed: int) -> None:
-    """A gradient, a dozen flat shapes and per-pixel noise: JPEG-compresses roughly like a photo."""
-    rng = np.random.default_rng(seed)
-    y = np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None, None]
-    x = np.linspace(0, 1, WIDTH, dtype=np.float32)[None, :, None]
-    base, slope_x, slope_y = rng.uniform(-128, 255, (3, 3)).astype(np.float32)
-    image = Image.fromarray(np.clip(base + slope_x * x + slope_y * y, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(12):
-        x0, x1 = sorted(rng.integers(0, WIDTH, 2))
-        y0, y1 = sorted(rng.integers(0, HEIGHT, 2))
-        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape((x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-    noisy = np.asarray(image, dtype=np.int16) + rng.integers(-6, 7, (HEIGHT, WIDTH, 3), dtype=np.int16)
-    quality = 40 + (seed * 37) % 56  # spread over 40..95
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=quality)
-
-
-def ensure_images(count: int) -> Path:
-    folder = RESULTS / f"images-{count}"
-    done = folder / ".complete"
-    if not done.exists():
-        print(f"generating {count} images of {WIDTH}x{HEIGHT} in {folder} (once)", flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        with multiprocessing.Pool(CPUS) as pool:
-            pool.starmap(make_image, [(folder / f"{i:05d}.jpg", i) for i in range(count)], chunksize=8)
-        done.touch()
-    return folder
-
-
-class ImageServer:
-    """The image folder over HTTP on 127.0.0.1, in a thread of this process."""
-
-    def __init__(self, folder: Path):
-        class QuietHandler(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def urls(self, count: int) -> list[str]:
-        return [f"{self.base}/{i:05d}.jpg" for i in range(count)]
-
-    def __enter__(self) -> "ImageServer":
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-# ---------------------------------------------------------------- memory of a process tree
-
-def _tree(root: int) -> dict[int, int]:
-    """`root` and all its descendants, each with its parent."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    tree, todo = {root: 0}, [root]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
-            tree[child] = pid
-            todo.append(child)
-    return tree
-
-
-def _kib(path: str, field: str) -> int:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1])
-    except OSError:  # the process ended meanwhile
-        pass
-    return 0
-
-
-def _command(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().decode(errors="replace").split("\0")
-    except OSError:
-        args = [""]
-    if not args[0]:
-        return "(ended)"
-    return " ".join([Path(args[0]).name, *args[1:6]])[:80]
-
-
-class TreeMemory:
-    """Samples the summed VmRSS and PSS of `processes()` ({pid: parent pid}) every 0.2 s; keeps the peaks and
-    the processes at the RSS peak."""
-
-    def __init__(self, processes: Callable[[], dict[int, int]]):
-        self.processes = processes
-        self._lock = threading.Lock()
-        self._reset()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _reset(self) -> None:
-        self.peak_rss = self.peak_pss = 0
-        self.at_peak: list[dict] = []
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self._sample()
-
-    def _sample(self) -> None:
-        tree = self.processes()
-        usage = {pid: (_kib(f"/proc/{pid}/status", "VmRSS:"), _kib(f"/proc/{pid}/smaps_rollup", "Pss:"))
-                 for pid in tree}
-        rss, pss = (sum(u[i] for u in usage.values()) for i in (0, 1))
-        with self._lock:
-            self.peak_pss = max(self.peak_pss, pss)
-            if rss > self.peak_rss:
-                self.peak_rss = rss
-                self.at_peak = [{"pid": pid, "ppid": tree[pid], "command": _command(pid), "rss_mib": r // 1024,
-                                 "pss_mib": p // 1024} for pid, (r, p) in usage.items() if r]
-
-    def take_peaks(self) -> dict:
-        """The peaks since the last call (at least the present use), in MiB."""
-        self._sample()
-        with self._lock:
-            peaks = {"peak_rss_mib": round(self.peak_rss / 1024), "peak_pss_mib": round(self.peak_pss / 1024),
-                     "processes_at_peak": self.at_peak}
-            self._reset()
-        return peaks
-
-    def __enter__(self) -> "TreeMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 # ---------------------------------------------------------------- the baseline
@@ -221,13 +97,18 @@ def _download_and_compress(url: str, out_path: str) -> int:
     return len(image.data)
 
 
-def time_baseline(pool, urls: list[str], out: Path) -> dict:
-    out.mkdir()
+def time_baseline(pool, workers: list[int], urls: list[str], out: Path) -> dict:
+    out.mkdir(parents=True)
+    cpu_before, load_before = own_cpu_seconds(workers), load()
     started = time.perf_counter()
     pool.starmap(_download_and_compress, [(url, str(out / f"{i:05d}.jpg")) for i, url in enumerate(urls)],
                  chunksize=1)
     seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 3), "images_per_s": round(len(urls) / seconds, 1)}
+    cpu = own_cpu_seconds(workers) - cpu_before
+    shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": round(seconds, 3), "images_per_s": round(len(urls) / seconds, 1),
+            "cpu_s": round(cpu, 2), "cpu_ms_per_image": round(1000 * cpu / len(urls), 1),
+            "load_1min": [load_before, load()]}
 
 
 # ---------------------------------------------------------------- imgpipe under a real daemon
@@ -236,54 +117,106 @@ def _utc_epoch(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class Daemon:
-    """`dagster-daemon run` on a fresh IMGPIPE_HOME and DAGSTER_HOME, in a process group of its own.
+    """`dagster-daemon run` on a fresh IMGPIPE_HOME and DAGSTER_HOME, in a process group of its own; with `api`,
+    `imgpipe api` beside it on the same home.
 
     Dagster is imported only here, so that the baseline's forked workers do not carry it."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, isolation: str, api: bool = False):
         self.home, self.dagster_home = work / "imgpipe_home", work / "dagster_home"
         self.dagster_home.mkdir(parents=True)
         shutil.copy(REPO / "dagster.yaml", self.dagster_home / "dagster.yaml")
         self.inbox = self.home / "inbox"
         self.store = DuckDBStatusStore(self.home / "imgpipe.duckdb")
-        self.log = RESULTS / "daemon.log"
+        self.log = RESULTS / f"daemon-{isolation}.log"
+        self.with_api = api
+        self.api_port = _free_port() if api else None
         # Other IMGPIPE_* settings (IMGPIPE_EXECUTOR, IMGPIPE_COMPRESS_WORKERS, ...) pass through.
         self.env = {**os.environ, "IMGPIPE_HOME": str(self.home), "DAGSTER_HOME": str(self.dagster_home),
-                    "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1", "IMGPIPE_SENSOR_INTERVAL": str(SENSOR_INTERVAL)}
+                    "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1", "IMGPIPE_SENSOR_INTERVAL": str(SENSOR_INTERVAL),
+                    "IMGPIPE_ISOLATION": isolation}
+        if api:
+            self.env["IMGPIPE_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{self.api_port}"
+        self.code_server_port = _free_port()
+        self.workspace = work / "workspace.yaml"
+        self.workspace.write_text(CODE_SERVER_WORKSPACE.format(port=self.code_server_port))
 
     def __enter__(self) -> "Daemon":
         from dagster import DagsterInstance
         # The instance's SQLite files first: two processes creating them at once can both stamp the schema
         # (alembic then finds two heads and the code location fails to load).
         self.instance = DagsterInstance.from_config(str(self.dagster_home))
-        self.proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=REPO,
+        # A code server of its own, as `dagster dev` (`make run`) and the README's headless commands run one:
+        # a daemon left to manage its own replaces it every 60 s, 5-6 s of CPU each time, and keeps the old one
+        # alive while a run it launched goes on.
+        self.code_server = subprocess.Popen(
+            [str(BIN / "dagster"), "code-server", "start", "-m", "imgpipe.definitions", "-d", str(REPO),
+             "-h", "127.0.0.1", "-p", str(self.code_server_port)], cwd=REPO, env=self.env,
+            stdout=(RESULTS / f"code-server-{self.log.stem}.log").open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.proc = None
+        self.wait("the code server", self._code_server_up, 120)
+        self.proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(self.workspace)], cwd=REPO,
                                      env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        self.api = None
+        if self.with_api:
+            self.api = subprocess.Popen([str(BIN / "imgpipe"), "api", "--port", str(self.api_port)], cwd=REPO,
+                                        env=self.env, stdout=(RESULTS / "api.log").open("wb"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+            self.wait("the REST API", self._api_up, 60)
         return self
+
+    def _code_server_up(self) -> bool:
+        return subprocess.run([str(BIN / "dagster"), "api", "grpc-health-check", "-h", "127.0.0.1", "-p",
+                               str(self.code_server_port)], capture_output=True).returncode == 0
+
+    def processes(self) -> dict[int, int]:
+        """The daemon's and the code server's trees (run workers are the code server's children)."""
+        return {**tree(self.code_server.pid), **(tree(self.proc.pid) if self.proc else {})}
+
+    def _api_up(self) -> bool:
+        try:
+            return requests.get(f"http://127.0.0.1:{self.api_port}/healthz", timeout=2).ok
+        except requests.RequestException:
+            return False
 
     def __exit__(self, *exc) -> None:
         self.instance.dispose()
-        tree = _tree(self.proc.pid)
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid in tree:  # also any descendant that left the group
+        for proc in (self.proc, self.api, self.code_server):
+            if proc is None:
+                continue
+            found = tree(proc.pid)
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
                 pass
-        self.proc.wait()
+            for pid in found:  # also any descendant that left the group
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
 
-    def drop(self, name: str, urls: list[str]) -> float:
+    def drop(self, name: str, urls: list[str], fresh: bool, per_product: int = URLS_PER_PRODUCT) -> float:
+        """The CSV of `urls`; `fresh` (a sidecar's) makes the request fetch and encode everything, whatever
+        earlier ones left, so that throughput runs sharing URLs measure the same work."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            (self.inbox / f"{Path(name).stem}.json").write_text(json.dumps({"fresh": True}))
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
-        for row, start in enumerate(range(0, len(urls), URLS_PER_PRODUCT), 1):
-            writer.writerow([row, f"Product {row}", ", ".join(urls[start:start + URLS_PER_PRODUCT])])
-        self.inbox.mkdir(parents=True, exist_ok=True)
+        for row, start in enumerate(range(0, len(urls), per_product), 1):
+            writer.writerow([row, f"Product {row}", ", ".join(urls[start:start + per_product])])
         temporary = self.inbox / f".{name}.tmp"
         temporary.write_text(out.getvalue())
         os.replace(temporary, self.inbox / name)
@@ -292,42 +225,71 @@ class Daemon:
     def wait(self, what: str, get, timeout: float):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"dagster-daemon exited; see {self.log}")
+            if self.code_server.poll() is not None:
+                raise RuntimeError(f"the code server exited; see {RESULTS}/code-server-{self.log.stem}.log")
             if found := get():
                 return found
-            time.sleep(0.5)
+            # Each look is a DuckDB session (10-20 ms of CPU, and the file's lock): not more than once a second.
+            # The times reported are the store's own (created_at, completed_at), not when this loop saw them.
+            time.sleep(1.0)
         raise TimeoutError(f"{what} not within {timeout:.0f} s; see {self.log}")
 
-    def process(self, name: str, urls: list[str], timeout: float) -> dict:
-        """Drop a CSV of `urls`, wait for the terminal status and the end of the run, and measure both."""
+    def process(self, name: str, urls: list[str], timeout: float, fresh: bool = False, monitor: TreeMonitor = None,
+                per_product: int = URLS_PER_PRODUCT, while_running=None) -> dict:
+        """Drop a CSV of `urls`, wait for the terminal status and the end of the run, and measure both.
+        `while_running(request_id, stop_event)` runs in a thread from the request's creation to its end."""
         from dagster import RunsFilter
-        dropped = self.drop(name, urls)
-        request = self.wait(f"terminal status of {name}", lambda: (
-            (r := self.store.latest_request_for_file(name)) and r.status in TERMINAL and r), timeout)
+        if monitor:
+            monitor.start_cpu()
+            monitor.take_peaks()
+        load_before = load()
+        dropped = self.drop(name, urls, fresh, per_product)
+        created = self.wait(f"request of {name}", lambda: self.store.latest_request_for_file(name), 60)
+        stop, poller, polled = threading.Event(), None, {}
+        if while_running:
+            poller = threading.Thread(target=lambda: polled.update(while_running(created.request_id, stop)))
+            poller.start()
+        try:
+            request = self.wait(f"terminal status of {name}", lambda: (
+                (r := self.store.get_request(created.request_id)) and r.status in TERMINAL and r), timeout)
+        finally:
+            stop.set()
+            if poller:
+                poller.join()
+        usage = {**monitor.take_cpu(), **monitor.take_peaks()} if monitor else {}
         request_id = request.request_id
         if request.status != "completed":  # every benchmark image is valid: anything else is a fault
             raise RuntimeError(f"request {request_id} ended {request.status}: {request.error}")
         record = self.wait(f"end of the run of {request_id}", lambda: next(
-            (r for r in self.instance.get_run_records(RunsFilter(tags={"dagster/partition": request_id}))
-             if r.end_time), None), 60)
-        created, terminal = _utc_epoch(request.created_at), _utc_epoch(request.completed_at)
+            (r for tags in ({"dagster/partition": request_id}, {"imgpipe/request_id": request_id})
+             for r in self.instance.get_run_records(RunsFilter(tags=tags)) if r.end_time), None), 60)
+        created_at, terminal = _utc_epoch(request.created_at), _utc_epoch(request.completed_at)
+        images = self.store.images(request_id)
         return {
             "request_id": request_id,
+            "images": len(urls),
             "status": request.status,
-            "counts": self.store.counts(request_id),
+            "obtained": {way: sum(1 for i in images if i.obtained == way)
+                         for way in ("fetched", "not_modified", "same_content")},
             "end_to_end_s": round(terminal - dropped, 3),
-            "drop_to_request_s": round(created - dropped, 3),
-            "request_to_run_start_s": round(record.start_time - created, 3),
+            "created_to_terminal_s": round(terminal - created_at, 3),
+            "drop_to_request_s": round(created_at - dropped, 3),
+            "request_to_run_start_s": round(record.start_time - created_at, 3),
             "run_s": round(record.end_time - record.start_time, 3),
             "run_launch_to_end_s": round(record.end_time - _utc_epoch(record.create_timestamp), 3),
+            **usage,
+            **({"cpu_ms_per_image": round(1000 * usage["cpu_total_s"] / len(urls), 1)} if usage else {}),
+            "load_1min": [load_before, load()],
+            **({"status_api": polled} if while_running else {}),
             **self.timeline(record),
         }
 
     def timeline(self, record) -> dict:
         """Steps of the run from its event log: launch (worker starting -> step start) and work of each."""
         from dagster import DagsterEventType as T
-        marks: dict[str, dict[T, float]] = {}
+        marks: dict[str, dict] = {}
         created = dequeued = _utc_epoch(record.create_timestamp)
         for entry in self.instance.all_logs(record.dagster_run.run_id):
             event = entry.dagster_event
@@ -348,141 +310,324 @@ class Daemon:
                           "launch_s": round(m[T.STEP_START] - launched, 3),
                           "work_s": round(ended - m[T.STEP_START], 3), "ended_at_s": round(ended - start, 3)})
         steps.sort(key=lambda s: s["launched_at_s"])
-        compress = [s for s in steps if ".compress_batch[" in s["step"]]
+        compress = [s for s in steps if "compress" in s["step"] or "process_requests" in s["step"]] or steps
         return {
             "steps": len(steps),
             "run_phases_s": {"queued": round(dequeued - created, 3),
                              "worker_start": round(start - dequeued, 3),
-                             "first_step_launch": steps[0]["launched_at_s"],
-                             "after_last_step": round(record.end_time - start - max(s["ended_at_s"] for s in steps), 3)},
+                             "first_step_launch": steps[0]["launched_at_s"] if steps else None,
+                             "after_last_step": round(record.end_time - start - max(
+                                 (s["ended_at_s"] for s in steps), default=0), 3)},
             "compress_window_s": round(max(s["ended_at_s"] for s in compress)
-                                       - min(s["launched_at_s"] for s in compress), 3),
+                                       - min(s["launched_at_s"] for s in compress), 3) if compress else None,
             "step_timeline": steps,
         }
 
 
-def run_all(pool, workers: dict[int, int], urls: list[str], counts: list[int], work: Path) -> tuple[dict, dict]:
-    baseline, imgpipe = {}, {}
-    with (Daemon(work) as daemon, TreeMemory(lambda: workers) as pool_memory,
-          TreeMemory(functools.partial(_tree, daemon.proc.pid)) as daemon_memory):
-        print("warming up the pool, and the daemon with a one-image request", flush=True)
-        time_baseline(pool, urls[:CPUS], work / "warm-up")
-        daemon.process("warm-up.csv", urls[:1], timeout=300)
-        for count in counts:
-            pool_memory.take_peaks()
-            baseline[count] = {**time_baseline(pool, urls[:count], work / f"baseline-{count}"),
-                               **pool_memory.take_peaks(), "load_1min": os.getloadavg()[0]}
-            daemon_memory.take_peaks()
-            imgpipe[count] = {**daemon.process(f"bench-{count}.csv", urls[:count], timeout=120 + count),
-                              **daemon_memory.take_peaks(), "load_1min": os.getloadavg()[0]}
-            print(f"{count:>5} images: baseline {baseline[count]['seconds']:.2f} s, imgpipe "
-                  f"{imgpipe[count]['end_to_end_s']:.2f} s end to end, {imgpipe[count]['run_s']:.2f} s run, "
-                  f"{imgpipe[count]['status']}", flush=True)
-    return baseline, imgpipe
+# ---------------------------------------------------------------- throughput runs
+
+def run_mode(isolation: str, pool, workers: list[int], server: ImageServer, corpora: list[str], sizes: list[int],
+             repeat: int, reuse_count: int, work: Path, fresh: bool) -> dict:
+    """Every corpus and size through the pool and through imgpipe under one daemon in `isolation` mode."""
+    result: dict = {"corpora": {}}
+    with Daemon(work / isolation, isolation) as daemon, \
+            TreeMonitor(daemon.processes) as monitor:
+        print(f"\n== IMGPIPE_ISOLATION={isolation}: warming up the pool, and the daemon with a one-image request",
+              flush=True)
+        time_baseline(pool, workers, server.urls(corpora[0], CPUS, tag="warm"), work / "warm-up")
+        daemon.process(f"warm-up-{isolation}.csv", server.urls(corpora[0], 1, tag=f"warm-{isolation}"), timeout=300)
+        one = daemon.process(f"one-{isolation}.csv", server.urls(corpora[0], 1, tag=f"one-{isolation}"), timeout=300,
+                             monitor=monitor)
+        result["one_image"] = one
+        print(f"one image: {one['end_to_end_s']:.2f} s from the drop, run {one['run_s']:.2f} s", flush=True)
+        for corpus in corpora:
+            runs: dict[int, dict[str, list]] = {n: {"pool": [], "imgpipe": []} for n in sizes}
+            for rep in range(repeat):
+                for n in sizes:
+                    # Images new to imgpipe by URL and by content (see corpus.ImageServer), so that nothing is
+                    # reused from an earlier run, without the `fresh` opt-out: the path of any new upload.
+                    urls = server.urls(corpus, n, tag=f"{isolation}-{n}-{rep}")
+                    base = time_baseline(pool, workers, urls, work / f"baseline-{corpus}-{n}")
+                    mine = daemon.process(f"{corpus}-{n}-{isolation}-{rep}.csv", urls, timeout=120 + n,
+                                          monitor=monitor, fresh=fresh)
+                    runs[n]["pool"].append(base)
+                    runs[n]["imgpipe"].append(mine)
+                    print(f"{corpus:>9} {n:>5} images, run {rep + 1}/{repeat}: pool {base['seconds']:6.2f} s "
+                          f"({base['cpu_ms_per_image']:5.1f} ms CPU/img) | imgpipe {mine['end_to_end_s']:6.2f} s "
+                          f"from the drop, {mine['created_to_terminal_s']:6.2f} s from the request, run "
+                          f"{mine['run_s']:6.2f} s ({mine['cpu_ms_per_image']:5.1f} ms CPU/img) | tree RSS "
+                          f"{mine['peak_rss_mib']} MiB | load {base['load_1min'][0]}-{mine['load_1min'][1]}",
+                          flush=True)
+            result["corpora"][corpus] = {"runs": {str(n): r for n, r in runs.items()},
+                                         **summarize(runs, sizes)}
+        if reuse_count:
+            # The same catalogue twice, as a shop's nightly export: the second comes from 304s and kept outputs.
+            reuse = {}
+            for night in ("first", "second"):
+                reuse[night] = daemon.process(f"reuse-{night}-{isolation}.csv",
+                                              server.urls(corpora[0], reuse_count, tag=f"reuse-{isolation}"),
+                                              timeout=120 + reuse_count, fresh=False, monitor=monitor)
+                print(f"reuse, {night} upload of {reuse_count}: {reuse[night]['end_to_end_s']:.2f} s end to end, "
+                      f"{reuse[night]['run_s']:.2f} s run, obtained {reuse[night]['obtained']}", flush=True)
+            reuse["run_speedup"] = round(reuse["first"]["run_s"] / reuse["second"]["run_s"], 1)
+            result["reuse"] = reuse
+    return result
+
+
+def _median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def summarize(runs: dict[int, dict[str, list]], sizes: list[int]) -> dict:
+    """Medians per size, and marginal throughput between the smallest and the largest size."""
+    low, high = sizes[0], sizes[-1]
+
+    def marginal(side: str, key: str) -> float:
+        return round((high - low) / (_median(runs[high][side], key) - _median(runs[low][side], key)), 1)
+
+    pool = marginal("pool", "seconds")
+    table = {}
+    for n in sizes:
+        pool_runs, mine = runs[n]["pool"], runs[n]["imgpipe"]
+        cpu_by_kind: dict[str, float] = {}
+        for r in mine:
+            for k, v in r["cpu_s"].items():
+                cpu_by_kind[k] = cpu_by_kind.get(k, 0) + v / len(mine) / n * 1000
+        table[n] = {
+            "pool_s": _median(pool_runs, "seconds"), "pool_cpu_ms": _median(pool_runs, "cpu_ms_per_image"),
+            "e2e_s": _median(mine, "end_to_end_s"), "created_to_terminal_s": _median(mine, "created_to_terminal_s"),
+            "run_s": _median(mine, "run_s"), "cpu_ms": _median(mine, "cpu_ms_per_image"),
+            "cpu_ms_by_kind": {k: round(v, 1) for k, v in cpu_by_kind.items()},
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in mine), "peak_pss_mib": max(r["peak_pss_mib"] for r in mine),
+            "load_1min": [min(r["load_1min"][0] for r in pool_runs), max(r["load_1min"][1] for r in mine)],
+        }
+    e2e, created, run = marginal("imgpipe", "end_to_end_s"), marginal("imgpipe", "created_to_terminal_s"), \
+        marginal("imgpipe", "run_s")
+    return {"by_size": {str(n): v for n, v in table.items()},
+            "marginal_images_per_s": {"pool": pool, "from_drop": e2e, "from_request": created, "run": run},
+            "marginal_ratio": {"from_drop": round(e2e / pool, 2), "from_request": round(created / pool, 2),
+                               "run": round(run / pool, 2)}}
+
+
+# ---------------------------------------------------------------- many small requests
+
+def run_many_small(server: ImageServer, work: Path, corpus: str, count: int, per_request: int = 5) -> dict:
+    """`count` requests of `per_request` images dropped together against one request of all their images (the
+    same images, each upload `fresh` so that every one is fetched and encoded), and a one-image request: what a
+    marketplace of many small sellers costs over one big upload."""
+    urls = server.urls(corpus, count * per_request, tag="many")
+    with Daemon(work / "many", "process") as daemon:
+        print(f"\n== many small requests: {count} of {per_request} images against one of {len(urls)}", flush=True)
+        daemon.process("many-warm-up.csv", server.urls(corpus, 1, tag="many-warm"), timeout=300)
+        one = daemon.process("many-one.csv", server.urls(corpus, 1, tag="many-one"), timeout=300, fresh=True)
+        big = daemon.process("many-together.csv", urls, timeout=300, fresh=True, per_product=per_request)
+        names = [f"many-{i:03d}.csv" for i in range(count)]
+        first_drop = time.time()
+        for i, name in enumerate(names):
+            daemon.drop(name, urls[i * per_request:(i + 1) * per_request], fresh=True, per_product=per_request)
+
+        def all_terminal():
+            rows = [daemon.store.latest_request_for_file(name) for name in names]
+            return rows if all(r is not None and r.status in TERMINAL for r in rows) else None
+
+        rows = daemon.wait(f"{count} small requests", all_terminal, 600 + 10 * count)
+        from dagster import RunsFilter
+
+        from imgpipe.defs.jobs import request_tag
+        run_ids = {r.dagster_run.run_id for row in rows
+                   for r in daemon.instance.get_run_records(RunsFilter(tags={request_tag(row.request_id): "true"}))}
+    small_s = max(_utc_epoch(r.completed_at) for r in rows) - first_drop
+    result = {
+        "requests": count, "images_per_request": per_request,
+        "one_image_s": {"from_drop": one["end_to_end_s"], "from_request": one["created_to_terminal_s"],
+                        "run": one["run_s"]},
+        "one_request_s": big["end_to_end_s"],
+        "small_requests_s": round(small_s, 2),
+        "small_requests_statuses": sorted({r.status for r in rows}),
+        "runs_for_small_requests": len(run_ids),
+        "ratio": round(small_s / big["end_to_end_s"], 2),
+        "load_1min": load(),
+    }
+    print(f"one request of {len(urls)}: {big['end_to_end_s']:.1f} s from the drop; {count} requests of "
+          f"{per_request}: {small_s:.1f} s from the first drop to the last terminal status, in {len(run_ids)} runs "
+          f"(ratio {result['ratio']}, goal <= 3); one image: {one['end_to_end_s']:.2f} s from the drop, "
+          f"{one['created_to_terminal_s']:.2f} s from the request", flush=True)
+    return result
+
+
+# ---------------------------------------------------------------- the 20,000-image request
+
+def status_probe_urls(api: str, request_id: str, products: int, rng: random.Random) -> list[tuple[str, str]]:
+    """The status calls timed while a huge request runs: the summary and one page of 100 products at a random
+    offset (contract section 12), or the plain document where the API does not have those parameters yet."""
+    if not _api_has_views(api):
+        return [("document", f"{api}/requests/{request_id}")]
+    offset = rng.randrange(0, max(1, products), 100)
+    return [("summary", f"{api}/requests/{request_id}?view=summary"),
+            ("page of 100", f"{api}/requests/{request_id}?limit=100&offset={offset}")]
+
+
+def _api_has_views(api: str) -> bool:
+    document = requests.get(f"{api}/openapi.json", timeout=10).json()
+    operation = document.get("paths", {}).get("/requests/{request_id}", {}).get("get", {})
+    return {"view", "limit", "offset"} <= {p.get("name") for p in operation.get("parameters", [])}
+
+
+def poll_status(api: str, products: int):
+    """`while_running` for `Daemon.process`: the status API polled every 0.25 s; the worst and median answer per
+    call, and every full document's time (fetched every 5 s, for comparison only)."""
+    def poll(request_id: str, stop: threading.Event) -> dict:
+        rng, times, full, errors = random.Random(1), {}, [], []
+        next_full = time.monotonic()
+        while not stop.is_set():
+            for name, url in status_probe_urls(api, request_id, products, rng):
+                started = time.perf_counter()
+                try:
+                    response = requests.get(url, timeout=30)
+                    if response.status_code != 200:
+                        errors.append(f"{name}: HTTP {response.status_code}")
+                except requests.RequestException as exc:
+                    errors.append(f"{name}: {exc}")
+                times.setdefault(name, []).append(time.perf_counter() - started)
+            if time.monotonic() >= next_full:
+                started = time.perf_counter()
+                requests.get(f"{api}/requests/{request_id}", timeout=60)
+                full.append(time.perf_counter() - started)
+                next_full = time.monotonic() + 5
+            stop.wait(0.25)
+        return {"calls": {name: {"count": len(t), "worst_s": round(max(t), 3), "median_s": round(statistics.median(t), 3)}
+                          for name, t in times.items()},
+                "worst_s": round(max((max(t) for t in times.values()), default=0), 3),
+                "full_document": {"count": len(full), "worst_s": round(max(full, default=0), 3)},
+                "errors": errors[:10]}
+    return poll
+
+
+def run_huge(server: ImageServer, isolation: str, work: Path, sizes=(2000, 20000)) -> dict:
+    result: dict = {"isolation": isolation, "image": f"{SMALL[0]}x{SMALL[1]} photographs", "runs": {}}
+    with Daemon(work / f"huge-{isolation}", isolation, api=True) as daemon, \
+            TreeMonitor(daemon.processes) as monitor:
+        api = f"http://127.0.0.1:{daemon.api_port}"
+        print(f"\n== requests of {', '.join(map(str, sizes))} small images, IMGPIPE_ISOLATION={isolation}, "
+              f"REST API at {api}", flush=True)
+        daemon.process(f"huge-warm-up-{isolation}.csv", server.urls("small", 4, tag="warm"), timeout=300,
+                       per_product=HUGE_URLS_PER_PRODUCT)
+        for n in sizes:
+            urls = server.urls("small", n, tag=f"{n}")  # each URL its own bytes: nothing reused
+            run = daemon.process(f"huge-{n}-{isolation}.csv", urls, timeout=300 + n / 10, monitor=monitor,
+                                 per_product=HUGE_URLS_PER_PRODUCT,
+                                 while_running=poll_status(api, n // HUGE_URLS_PER_PRODUCT))
+            run["per_image_ms"] = {"from_request": round(1000 * run["created_to_terminal_s"] / n, 2),
+                                   "run": round(1000 * run["run_s"] / n, 2),
+                                   "compress_window": round(1000 * run["compress_window_s"] / n, 2),
+                                   "cpu": run["cpu_ms_per_image"]}
+            result["runs"][str(n)] = run
+            print(f"{n:>6} images: {run['created_to_terminal_s']:.1f} s from the request, run {run['run_s']:.1f} s, "
+                  f"per image {run['per_image_ms']} ms, tree RSS peak {run['peak_rss_mib']} MiB, worst status "
+                  f"answer {run['status_api']['worst_s']} s ({run['status_api']['calls']}), full document worst "
+                  f"{run['status_api']['full_document']['worst_s']} s, load {run['load_1min']}", flush=True)
+    low, high = (result["runs"][str(n)] for n in sizes)
+    result["cost_ratio"] = {k: round(high["per_image_ms"][k] / low["per_image_ms"][k], 2) for k in low["per_image_ms"]}
+    result["peak_rss_mib"] = high["peak_rss_mib"]
+    result["worst_status_s"] = high["status_api"]["worst_s"]
+    print(f"cost per image, {sizes[1]} over {sizes[0]}: {result['cost_ratio']} (goal <= 1.25); peak tree RSS "
+          f"{result['peak_rss_mib']} MiB (goal <= 1280); worst status answer {result['worst_status_s']} s (goal <= 2)")
+    return result
 
 
 # ---------------------------------------------------------------- report
 
-def marginal(runs: dict, key: str, low: int, high: int) -> float:
-    return round((high - low) / (runs[high][key] - runs[low][key]), 1)
-
-
-def report(sizes: list[int], baseline: dict, imgpipe: dict) -> dict:
-    low, high = sizes[0], sizes[-1]
-    counts = [1, *sizes]
-    base_marginal = marginal(baseline, "seconds", low, high)
-    e2e_marginal = marginal(imgpipe, "end_to_end_s", low, high)
-    run_marginal = marginal(imgpipe, "run_s", low, high)
-    columns = [  # title, value of (images, baseline run, imgpipe run)
-        ("images", lambda n, b, i: n),
-        ("pool s", lambda n, b, i: b["seconds"]),
-        ("pool img/s", lambda n, b, i: b["images_per_s"]),
-        ("e2e s", lambda n, b, i: i["end_to_end_s"]),
-        ("e2e img/s", lambda n, b, i: n / i["end_to_end_s"]),
-        ("e2e ratio", lambda n, b, i: b["seconds"] / i["end_to_end_s"]),
-        ("run s", lambda n, b, i: i["run_s"]),
-        ("run img/s", lambda n, b, i: n / i["run_s"]),
-        ("run ratio", lambda n, b, i: b["seconds"] / i["run_s"]),
-        ("compress img/s", lambda n, b, i: n / i["compress_window_s"]),
-        ("drop>req s", lambda n, b, i: i["drop_to_request_s"]),
-        ("req>run s", lambda n, b, i: i["request_to_run_start_s"]),
-        ("steps", lambda n, b, i: i["steps"]),
-        ("pool RSS MiB", lambda n, b, i: b["peak_rss_mib"]),
-        ("tree RSS MiB", lambda n, b, i: i["peak_rss_mib"]),
-        ("tree PSS MiB", lambda n, b, i: i["peak_pss_mib"]),
-        ("load 1 min", lambda n, b, i: i["load_1min"]),
-    ]
-    print("\npool = the baseline; e2e = imgpipe from the folder drop to the terminal status; run = the Dagster"
-          "\nrun alone; ratio = imgpipe img/s over the pool's; compress = from the launch of the first compress_batch"
-          "\nstep to the end of the last")
-    print(" | ".join(title for title, _ in columns))
-    for n in counts:
-        cells = (value(n, baseline[n], imgpipe[n]) for _, value in columns)
-        print(" | ".join(f"{c:>{len(t)}.2f}" if isinstance(c, float) else f"{c:>{len(t)}}"
-                         for (t, _), c in zip(columns, cells)))
-    print(f"marginal images/s ({low}->{high}): baseline {base_marginal}, imgpipe end to end {e2e_marginal} "
-          f"(ratio {e2e_marginal / base_marginal:.2f}), imgpipe run {run_marginal} "
-          f"(ratio {run_marginal / base_marginal:.2f})")
-    print(f"fixed cost (intercept at 0 images): baseline {baseline[low]['seconds'] - low / base_marginal:.2f} s, "
-          f"imgpipe end to end {imgpipe[low]['end_to_end_s'] - low / e2e_marginal:.2f} s, "
-          f"run {imgpipe[low]['run_s'] - low / run_marginal:.2f} s")
-    for n in (1, high):
-        print(f"\nimgpipe {n} image(s): run phases {imgpipe[n]['run_phases_s']}")
-        for step in imgpipe[n]["step_timeline"]:
-            print(f"  {step['step']:<32} launched at {step['launched_at_s']:6.2f} s, launch {step['launch_s']:5.2f} s, "
-                  f"work {step['work_s']:6.2f} s")
-    one = imgpipe[1]
-    targets = {
-        "marginal_ratio_at_least_0.6": round(e2e_marginal / base_marginal, 2),
-        "one_image_run_launch_to_end_at_most_5s": one["run_launch_to_end_s"],
-        "one_image_run_start_to_end_at_most_5s": one["run_s"],
-        f"one_image_drop_to_terminal_at_most_{SENSOR_INTERVAL + 5}s": one["end_to_end_s"],
-        f"peak_tree_rss_mib_at_{high}_at_most_1024": imgpipe[high]["peak_rss_mib"],
-        f"steps_per_run_at_{high}_at_most_{4 * CPUS}_plus_a_few": imgpipe[high]["steps"],
-    }
-    print(f"\nimgpipe {high} images, processes at the RSS peak (pid<ppid, RSS / PSS MiB):")
-    for proc in sorted(imgpipe[high]["processes_at_peak"], key=lambda p: -p["rss_mib"]):
-        print(f"  {proc['pid']:>7}<{proc['ppid']:<7} {proc['rss_mib']:>5} / {proc['pss_mib']:>4}  {proc['command']}")
-    print("\ntargets:", json.dumps(targets, indent=1))
-    return {"base_marginal": base_marginal, "e2e_marginal": e2e_marginal, "run_marginal": run_marginal,
-            "targets": targets}
+def print_table(mode: str, corpus: str, summary: dict, sizes: list[int]) -> None:
+    print(f"\n{corpus}, IMGPIPE_ISOLATION={mode} (medians)")
+    print("images | pool s | pool CPU ms/img | imgpipe from drop s | from request s | run s | CPU ms/img | tree RSS MiB | load")
+    for n in sizes:
+        row = summary["by_size"][str(n)]
+        print(f"{n:>6} | {row['pool_s']:6.2f} | {row['pool_cpu_ms']:15.1f} | {row['e2e_s']:19.2f} | "
+              f"{row['created_to_terminal_s']:14.2f} | {row['run_s']:5.2f} | {row['cpu_ms']:10.1f} | "
+              f"{row['peak_rss_mib']:12} | {row['load_1min']}")
+        print(f"         CPU ms per image by process: {row['cpu_ms_by_kind']}")
+    m, r = summary["marginal_images_per_s"], summary["marginal_ratio"]
+    print(f"marginal img/s ({sizes[0]}->{sizes[-1]}): pool {m['pool']}; imgpipe from the drop {m['from_drop']} "
+          f"(ratio {r['from_drop']}), from the request {m['from_request']} (ratio {r['from_request']}), run "
+          f"{m['run']} (ratio {r['run']})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default=",".join(CORPORA), help="photo, synthetic, or both (comma-separated)")
+    parser.add_argument("--isolation", default="process,pool", help="IMGPIPE_ISOLATION modes to run (comma-separated)")
     parser.add_argument("--sizes", default="500,2000", help="two or more image counts, comma-separated")
-    parser.add_argument("--quick", action="store_true", help="sizes 50 and 200")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each size (the medians are reported)")
+    parser.add_argument("--quick", action="store_true", help="sizes 50 and 200, one run each, no reuse case")
+    parser.add_argument("--reuse", type=int, default=500,
+                        help="images of the catalogue uploaded twice for the reuse case (0: none)")
+    parser.add_argument("--huge", action="store_true",
+                        help="also requests of 2,000 and 20,000 small images with the status API polled")
+    parser.add_argument("--huge-only", action="store_true", help="only the 2,000- and 20,000-image requests")
+    parser.add_argument("--many", type=int, default=40,
+                        help="small requests of 5 images dropped together, against one request of them all (0: none)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="throughput requests with a `fresh` sidecar (reuse skipped) instead of the default path")
+    parser.add_argument("--out", default="bench.json", help="file name under bench-results/")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in ("50,200" if args.quick else args.sizes).split(","))
+    repeat, reuse_count = (1, 0) if args.quick else (args.repeat, args.reuse)
+    many = min(args.many, 8) if args.quick else args.many
+    corpora = [c for c in args.corpus.split(",") if c]
+    modes = [m for m in args.isolation.split(",") if m]
     settings = load_settings()
-    print(f"imgpipe executor {settings.executor}, {settings.compress_slots} compress workers; sizes {sizes}")
+    print(f"imgpipe executor {settings.executor}, {settings.compress_slots} compress workers; corpora {corpora}, "
+          f"isolation {modes}, sizes {sizes}, {repeat} run(s) each")
     RESULTS.mkdir(exist_ok=True)
     load_at_start = os.getloadavg()
-    folder = ensure_images(sizes[-1])
-    pool = multiprocessing.Pool(CPUS, initializer=_start_worker)  # forked before any thread of ours starts
-    workers = {child.pid: os.getpid() for child in multiprocessing.active_children()}
+    count = max(sizes[-1], reuse_count)
+    folders = {} if args.huge_only else {corpus: ensure_images(corpus, count) for corpus in corpora}
+    if args.huge or args.huge_only:
+        folders["small"] = ensure_images("photo", SMALL_FILES, SMALL)
+    machine = {"cpus": CPUS, "cpu": _cpu_model(), "python": platform.python_version(),
+               "loadavg_at_start": load_at_start, **{p: version(p) for p in ("dagster", "pillow", "duckdb")}}
+    pool = multiprocessing.get_context("fork").Pool(CPUS, initializer=_start_worker)  # before any thread of ours
+    workers = [child.pid for child in multiprocessing.active_children()]
     # From here on `kill` also stops the daemon. Not before: pool workers must keep the default handler.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with pool, tempfile.TemporaryDirectory(dir=RESULTS, prefix="work-") as tmp, ImageServer(folder) as server:
-        baseline, imgpipe = run_all(pool, workers, server.urls(sizes[-1]), [1, *sizes], Path(tmp))
-    summary = report(sizes, baseline, imgpipe)
-    result = {
-        "machine": {"cpus": CPUS, "python": platform.python_version(), "loadavg_at_start": load_at_start,
-                    "loadavg_at_end": os.getloadavg(),
-                    **{p: version(p) for p in ("dagster", "pillow", "duckdb")}},
-        "image": {"width": WIDTH, "height": HEIGHT, "quality_range": [40, 95]},
-        "sizes": sizes,
-        "baseline": {"workers": CPUS, "runs": baseline, "marginal_images_per_s": summary["base_marginal"]},
-        "imgpipe": {"sensor_interval_s": SENSOR_INTERVAL, "executor": settings.executor,
-                    "compress_workers": settings.compress_slots, "download_threads": settings.download_threads,
-                    "runs": imgpipe,
-                    "marginal_images_per_s_end_to_end": summary["e2e_marginal"],
-                    "marginal_images_per_s_run": summary["run_marginal"]},
-        "targets": summary["targets"],
-    }
-    out = RESULTS / "bench.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nload average (1, 5, 15 min) at start {load_at_start}, at end {os.getloadavg()}; written {out}")
+    results: dict = {"machine": machine, "corpora": {c: corpus_stats(f) for c, f in folders.items()},
+                     "sizes": sizes, "repeat": repeat, "sensor_interval_s": SENSOR_INTERVAL,
+                     "executor": settings.executor, "fresh_sidecar": args.fresh, "modes": {}}
+    with pool, tempfile.TemporaryDirectory(dir=RESULTS, prefix="work-") as tmp, \
+            ImageServer(folders, cycled={"small": SMALL_FILES}) as server:
+        if not args.huge_only:
+            for mode in modes:
+                results["modes"][mode] = run_mode(mode, pool, workers, server, corpora, sizes, repeat, reuse_count,
+                                                  Path(tmp), args.fresh)
+                for corpus in corpora:
+                    print_table(mode, corpus, results["modes"][mode]["corpora"][corpus], sizes)
+        if many and not args.huge_only:
+            results["many_small"] = run_many_small(server, Path(tmp), corpora[0], many)
+        if args.huge or args.huge_only:
+            huge = {mode: run_huge(server, mode, Path(tmp)) for mode in (["process"] if args.huge_only else modes)}
+            (RESULTS / "huge.json").write_text(json.dumps({"machine": machine, **huge}, indent=2, default=str))
+            results["huge"] = huge
+    machine["loadavg_at_end"] = os.getloadavg()
+    print("\nsummary (marginal ratio from the drop, from the request; imgpipe CPU ms per image at the largest size):")
+    for mode, result in results["modes"].items():
+        for corpus, summary in result["corpora"].items():
+            print(f"  {mode:>7} {corpus:>9}: {summary['marginal_ratio']['from_drop']}, "
+                  f"{summary['marginal_ratio']['from_request']}; pool {summary['marginal_images_per_s']['pool']} "
+                  f"img/s, imgpipe {summary['marginal_images_per_s']['from_drop']} img/s; CPU "
+                  f"{summary['by_size'][str(sizes[-1])]['cpu_ms']} ms/img vs pool "
+                  f"{summary['by_size'][str(sizes[-1])]['pool_cpu_ms']}")
+    if not args.huge_only:
+        out = RESULTS / args.out
+        out.write_text(json.dumps(results, indent=2, default=str))
+        print(f"written {out}")
+    print(f"load average (1, 5, 15 min) at start {load_at_start}, at end {os.getloadavg()}")
+
+
+def _cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
 
 
 if __name__ == "__main__":

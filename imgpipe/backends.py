@@ -47,6 +47,24 @@ def step_concurrency() -> int:
     return os.cpu_count() or 2
 
 
+# What one processing run takes at its peak in this profile: its run worker (Dagster, pandas, the code
+# location: about 300 MiB) and its images' processes (about 30 MiB each, one per core).
+RUN_MEMORY_BYTES = 768 * 1024 * 1024
+
+
+def processing_run_limit(settings: Settings) -> int:
+    """How many processing runs the inbox sensor keeps going at once: IMGPIPE_MAX_RUNS, else one per core (a
+    run's images already use every core, but one run's downloads overlap another's compressions), fewer when
+    the memory cannot hold that many, and at least two. In the distributed profile the workers do the work: the
+    run count is bounded by IMGPIPE_MAX_RUNS alone (default: 8)."""
+    if settings.max_runs:
+        return settings.max_runs
+    if settings.distributed:
+        return 8
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(2, min(step_concurrency(), memory // RUN_MEMORY_BYTES))
+
+
 def batches_per_request(settings: Settings) -> int:
     """How many `compress_batch` steps a request's images are spread over, at most. Celery workers may be many,
     on many machines: IMGPIPE_MAX_BATCHES says how widely."""
@@ -56,8 +74,38 @@ def batches_per_request(settings: Settings) -> int:
 
 
 def celery_config(settings: Settings) -> dict:
-    """The Celery app of the distributed profile, shared by the executor and `imgpipe worker`."""
-    return {"broker": settings.broker_url, "backend": settings.broker_url}
+    """The Celery app of the distributed profile, shared by the executor and `imgpipe worker`.
+
+    Broker: IMGPIPE_BROKER_URL, `redis://` or `amqp://` (RabbitMQ). Results (each step's Dagster events, read
+    once by the run's coordinator, then deleted): in that Redis when the broker is Redis, else in PostgreSQL
+    (IMGPIPE_DATABASE_URL, Celery's `celery_taskmeta` table), so RabbitMQ needs no second service. A lost worker
+    (`imgpipe/celery_steps.py`): steps acknowledged late and given back to the queue when their worker dies,
+    Redis' visibility timeout and RabbitMQ's heartbeat both IMGPIPE_WORKER_LOST_TIMEOUT, after which a run whose
+    steps no worker answers for fails."""
+    broker, timeout = settings.broker_url, settings.worker_lost_timeout
+    if broker.startswith(("redis://", "rediss://")):
+        backend = broker
+    else:
+        backend = "db+postgresql://" + settings.database_url.split("://", 1)[1]
+    return {"broker": broker, "backend": backend, "config_source": {
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_annotations": "imgpipe.celery_steps.StepAnnotations",
+        "imgpipe_worker_lost_timeout": timeout,
+        "broker_heartbeat": max(1.0, timeout / 2),
+        "broker_connection_retry_on_startup": True,
+        # A step's stdout and stderr stay file descriptors, which Dagster captures into the step's log (in the
+        # bucket); Celery's redirection into its logger would leave those logs empty.
+        "worker_redirect_stdouts": False,
+        # dagster-celery's publish retries, and Redis' visibility timeout, renewed by live workers, swept each
+        # quarter of it.
+        "broker_transport_options": {
+            "max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5,
+            "visibility_timeout": timeout,
+            "unacked_restore_interval": max(1, int(timeout / 4)), "unacked_restore_throttle": 1,
+        },
+    }}
 
 
 def step_executor(settings: Settings) -> ExecutorDefinition:

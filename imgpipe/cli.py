@@ -20,15 +20,20 @@ HTTP_TIMEOUT = 60.0
 
 
 def report_outcome(document: dict) -> int:
+    """The final lines of a request waited for: where its output CSV and its report are, or why it failed."""
     status, failed = document["status"], document["counts"]["failed"]
     if status in ("completed", "completed_with_errors"):
         if failed:
             print(f"{failed} image(s) failed; their slots in the output CSV are empty")
         print(f"output_csv_url: {document['output_csv_url']}")
+        if document.get("report_url"):
+            print(f"report_url: {document['report_url']}")
         return 0
     print(f"request {document['request_id']} {status}", file=sys.stderr)
     for error in document["errors"]:
         print(f"  {format_error(error)}", file=sys.stderr)
+    if document.get("report_url"):
+        print(f"report_url: {document['report_url']}")
     return 1
 
 
@@ -56,8 +61,11 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from imgpipe.api.app import create_app
+    from imgpipe.logs import uvicorn_log_config
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    # uvicorn's lines and the API's own, in one format (IMGPIPE_LOG_FORMAT).
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
+                log_config=uvicorn_log_config(settings))
     return 0
 
 
@@ -105,7 +113,9 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     def fetch() -> dict:
-        status = requests.get(f"{api}/requests/{request_id}", headers=headers, timeout=HTTP_TIMEOUT)
+        # The summary: counts, status and links, however many images the request has.
+        status = requests.get(f"{api}/requests/{request_id}", params={"view": "summary"}, headers=headers,
+                              timeout=HTTP_TIMEOUT)
         status.raise_for_status()
         return status.json()
 
@@ -132,18 +142,46 @@ def retry(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     storage = open_storage(settings)
     return report_outcome(wait_until_terminal(
-        lambda: request_document(store, storage, settings, args.request_id).model_dump(mode="json"), sys.stderr))
+        lambda: request_document(store, storage, settings, args.request_id, view="summary").model_dump(mode="json"),
+        sys.stderr))
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
     from imgpipe.backends import open_status_store, open_storage
     from imgpipe.status.document import request_document
 
-    document = request_document(open_status_store(settings), open_storage(settings), settings, args.request_id)
+    # The summary unless --products: a request of 20,000 images is not printed image by image by default.
+    document = request_document(open_status_store(settings), open_storage(settings), settings, args.request_id,
+                                view="full" if args.products else "summary")
     if document is None:
         print(f"no request {args.request_id} in the status store", file=sys.stderr)
         return 2
     print(json.dumps(document.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def purge(args: argparse.Namespace, settings: Settings) -> int:
+    """Whole requests older than --older-than: their files, rows and Dagster partitions; prints each ID."""
+    from dagster import DagsterInstance
+
+    from imgpipe.backends import open_status_store, open_storage
+    from imgpipe.defs.schedules import partition_forgetter
+    from imgpipe.retention import PurgePlan, parse_duration, parse_statuses, purge
+    from imgpipe.settings import dagster_home_dir
+
+    try:
+        plan = PurgePlan(older_than=parse_duration(args.older_than), statuses=parse_statuses(args.status))
+    except ValueError as exc:
+        print(f"imgpipe purge: {exc}", file=sys.stderr)
+        return 2
+    dagster_home = dagster_home_dir(settings)
+    instance = DagsterInstance.from_config(str(dagster_home)) if (dagster_home / "dagster.yaml").is_file() else None
+    if instance is None and not args.dry_run:
+        print(f"note: no Dagster instance at {dagster_home}; partitions are left as they are", file=sys.stderr)
+    forget = partition_forgetter(instance, delete_runs=args.runs) if instance is not None else None
+    for request in purge(open_status_store(settings), open_storage(settings), plan, dry_run=args.dry_run,
+                         forget_partition=forget):
+        print(request.request_id, flush=True)
     return 0
 
 
@@ -154,13 +192,17 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     from dagster_celery.tasks import create_task
 
     from imgpipe.backends import celery_config
+    from imgpipe.celery_steps import StepTask, keep_redis_leases
 
     if not settings.distributed:
         print("imgpipe worker runs the distributed profile's steps: set IMGPIPE_PROFILE=distributed "
               "(see README, Scaling out)", file=sys.stderr)
         return 2
     app = make_app(CeleryExecutor.for_cli(**celery_config(settings)).app_args())
-    create_task(app)
+    # A step whose run has ended is not run (a message given back by a lost worker, taken after its run
+    # failed); with Redis, the steps this worker holds stay its own while it lives.
+    create_task(app, base=StepTask)
+    keep_redis_leases(app, settings.worker_lost_timeout)
     # One step at a time by default: a step already keeps every core busy with one process per image.
     app.worker_main(["worker", "--loglevel", args.loglevel, "--queues", "dagster", "--prefetch-multiplier", "1",
                      "--concurrency", str(args.concurrency), "--hostname", args.name])
@@ -197,9 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--wait", action="store_true", help="show progress until the request ends")
     again.set_defaults(run=retry)
 
-    show = commands.add_parser("status", help="print a request's status document (as GET /requests/{id})")
+    show = commands.add_parser("status", help="print a request's status summary (as GET /requests/{id}?view=summary)")
     show.add_argument("request_id", metavar="REQUEST_ID")
+    show.add_argument("--products", action="store_true",
+                      help="the whole document, every product and image (as GET /requests/{id})")
     show.set_defaults(run=status)
+
+    forget = commands.add_parser("purge", help="remove whole requests older than a duration")
+    forget.add_argument("--older-than", required=True, metavar="DURATION",
+                        help="by creation time: 90s, 15m, 12h or 30d")
+    forget.add_argument("--dry-run", action="store_true", help="list what would be purged, delete nothing")
+    forget.add_argument("--status", metavar="S,...",
+                        help="only requests in these statuses (default: every terminal status)")
+    forget.add_argument("--runs", action="store_true", help="delete the requests' Dagster runs too")
+    forget.set_defaults(run=purge)
 
     work = commands.add_parser("worker", help="a Celery worker for the distributed profile's steps")
     work.add_argument("--name", default="imgpipe@%h", help="the worker's Celery name (default: imgpipe@%%h)")

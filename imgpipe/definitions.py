@@ -6,9 +6,11 @@ from dagster import Definitions
 
 from imgpipe.backends import io_managers
 from imgpipe.defs.assets import compressed_images, output_csv, upload_manifest, webhook
-from imgpipe.defs.jobs import PROCESS_REQUEST, jobs_for
+from imgpipe.defs.jobs import PROCESS_REQUEST, PROCESS_REQUESTS, jobs_for
 from imgpipe.defs.resources import ImgpipeResource
+from imgpipe.defs.schedules import purge_old_requests_job, schedules_for
 from imgpipe.defs.sensors import build_sensors
+from imgpipe.logs import configure_logging
 from imgpipe.settings import Settings, load_settings
 
 
@@ -17,15 +19,19 @@ def build_defs(settings: Settings, secrets_from_env: bool = True) -> Definitions
     them came from IMGPIPE_* variables, to be passed on as references (see `ImgpipeResource.from_settings`)."""
     jobs = jobs_for(settings)
     process_job = next(j for j in jobs if j.name == PROCESS_REQUEST)
+    shared_job = next(j for j in jobs if j.name == PROCESS_REQUESTS)
     return Definitions(
         assets=[upload_manifest, compressed_images, output_csv, webhook],
-        jobs=jobs,
-        sensors=build_sensors(settings, process_job),
+        jobs=[*jobs, purge_old_requests_job],
+        sensors=build_sensors(settings, process_job, shared_job),
+        schedules=schedules_for(settings),
         resources={"imgpipe": ImgpipeResource.from_settings(settings, secrets_from_env), **io_managers(settings)},
     )
 
 
-defs = build_defs(load_settings())
+_settings = load_settings()
+configure_logging(_settings)  # imgpipe's own log lines (the inbox's) in IMGPIPE_LOG_FORMAT, on stderr
+defs = build_defs(_settings)
 
 
 def resolved_process_request_job():

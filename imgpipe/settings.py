@@ -8,8 +8,9 @@ commands as an argument. Pydantic checks the values, so a wrong one names its va
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -17,6 +18,7 @@ MIB = 1024 * 1024
 ENV_PREFIX = "IMGPIPE_"
 PROFILES = ("embedded", "distributed")
 EXECUTORS = ("in_process", "multiprocess")
+ISOLATIONS = ("process", "pool")
 # Fields that hold credentials: the code location passes them to Dagster as environment variable references
 # (EnvVar), so that the UI shows the variable's name, never its value.
 SECRET_FIELDS = ("api_token", "webhook_secret", "database_url")
@@ -41,6 +43,8 @@ class Limits(BaseModel):
     max_urls: int = Field(50_000, ge=1, description="Image URLs an uploaded CSV may have.")
     max_urls_per_row: int = Field(100, ge=1, description="Image URLs one row may have.")
     max_url_length: int = Field(2048, ge=1, description="Characters an image URL may have.")
+    per_host_connections: int = Field(4, ge=1, description="Connections one step opens to one image host at once.")
+    fetch_attempts: int = Field(3, ge=1, description="Attempts per image download (network errors, 408, 429, 5xx).")
 
     @property
     def process_memory_bytes(self) -> int:
@@ -73,7 +77,19 @@ class Settings(Limits):
     broker_url: Optional[str] = Field(None, description="distributed: the Celery broker (redis:// or amqp://).")
     storage_url: Optional[str] = Field(None, description="distributed: s3://bucket/prefix for inputs, images and CSVs.")
     max_batches: int = Field(8, ge=1, description="distributed: compress_batch steps a request is spread over.")
+    worker_lost_timeout: float = Field(60.0, ge=2, description="distributed: seconds until a silent worker is lost.")
     api_url: str = Field("http://127.0.0.1:8000", description="Where `imgpipe submit` finds the REST API.")
+    reuse: str = Field("on", description="on: a URL seen before is fetched conditionally and unchanged images are "
+                                         "not encoded again; off: every image is downloaded and encoded.")
+    metrics_public: bool = Field(False, description="1: GET /metrics needs no token, even with IMGPIPE_API_TOKEN set.")
+    log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per log line.")
+    isolation: str = Field("process", description="process: each image decoded and encoded in a fresh OS process; "
+                                                  "pool: in long-lived workers, recycled every pool_recycle images.")
+    pool_recycle: int = Field(200, ge=1, description="pool isolation: images a worker does before it is replaced.")
+    max_runs: Optional[int] = Field(
+        None, ge=1, description="Processing runs at once; unset: derived from the CPU count and the memory.")
+    retention_days: Optional[int] = Field(
+        None, ge=1, description="Requests older than this many days are purged daily; unset: kept forever.")
 
     @field_validator("home", mode="before")
     @classmethod
@@ -100,6 +116,16 @@ class Settings(Limits):
     @classmethod
     def _known_executor(cls, executor: str) -> str:
         return _one_of(executor, EXECUTORS)
+
+    @field_validator("isolation")
+    @classmethod
+    def _known_isolation(cls, isolation: str) -> str:
+        return _one_of(isolation.lower(), ISOLATIONS)
+
+    @field_validator("reuse")
+    @classmethod
+    def _on_or_off(cls, reuse: str) -> str:
+        return _one_of(reuse.lower(), ("on", "off"))
 
     @field_validator("profile")
     @classmethod
@@ -135,6 +161,14 @@ class Settings(Limits):
         return {env_name(name): str(value) for name, value in self.model_dump().items() if value is not None}
 
     # ------------------------------------------------------------------ derived
+
+    @property
+    def reuse_enabled(self) -> bool:
+        return self.reuse == "on"
+
+    @property
+    def retention_period(self) -> timedelta | None:
+        return timedelta(days=self.retention_days) if self.retention_days else None
 
     @property
     def distributed(self) -> bool:

@@ -6,7 +6,10 @@ Every stored file has a key, the same in both profiles:
     rejected/<request_id>/<file name>        a rejected upload, byte for byte, beside
     rejected/<request_id>/errors.json        its problems
     images/<request_id>/<name>               a compressed image
+    thumbs/<request_id>/<stem>.before.jpg    the report's thumbnails of an image, before and after
     outputs/<request_id>.csv                 an output CSV
+    content/v<policy>/<sha256>.<ext>         a compressed image by its input's SHA-256 (and thumbnails beside it),
+                                             from which a request's images are linked when the input comes again
 
 `LocalStorage` is the embedded default: the folders of contract section 1 under IMGPIPE_HOME (images and
 outputs under `public/`), served by the REST API. `S3Storage` is the distributed profile: the same keys under
@@ -19,7 +22,11 @@ name, never from a path a user wrote, so no upload can name a place outside the 
 """
 from __future__ import annotations
 
+import errno
+import os
 import re
+import secrets
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +36,22 @@ from imgpipe.files import write_atomically
 
 INPUT_NAME = "input.csv"
 ERRORS_NAME = "errors.json"
-REQUESTS, REJECTED, IMAGES, OUTPUTS = "requests", "rejected", "images", "outputs"
+REQUESTS, REJECTED, IMAGES, THUMBS, OUTPUTS, CONTENT = "requests", "rejected", "images", "thumbs", "outputs", "content"
 # The number of parts of a key under each root.
-_KEY_SHAPES = {REQUESTS: 3, REJECTED: 3, IMAGES: 3, OUTPUTS: 2}
-CONTENT_TYPES = {".jpg": "image/jpeg", ".webp": "image/webp", ".csv": "text/csv", ".json": "application/json"}
+_KEY_SHAPES = {REQUESTS: 3, REJECTED: 3, IMAGES: 3, THUMBS: 3, OUTPUTS: 2, CONTENT: 3}
+# Served to the public by the REST API (and so readable by everyone on the machine).
+PUBLIC_ROOTS = (IMAGES, THUMBS, OUTPUTS)
+# Kept for every request's images: what is served, or can be made again, needs no fsync.
+RECOMPUTABLE_ROOTS = (IMAGES, THUMBS, CONTENT)
+IMAGE_EXTENSIONS = ("jpg", "webp", "png", "gif", "bmp", "avif")
+CONTENT_TYPES = {".jpg": "image/jpeg", ".webp": "image/webp", ".png": "image/png", ".gif": "image/gif",
+                 ".bmp": "image/bmp", ".avif": "image/avif", ".csv": "text/csv", ".json": "application/json"}
+THUMBNAIL_SIDES = ("before", "after")
 
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
-_IMAGE_NAME = re.compile(r"[0-9A-Za-z_-]{1,64}\.(jpg|webp)")
+_IMAGE_NAME = re.compile(rf"[0-9A-Za-z_-]{{1,64}}\.({'|'.join(IMAGE_EXTENSIONS)})")
+_THUMBNAIL_NAME = re.compile(r"[0-9A-Za-z_-]{1,64}\.(before|after)\.jpg")
+_CONTENT_NAME = re.compile(rf"[0-9a-f]{{64}}(\.({'|'.join(IMAGE_EXTENSIONS)})|\.(before|after)\.jpg)")
 MAX_NAME_BYTES = 255
 
 
@@ -79,6 +95,18 @@ def errors_key(request_id: str) -> str:
 
 def image_key(request_id: str, name: str) -> str:
     return f"{IMAGES}/{checked_request_id(request_id)}/{checked_image_name(name)}"
+
+
+def thumbnail_key(request_id: str, name: str) -> str:
+    if not isinstance(name, str) or not _THUMBNAIL_NAME.fullmatch(name):
+        raise ValueError(f"not a thumbnail name: {name!r}")
+    return f"{THUMBS}/{checked_request_id(request_id)}/{name}"
+
+
+def content_key(policy_version: int, name: str) -> str:
+    if not isinstance(name, str) or not _CONTENT_NAME.fullmatch(name):
+        raise ValueError(f"not a content name: {name!r}")
+    return f"{CONTENT}/v{int(policy_version)}/{name}"
 
 
 def output_key(request_id: str) -> str:
@@ -130,6 +158,18 @@ class Storage:
     def _exists(self, key: str) -> bool:
         raise NotImplementedError
 
+    def _link(self, source: str, target: str) -> None:
+        """Make `target` hold what `source` holds, without a second copy of the bytes where the storage allows."""
+        raise NotImplementedError
+
+    def _delete(self, keys: list[str]) -> None:
+        """Remove the keys (missing ones are no error)."""
+        raise NotImplementedError
+
+    def _delete_folder(self, root: str, request_id: str) -> None:
+        """Remove everything under `root/<request_id>/`."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ URLs
 
     def image_url(self, request_id: str, name: str) -> str:
@@ -175,6 +215,52 @@ class Storage:
     def read_image(self, request_id: str, name: str) -> bytes | None:
         return self._get(image_key(request_id, name))
 
+    def write_thumbnails(self, request_id: str, stem: str, before: bytes, after: bytes) -> None:
+        for side, data in zip(THUMBNAIL_SIDES, (before, after)):
+            key = thumbnail_key(request_id, f"{stem}.{side}.jpg")
+            self._put(key, data, content_type_of(key))
+
+    def read_thumbnail(self, request_id: str, name: str) -> bytes | None:
+        return self._get(thumbnail_key(request_id, name))
+
+    # ------------------------------------------------------------------ outputs kept by their input's content
+
+    def keep_content(self, policy_version: int, sha256: str, extension: str, data: bytes, before: bytes,
+                     after: bytes) -> None:
+        """A compressed image and its thumbnails, by the SHA-256 of the input they were made of. The image is
+        written last: its presence says the set is whole."""
+        for side, thumbnail in zip(THUMBNAIL_SIDES, (before, after)):
+            self._put(content_key(policy_version, f"{sha256}.{side}.jpg"), thumbnail, "image/jpeg")
+        key = content_key(policy_version, sha256 + extension)
+        self._put(key, data, content_type_of(key))
+
+    def has_content(self, policy_version: int, sha256: str, extension: str) -> bool:
+        return self._exists(content_key(policy_version, sha256 + extension))
+
+    def link_content(self, policy_version: int, sha256: str, extension: str, request_id: str,
+                     stem: str) -> StoredObject:
+        """The kept image (and its thumbnails) as this request's own `images/<request_id>/<stem><extension>`:
+        a hard link in folders, a server-side copy in a bucket."""
+        for side in THUMBNAIL_SIDES:
+            self._link(content_key(policy_version, f"{sha256}.{side}.jpg"),
+                       thumbnail_key(request_id, f"{stem}.{side}.jpg"))
+        name = stem + extension
+        self._link(content_key(policy_version, sha256 + extension), image_key(request_id, name))
+        return StoredObject(self.location(image_key(request_id, name)), self.image_url(request_id, name))
+
+    def delete_content(self, policy_version: int, sha256: str, extension: str) -> None:
+        self._delete([content_key(policy_version, f"{sha256}{suffix}")
+                      for suffix in (extension, ".before.jpg", ".after.jpg")])
+
+    # ------------------------------------------------------------------ retention
+
+    def delete_request(self, request_id: str) -> None:
+        """Every file of the request: its input or rejected file, images, thumbnails and output CSV."""
+        checked_request_id(request_id)
+        for root in (REQUESTS, REJECTED, IMAGES, THUMBS):
+            self._delete_folder(root, request_id)
+        self._delete([output_key(request_id)])
+
     def write_output_csv(self, request_id: str, data: bytes) -> StoredObject:
         key = output_key(request_id)
         self._put(key, data, content_type_of(key))
@@ -196,7 +282,7 @@ class LocalStorage(Storage):
 
     def path(self, key: str) -> Path:
         key = checked_key(key)
-        base = self.home / "public" if key.startswith((IMAGES + "/", OUTPUTS + "/")) else self.home
+        base = self.home / "public" if key.split("/", 1)[0] in PUBLIC_ROOTS else self.home
         return base / key
 
     def location(self, key: str) -> str:
@@ -205,10 +291,10 @@ class LocalStorage(Storage):
     def _put(self, key: str, data: bytes | Path, content_type: str) -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        public = key.startswith((IMAGES + "/", OUTPUTS + "/"))
+        root = key.split("/", 1)[0]
         # An fsync for what cannot be recomputed; an image can. An upload is its sender's: readable by
         # imgpipe's own user only.
-        write_atomically(path, data, durable=not key.startswith(IMAGES + "/"), private=not public)
+        write_atomically(path, data, durable=root not in RECOMPUTABLE_ROOTS, private=root not in PUBLIC_ROOTS)
 
     def _get(self, key: str) -> bytes | None:
         try:
@@ -218,6 +304,27 @@ class LocalStorage(Storage):
 
     def _exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def _link(self, source: str, target: str) -> None:
+        source_path, target_path = self.path(source), self.path(target)
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target_path.with_name(f".{target_path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.link(source_path, temporary)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # another file system: a copy is the only way
+                raise
+            shutil.copyfile(source_path, temporary)
+        os.replace(temporary, target_path)  # a reader sees the old file or the new one
+
+    def _delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self.path(key).unlink(missing_ok=True)
+
+    def _delete_folder(self, root: str, request_id: str) -> None:
+        # The folder itself (its name checked like a key's), with leftovers no key names (an interrupted
+        # write's temporary files).
+        shutil.rmtree(self.path(f"{root}/{checked_request_id(request_id)}/x").parent, ignore_errors=True)
 
 
 class S3Storage(Storage):
@@ -274,6 +381,22 @@ class S3Storage(Storage):
                 return False
             raise
         return True
+
+    def _link(self, source: str, target: str) -> None:
+        self.client.copy_object(Bucket=self.bucket, Key=self.object_key(target),
+                                CopySource={"Bucket": self.bucket, "Key": self.object_key(source)})
+
+    def _delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # the most one DeleteObjects call takes
+            self.client.delete_objects(Bucket=self.bucket, Delete={
+                "Objects": [{"Key": self.object_key(key)} for key in keys[start:start + 1000]], "Quiet": True})
+
+    def _delete_folder(self, root: str, request_id: str) -> None:
+        prefix = self.object_key(f"{root}/{checked_request_id(request_id)}/x")[:-1]
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if objects:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
 
 
 def _is_missing(exc: Exception) -> bool:

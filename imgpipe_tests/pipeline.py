@@ -9,7 +9,10 @@ from dagster import DagsterInstance, execute_job, reconstructable
 
 from imgpipe.backends import open_status_store, open_storage
 from imgpipe.definitions import resolved_process_request_job
+from imgpipe.images.batch import work_items
 from imgpipe.intake.intake import Upload, take_upload
+from imgpipe.output.completion import complete_request
+from imgpipe.processing import compress_images
 from imgpipe.settings import Settings
 from imgpipe.status.models import Source
 
@@ -51,3 +54,14 @@ def read_output(settings: Settings, request_id: str) -> list[list[str]]:
 
 def slots_of(cell: str) -> list[str]:
     return [u.strip() for u in cell.split(",")]
+
+
+def process_here(settings: Settings, store, storage, rows: list[list[str]], name: str, fresh: bool = False) -> str:
+    """One request through the intake, its images, and its end, as a run's steps do them, in this process (the
+    images still each in a process of their own)."""
+    upload = Upload(csv_for(rows).encode(), name, Source.API, fresh=fresh)
+    request_id = take_upload(store, storage, settings, upload).request_id
+    store.start_processing(request_id, "run-1")
+    compress_images(settings, store, storage, request_id, work_items(store.unfinished_slots(request_id)))
+    complete_request(settings, store, storage, request_id, "run-1")
+    return request_id

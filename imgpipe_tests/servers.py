@@ -3,6 +3,8 @@ that start imgpipe's own processes share: a free port, a product CSV, an isolate
 from __future__ import annotations
 
 import csv
+import email.utils
+import hashlib
 import http.server
 import io
 import os
@@ -91,6 +93,137 @@ class ImageServer:
     def hits_for(self, path: str) -> int:
         with self.lock:
             return self.hits.get("/" + path.lstrip("/"), 0)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@dataclass
+class Served:
+    """One request a CatalogServer answered."""
+
+    path: str
+    at: float  # time.monotonic() when it arrived
+    headers: dict  # the request's, names in lower case
+    status: int = 0
+    body_bytes: int = 0  # of the answer
+
+
+class CatalogServer:
+    """A shop's image host, as CDNs are: /img/<name> serves the file `name` under root, /redirect/<name> answers
+    302 to /img/<name>.
+
+    - validators (default on): an ETag (a hash of the bytes) and Last-Modified (the file's time); a matching
+      If-None-Match, or without one an If-Modified-Since not before the file's time, is answered 304, no body;
+    - cache_control: sent as Cache-Control when set;
+    - throttle: each path's first request is answered 429 with `Retry-After: <retry_after>`;
+    - delay: seconds each answer takes, so that concurrent downloads overlap.
+
+    Records every request in `served` and, per server (one host:port), the peak of connections open at once in
+    `peak`. A connection counts from its accept until its answer is about to be written: a client can only be
+    done with it after that, so `peak` never counts a connection the client has let go.
+    Every answer closes its connection.
+    """
+
+    def __init__(self, root: Path, *, validators: bool = True, cache_control: str | None = None,
+                 throttle: bool = False, retry_after: str = "1", delay: float = 0.0):
+        self.root = Path(root)
+        self.validators, self.cache_control = validators, cache_control
+        self.throttle, self.retry_after, self.delay = throttle, retry_after, delay
+        self.served: list[Served] = []
+        self.open = self.peak = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def setup(self):
+                super().setup()
+                self.counted = True
+                with server.lock:
+                    server.open += 1
+                    server.peak = max(server.peak, server.open)
+
+            def finish(self):
+                self.uncount()  # a connection closed without an answer
+                super().finish()
+
+            def uncount(self):
+                with server.lock:
+                    if self.counted:
+                        server.open -= 1
+                        self.counted = False
+
+            def do_GET(self):
+                record = Served(self.path, time.monotonic(), {k.lower(): v for k, v in self.headers.items()})
+                with server.lock:
+                    first = not any(seen.path == self.path for seen in server.served)
+                    server.served.append(record)
+                time.sleep(server.delay)
+                kind, _, name = self.path.lstrip("/").partition("/")
+                path = (server.root / name).resolve()
+                if kind == "redirect":
+                    return self.answer(record, 302, b"", {"Location": f"/img/{name}"})
+                if kind != "img" or server.root.resolve() not in path.parents or not path.is_file():
+                    return self.answer(record, 404, b"not found", {})
+                if server.throttle and first:
+                    return self.answer(record, 429, b"slow down", {"Retry-After": server.retry_after})
+                body = path.read_bytes()
+                headers = {"Content-Type": "application/octet-stream"}
+                if server.cache_control:
+                    headers["Cache-Control"] = server.cache_control
+                if server.validators:
+                    mtime = int(path.stat().st_mtime)
+                    headers["ETag"] = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
+                    headers["Last-Modified"] = email.utils.formatdate(mtime, usegmt=True)
+                    if self.unchanged(headers["ETag"], mtime):
+                        return self.answer(record, 304, b"", headers)
+                return self.answer(record, 200, body, headers)
+
+            def unchanged(self, etag: str, mtime: int) -> bool:
+                # RFC 9110 13.2.2: If-None-Match, when present, decides alone.
+                if_none_match = self.headers.get("If-None-Match")
+                if if_none_match is not None:
+                    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+                    return "*" in tags or etag in tags
+                try:
+                    since = email.utils.parsedate_to_datetime(self.headers.get("If-Modified-Since", ""))
+                except (TypeError, ValueError):
+                    return False
+                return since.timestamp() >= mtime
+
+            def answer(self, record: Served, status: int, body: bytes, headers: dict):
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if status != 304:
+                    self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                record.status, record.body_bytes = status, len(body)
+                self.uncount()  # before anything is written: headers alone may end the exchange
+                try:
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def url(self, name: str, kind: str = "img") -> str:
+        return f"{self.base}/{kind}/{name}"
+
+    def served_for(self, name: str, kind: str = "img") -> list[Served]:
+        with self.lock:
+            return [seen for seen in self.served if seen.path == f"/{kind}/{name}"]
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -20,7 +20,8 @@ CSV_WITH_3_PROBLEMS = (b"S. No.,Product Name,Input Image Urls\n"
                        b"1,,https://e.com/a.jpg\n"
                        b"2,Shoe,ftp://e.com/b.jpg\n"
                        b"3,Hat,\n")
-REQUEST_KEYS = {"request_id", "status", "created_at", "updated_at", "counts", "output_csv_url", "errors", "products"}
+REQUEST_KEYS = {"request_id", "status", "created_at", "updated_at", "counts", "output_csv_url", "report_url", "errors",
+                "products"}
 
 
 def upload(server, data: bytes = CSV, name: str = "products.csv", headers=None, **fields) -> requests.Response:
@@ -85,8 +86,11 @@ def test_multipart_upload_is_recorded_and_kept_in_the_storage(api_server):
     assert document["status"] == "queued"
     assert document["counts"] == {"total": 1, "pending": 1, "processing": 0, "compressed": 0, "failed": 0}
     assert (document["output_csv_url"], document["errors"]) == (None, [])
+    # Without a token the report is open like the rest, so its link is the plain path.
+    assert document["report_url"] == f"{server.url}/requests/{request_id}/report"
     assert document["products"] == [{"serial": "1.", "product_name": "Chaussure été", "images": [
-        {"position": 1, "input_url": "https://e.com/a.jpg", "status": "pending", "output_url": None, "error": None}]}]
+        {"position": 1, "input_url": "https://e.com/a.jpg", "status": "pending", "output_url": None, "error": None,
+         "obtained": None, "note": None}]}]
     assert datetime.fromisoformat(document["created_at"]).tzinfo is not None
 
 
@@ -299,13 +303,13 @@ def test_request_document_lists_products_and_images_in_input_order(api_server):
     assert document["products"] == [
         {"serial": "1.", "product_name": "Shoe", "images": [
             {"position": 1, "input_url": "https://e.com/a.jpg", "status": "compressed",
-             "output_url": f"{server.url}/images/{request_id}/a.jpg", "error": None},
+             "output_url": f"{server.url}/images/{request_id}/a.jpg", "error": None, "obtained": None, "note": None},
             {"position": 2, "input_url": "https://e.com/b.jpg", "status": "pending", "output_url": None,
-             "error": None},
+             "error": None, "obtained": None, "note": None},
         ]},
         {"serial": "2", "product_name": "Hat", "images": [
             {"position": 1, "input_url": "https://e.com/c.jpg", "status": "failed", "output_url": None,
-             "error": "HTTP 404"},
+             "error": "HTTP 404", "obtained": None, "note": None},
         ]},
     ]
 
@@ -371,7 +375,8 @@ def test_openapi_document_describes_every_call(api_server):
     document = requests.get(f"{server.url}/openapi.json", timeout=10).json()
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/requests", "/requests/{request_id}", "/requests/{request_id}/output.csv",
-                                      "/images/{path}", "/healthz", "/openapi.json"}
+                                      "/requests/{request_id}/report", "/requests/{request_id}/report/thumbs/{name}",
+                                      "/metrics", "/images/{path}", "/healthz", "/openapi.json"}
     assert {"202", "413", "422"} <= set(document["paths"]["/requests"]["post"]["responses"])
     assert {"404", "409"} <= set(document["paths"]["/requests/{request_id}/output.csv"]["get"]["responses"])
     assert document["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer"}
@@ -388,3 +393,13 @@ def test_openapi_document_describes_every_call(api_server):
     schemas = document["components"]["schemas"]
     assert {ref.removeprefix("#/components/schemas/") for ref in refs(document)} <= set(schemas)
     assert set(schemas["RequestDocument"]["required"]) == REQUEST_KEYS
+
+
+def test_fresh_asks_this_request_to_reuse_nothing(api_server):
+    server = api_server()
+    fresh = requests.post(f"{server.url}/requests?fresh=true", data=CSV, headers={"Content-Type": "text/csv"},
+                          timeout=10)
+    usual = upload(server)
+    assert (fresh.status_code, usual.status_code) == (202, 202)
+    assert server.store.get_request(fresh.json()["request_id"]).fresh is True
+    assert server.store.get_request(usual.json()["request_id"]).fresh is False

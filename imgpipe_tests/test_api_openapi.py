@@ -17,8 +17,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Every contract endpoint and the statuses it can answer (a 410 for gone requests will come later).
 EXPECTED = {
     ("/requests", "post"): {"202", "400", "401", "413", "415", "422", "503"},
-    ("/requests/{request_id}", "get"): {"200", "401", "404", "503"},
-    ("/requests/{request_id}/output.csv", "get"): {"200", "401", "404", "409", "503"},
+    ("/requests/{request_id}", "get"): {"200", "401", "404", "410", "422", "503"},
+    ("/requests/{request_id}/report", "get"): {"200", "401", "404", "410", "422", "503"},
+    ("/requests/{request_id}/report/thumbs/{name}", "get"): {"200", "401", "404", "422"},
+    ("/metrics", "get"): {"200", "401", "503"},
+    ("/requests/{request_id}/output.csv", "get"): {"200", "401", "404", "409", "410", "503"},
     ("/images/{path}", "get"): {"200", "404"},
     ("/healthz", "get"): {"200", "503"},
     ("/openapi.json", "get"): {"200", "401"},
@@ -58,7 +61,7 @@ def test_every_contract_endpoint_and_status_is_documented_with_the_links(api_ser
     assert content["multipart/form-data"]["schema"]["required"] == ["file"]
     assert set(content["multipart/form-data"]["schema"]["properties"]) == {"file", "webhook_url"}
     assert {(p["in"], p["name"]) for p in create["parameters"]} == {
-        ("header", "Idempotency-Key"), ("query", "webhook_url"), ("query", "file_name")}
+        ("header", "Idempotency-Key"), ("query", "webhook_url"), ("query", "file_name"), ("query", "fresh")}
     assert "Location" in create["responses"]["202"]["headers"]
     # The error shapes: `error` everywhere, `errors` on 422; the status document is RequestDocument.
     schemas = document["components"]["schemas"]
@@ -67,8 +70,21 @@ def test_every_contract_endpoint_and_status_is_documented_with_the_links(api_ser
     assert set(schemas["InvalidBody"]["required"]) == {"error", "errors"}
     assert schemas["ErrorBody"]["required"] == ["error"]
     assert set(schemas["RequestDocument"]["required"]) == REQUEST_KEYS
-    assert document["paths"]["/requests/{request_id}"]["get"]["responses"]["200"]["content"][
-        "application/json"]["schema"] == {"$ref": "#/components/schemas/RequestDocument"}
+    # The whole document, a page of it (?limit/?offset) or its summary (?view=summary).
+    get_request = document["paths"]["/requests/{request_id}"]["get"]
+    assert get_request["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"] == [
+        {"$ref": f"#/components/schemas/{name}"} for name in ("RequestDocument", "RequestPage", "RequestSummary")]
+    assert set(schemas["RequestPage"]["required"]) == REQUEST_KEYS | {"products_total"}
+    assert set(schemas["RequestSummary"]["required"]) == REQUEST_KEYS - {"products"} | {"products_total"}
+    parameters = {p["name"]: p for p in get_request["parameters"] if p["in"] == "query"}
+    assert set(parameters) == {"view", "offset", "limit"}
+    assert parameters["view"]["schema"]["enum"] == ["full", "summary"]
+    assert (parameters["offset"]["schema"]["minimum"], parameters["limit"]["schema"]["minimum"]) == (0, 1)
+    report = document["paths"]["/requests/{request_id}/report"]["get"]
+    assert set(report["responses"]["200"]["content"]) == {"text/html"}
+    assert {p["name"] for p in report["parameters"] if p["in"] == "query"} == {"offset", "limit", "expires",
+                                                                              "signature"}
+    assert set(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
     # Nothing left of FastAPI's own validation error shape, which the API never answers with.
     assert "HTTPValidationError" not in json.dumps(document)
 
@@ -204,3 +220,36 @@ def test_a_raw_path_answer_is_checked_too(live):
         schema = {**checker.document["paths"]["/images/{path}"]["get"]["responses"]["404"]["content"][
             "application/json"]["schema"], "components": checker.document["components"]}
         jsonschema.validate(json.loads(body), schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_live_answers_of_pages_summaries_reports_and_metrics_match_the_document(live):
+    from imgpipe_tests.test_api_report import seed_finished_request
+
+    server, checker = live
+    url = server.url
+    request_id = seed_finished_request(server)
+
+    def get(path, headers=AUTH, **params):
+        return requests.get(f"{url}{path}", headers=headers, params=params, timeout=10)
+
+    template = "/requests/{request_id}"
+    whole = checker.check(get(f"/requests/{request_id}"), template).json()
+    page = checker.check(get(f"/requests/{request_id}", offset=1, limit=1), template).json()
+    summary = checker.check(get(f"/requests/{request_id}", view="summary"), template).json()
+    assert (len(whole["products"]), len(page["products"]), page["products_total"]) == (2, 1, 2)
+    assert "products" not in summary and summary["products_total"] == 2
+    assert checker.check(get(f"/requests/{request_id}", limit=0), template).status_code == 422
+    report = "/requests/{request_id}/report"
+    assert checker.check(get(f"/requests/{request_id}/report"), report).status_code == 200
+    assert checker.check(get(f"/requests/{request_id}/report", limit=10_000), report).status_code == 422
+    assert checker.check(get("/requests/unknown/report"), report).status_code == 404
+    signed = dict(pair.split("=") for pair in summary["report_url"].split("?")[1].split("&"))
+    assert checker.check(get(f"/requests/{request_id}/report", headers={}, **signed), report).status_code == 200
+    wrong = {**signed, "signature": "x" * 43}
+    assert checker.check(get(f"/requests/{request_id}/report", headers={}, **wrong), report).status_code == 401
+    thumbs = "/requests/{request_id}/report/thumbs/{name}"
+    assert checker.check(get(f"/requests/{request_id}/report/thumbs/r1-p1.after.jpg", headers={}, **signed),
+                         thumbs).status_code == 200
+    assert checker.check(get(f"/requests/{request_id}/report/thumbs/nope.jpg"), thumbs).status_code == 404
+    assert checker.check(get("/metrics"), "/metrics").status_code == 200
+    assert checker.check(get("/metrics", headers={}), "/metrics").status_code == 401

@@ -120,6 +120,7 @@ def test_submit_wait_shows_progress_until_the_request_ends(api_server, csv_file,
     ]
     assert "1 image(s) failed" in captured.out
     assert printed_value(captured.out, "output_csv_url").endswith("/output.csv")
+    assert printed_value(captured.out, "report_url") == f"{server.url}/requests/{started[0]}/report"
 
 
 def seed_processing_request(store: DuckDBStatusStore, request_id: str, manifest: pd.DataFrame = MANIFEST) -> None:
@@ -159,8 +160,11 @@ def test_retry_wait_exits_1_when_the_request_fails(home_store, capsys, monkeypat
     seed_finished_request(home_store, "r1")
     fake_pipeline(monkeypatch, lambda: home_store.finish_request("r1", "failed", "the run crashed"))
     assert cli.main(["retry", "r1", "--wait"]) == 1
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "request r1 failed" in err and "the run crashed" in err
+    # Its report still says what happened to each image.
+    assert printed_value(captured.out, "report_url") == "http://127.0.0.1:8000/requests/r1/report"
 
 
 def test_retry_of_an_unknown_or_rejected_request_exits_2(home_store, capsys):
@@ -178,9 +182,17 @@ def test_status_prints_what_the_api_answers(api_server, capsys, monkeypatch):
                                timeout=10).json()["request_id"]
     monkeypatch.setenv("IMGPIPE_HOME", server.settings.home)
     monkeypatch.setenv("IMGPIPE_PUBLIC_BASE_URL", server.url)
+    # The summary by default (a request of 20,000 images is not printed image by image), --products for all.
     assert cli.main(["status", request_id]) == 0
     printed = json.loads(capsys.readouterr().out)
+    assert printed == requests.get(f"{server.url}/requests/{request_id}", params={"view": "summary"},
+                                   timeout=10).json()
+    assert "products" not in printed and printed["products_total"] == 2
+    assert printed["report_url"] == f"{server.url}/requests/{request_id}/report"
+    assert cli.main(["status", request_id, "--products"]) == 0
+    printed = json.loads(capsys.readouterr().out)
     assert printed == requests.get(f"{server.url}/requests/{request_id}", timeout=10).json()
+    assert len(printed["products"]) == 2
     assert cli.main(["status", "nope"]) == 2
 
 
@@ -227,3 +239,87 @@ def test_status_into_a_closed_pipe_ends_quietly(home_store, tmp_path):
 
     assert result.stdout == "{\n"
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_purge_prints_each_request_it_removes_and_dry_run_removes_nothing(home_store, capsys):
+    for request_id in ("r-old", "r-new"):
+        seed_finished_request(home_store, request_id)
+    seed_processing_request(home_store, "r-old-running")
+    from imgpipe.status.store import utcnow
+
+    long_ago = utcnow().replace(year=2000)
+    home_store._run(*[("UPDATE requests SET created_at = ? WHERE request_id = ?", [long_ago, r])
+                      for r in ("r-old", "r-old-running")])
+
+    assert cli.main(["purge", "--older-than", "12h", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["r-old"]  # a request still processing belongs to its run
+    assert home_store.get_request("r-old") is not None
+    assert cli.main(["purge", "--older-than", "12h"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["r-old"]
+    assert home_store.get_request("r-old") is None and home_store.purged_at("r-old") is not None
+    assert home_store.get_request("r-new") is not None and home_store.get_request("r-old-running") is not None
+    assert cli.main(["purge", "--older-than", "12h", "--status", "processing"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["r-old-running"]
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--older-than", "soon"], "'soon' is not a duration such as 90s, 15m, 12h or 30d"),
+    (["--older-than", "1d", "--status", "done"], "'done' is not a comma list of request statuses"),
+])
+def test_purge_refuses_what_it_cannot_read(home_store, capsys, arguments, message):
+    assert cli.main(["purge", *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_submit_wait_with_a_token_ends_with_a_signed_report_link(api_server, csv_file, capsys, monkeypatch):
+    server = api_server(IMGPIPE_API_TOKEN="s3cret")
+    monkeypatch.setenv("IMGPIPE_API_TOKEN", "s3cret")
+    store = server.store
+
+    def finish():
+        request_id = store.queued_requests()[0].request_id
+        store.start_processing(request_id, "run-1")
+        store.record_results(request_id, [ImageResult(url, "compressed") for url in
+                                          ("https://e.com/a.jpg", "https://e.com/b.jpg", "https://e.com/c.jpg")])
+        (server.settings.outputs_dir / f"{request_id}.csv").write_text("S. No.\n")
+        store.finish_request(request_id, "completed")
+
+    fake_pipeline(monkeypatch, finish)
+    assert cli.main(["submit", str(csv_file), "--api", server.url, "--wait"]) == 0
+    out = capsys.readouterr().out
+    link = printed_value(out, "report_url")
+    request_id = printed_value(out, "request_id")
+    assert link.startswith(f"{server.url}/requests/{request_id}/report?expires=")
+    page = requests.get(link, timeout=10)  # no token: the link is signed
+    assert page.status_code == 200 and request_id in page.text
+
+
+def test_progress_board_keeps_a_bar_per_request_under_the_event_lines():
+    def counts(done: int, failed: int = 0) -> dict:
+        return {"total": 10, "pending": 10 - done, "processing": 0, "compressed": done - failed, "failed": failed}
+
+    log = io.StringIO()
+    board = progress.ProgressBoard(log)
+    board.draw("r1", counts(0))
+    board.draw("r1", counts(0))  # the same tenth: no new line in a log
+    board.say("request r2 accepted")
+    board.draw("r2", counts(5, 1))
+    board.draw("r1", counts(10))
+    board.remove("r1")
+    assert log.getvalue().splitlines() == [
+        f"  r1  [{'.' * 20}] 0/10 images (0 failed)",
+        "request r2 accepted",
+        f"  r2  [{'#' * 10}{'.' * 10}] 5/10 images (1 failed)",
+        f"  r1  [{'#' * 20}] 10/10 images (0 failed)",
+    ]
+
+    terminal = Terminal()
+    board = progress.ProgressBoard(terminal)
+    board.draw("req-1", counts(2))
+    board.say("request req-2 accepted")
+    board.remove("req-1")
+    board.say("done")
+    # One line of bars redrawn in place; an event line clears it, is printed, and the bars come back below.
+    assert terminal.getvalue() == (f"\r\x1b[Kreq-1 [{'#' * 4}{'.' * 16}] 2/10 images (0 failed)"
+                                   f"\r\x1b[Krequest req-2 accepted\nreq-1 [{'#' * 4}{'.' * 16}] 2/10 images (0 failed)"
+                                   "\r\x1b[Kdone\n")

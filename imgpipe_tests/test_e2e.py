@@ -19,6 +19,7 @@ from dagster import DagsterInstance, RunsFilter
 from PIL import Image
 from standardwebhooks import Webhook
 
+from imgpipe.defs.jobs import request_tag
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import RequestRow
 from imgpipe_tests.images import save_jpeg
@@ -269,12 +270,15 @@ def test_a_poisoned_sidecar_stops_nothing_but_its_own_upload(stack, image_server
     assert posted.status_code == 202, posted.text
     ids = [stack.request_for("beside.csv", 2 * SENSOR_LOOP_SECONDS).request_id, posted.json()["request_id"]]
 
-    # Both have their run within two sensor loops of the drop.
+    # Both have their run within two sensor loops of the drop (plus the second tick's own few seconds of work: it
+    # takes the files in and asks for the runs).
     with DagsterInstance.from_config(str(stack.dagster_home)) as instance:
         def launched() -> bool:
-            return all(instance.get_run_records(RunsFilter(tags={"imgpipe/request_id": i}), limit=1) for i in ids)
+            return all(instance.get_run_records(RunsFilter(tags={request_tag(i): "true"}), limit=1)
+                       for i in ids)
 
-        assert wait_for(launched, 2 * SENSOR_LOOP_SECONDS - (time.monotonic() - started), step=0.1), stack.log_tail()
+        assert wait_for(launched, 2 * SENSOR_LOOP_SECONDS + 3 - (time.monotonic() - started), step=0.1), \
+            stack.log_tail()
     launched_after = time.monotonic() - started
     for request_id in ids:
         assert stack.wait_terminal(request_id, 60).status == "completed"
@@ -307,4 +311,46 @@ def test_a_retry_while_processing_is_refused_and_nothing_is_done_twice(stack, im
     assert wait_for(lambda: receiver.calls, 30)
     time.sleep(3)  # no second webhook follows
     assert [json.loads(c["body"])["status"] for c in receiver.calls] == ["completed"]
+    receiver.close()
+
+
+def test_six_small_requests_dropped_together_share_a_run_and_each_ends_on_its_own(stack, image_server, image_root):
+    """A marketplace's shape: many small CSVs at once. They are processed in a shared run, each request with its
+    own output CSV, webhook and partition materialization; one whose every image fails touches no other."""
+    from dagster import AssetKey
+
+    receiver = WebhookReceiver()
+    urls = images(image_root, image_server, 10)
+    dead = [image_server.url(f"status/404/{uuid.uuid4().hex[:6]}.jpg") for _ in range(2)]
+    rows = {f"seller-{i}.csv": [urls[2 * i:2 * i + 2]] for i in range(5)} | {"seller-dead.csv": [dead]}
+    for name in rows:  # sidecars first, then every CSV at once
+        stack.drop(name.replace(".csv", ".json"), json.dumps({"webhook_url": receiver.url(name)}))
+    for name, product_rows in rows.items():
+        stack.drop(name, product_csv(product_rows))
+    requests_by_name = {name: stack.wait_terminal(stack.request_for(name, 30).request_id, 90) for name in rows}
+
+    assert {name: r.status for name, r in requests_by_name.items()} == {
+        **{f"seller-{i}.csv": "completed" for i in range(5)}, "seller-dead.csv": "failed"}
+    for name, request in requests_by_name.items():
+        assert (stack.home / "public" / "outputs" / f"{request.request_id}.csv").exists()
+        assert wait_for(lambda: receiver.calls_to(name), 30), name
+        [call] = receiver.calls_to(name)
+        assert json.loads(call["body"])["request_id"] == request.request_id
+    with DagsterInstance.from_config(str(stack.dagster_home)) as instance:
+        shared = {r.dagster_run.run_id for request in requests_by_name.values()
+                  for r in instance.get_run_records(RunsFilter(tags={request_tag(request.request_id): "true"}))}
+        assert len(shared) < len(rows)  # not a run each
+        ids = {r.request_id for r in requests_by_name.values()}
+        for asset in ("upload_manifest", "compressed_images", "output_csv", "webhook"):
+            # Recorded once the request's end is, moments after its terminal status.
+            assert wait_for(lambda: ids <= instance.get_materialized_partitions(AssetKey(asset)), 30), asset
+
+    hits_before = {u: image_server.hits_for(u.split(str(image_server.port), 1)[1]) for u in urls + dead}
+    dead_id = requests_by_name["seller-dead.csv"].request_id
+    retried = subprocess.run([str(BIN / "imgpipe"), "retry", dead_id, "--wait"], env=stack.env, cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert retried.returncode == 1  # still failed: its images are still dead
+    hits_after = {u: image_server.hits_for(u.split(str(image_server.port), 1)[1]) for u in urls + dead}
+    assert {u for u in hits_after if hits_after[u] != hits_before[u]} == set(dead)  # only its images again
+    assert wait_for(lambda: len(receiver.calls_to("seller-dead.csv")) == 2, 30)
     receiver.close()

@@ -286,7 +286,8 @@ def test_post_reports_a_redirect_location_printable(server):
 def test_limits_from_settings():
     limits = FetchLimits.from_settings(Limits())
     assert limits == FetchLimits(
-        max_bytes=25 * 1024 * 1024, connect_timeout=5.0, read_timeout=15.0, deadline=30.0, max_redirects=5
+        max_bytes=25 * 1024 * 1024, connect_timeout=5.0, read_timeout=15.0, deadline=30.0, max_redirects=5,
+        attempts=3,
     )
 
 

@@ -259,10 +259,17 @@ def ports(hostile, canary, refused_port, backlogged_port) -> dict[str, int]:
             "backlogged": backlogged_port}
 
 
-def runner_for(tmp_path: Path, ports: dict[str, int], **env: str) -> BatchRunner:
+@pytest.fixture(params=["process", "pool"])
+def isolation(request) -> str:
+    """Every image case under both IMGPIPE_ISOLATION modes: a fresh process per image, and recycled workers."""
+    return request.param
+
+
+def runner_for(tmp_path: Path, ports: dict[str, int], isolation: str, **env: str) -> BatchRunner:
     """127.0.0.1 is allowed on the ports of the misbehaving servers, and on no other (the canary's) port."""
     allowed = ",".join(f"127.0.0.1:{ports[name]}" for name in ("hostile", "refused", "backlogged"))
-    settings = Settings.from_env({"IMGPIPE_HOME": str(tmp_path), "IMGPIPE_ALLOW_PRIVATE_HOSTS": allowed, **env})
+    settings = Settings.from_env({"IMGPIPE_HOME": str(tmp_path), "IMGPIPE_ALLOW_PRIVATE_HOSTS": allowed,
+                                  "IMGPIPE_ISOLATION": isolation, **env})
     return BatchRunner(settings, LocalStorage(settings.home_dir, "http://127.0.0.1:8000"), "r1")
 
 
@@ -278,8 +285,8 @@ def process(runner: BatchRunner, url_template: str, ports: dict[str, int]):
 
 # ------------------------------------------------------------------------------------------------ images
 
-def test_the_hostile_server_serves_a_good_image_through_five_redirects(tmp_path, ports):
-    result = process(runner_for(tmp_path, ports), "{hostile}/hops/5", ports)
+def test_the_hostile_server_serves_a_good_image_through_five_redirects(tmp_path, ports, isolation):
+    result = process(runner_for(tmp_path, ports, isolation), "{hostile}/hops/5", ports)
 
     assert (result.status, result.error) == ("compressed", None)
     assert Path(result.output_path).is_file()
@@ -312,10 +319,10 @@ def test_the_hostile_server_serves_a_good_image_through_five_redirects(tmp_path,
     pytest.param("{hostile}/hops/6", {}, "more than 5 redirects", id="six-redirects"),
     pytest.param("{hostile}/redirect?to=http://[::1", {}, "redirect to an invalid URL", id="redirect-to-malformed-url"),
 ])
-def test_hostile_image_fails_promptly_with_its_reason(tmp_path, ports, url, env, reason):
+def test_hostile_image_fails_promptly_with_its_reason(tmp_path, ports, isolation, url, env, reason):
     started = time.monotonic()
 
-    result = process(runner_for(tmp_path, ports, **env), url, ports)
+    result = process(runner_for(tmp_path, ports, isolation, **env), url, ports)
 
     assert result.status == "failed"
     assert fill(reason, ports) in result.error
@@ -323,11 +330,12 @@ def test_hostile_image_fails_promptly_with_its_reason(tmp_path, ports, url, env,
     assert time.monotonic() - started < 10
 
 
-def test_image_whose_decoding_hangs_fails_at_the_time_cap(tmp_path, ports, monkeypatch):
+def test_image_whose_decoding_hangs_fails_at_the_time_cap(tmp_path, ports, isolation, monkeypatch):
     # No small file reliably takes long to decode, so the child runs a stand-in decoder that hangs.
     monkeypatch.setattr(batch, "compress_isolated", partial(compress_isolated, work=faults.HANG))
 
-    result = process(runner_for(tmp_path, ports, IMGPIPE_IMAGE_TIMEOUT="1"), "{hostile}/file/photo.jpg", ports)
+    result = process(runner_for(tmp_path, ports, isolation, IMGPIPE_IMAGE_TIMEOUT="1"), "{hostile}/file/photo.jpg",
+                     ports)
 
     assert (result.status, result.error) == ("failed", "compression took longer than 1 s")
 
@@ -372,8 +380,9 @@ BLOCKED_REDIRECTS = [
 
 
 @pytest.mark.parametrize("url, reason", BLOCKED_URLS)
-def test_blocked_image_url_is_refused_before_any_connection(tmp_path, ports, canary, connections, url, reason):
-    result = process(runner_for(tmp_path, ports), url, ports)
+def test_blocked_image_url_is_refused_before_any_connection(tmp_path, ports, isolation, canary, connections, url,
+                                                           reason):
+    result = process(runner_for(tmp_path, ports, isolation), url, ports)
 
     assert result.status == "failed"
     assert result.error.startswith("download failed: blocked: ") and reason in result.error
@@ -382,9 +391,9 @@ def test_blocked_image_url_is_refused_before_any_connection(tmp_path, ports, can
 
 
 @pytest.mark.parametrize("url, reason", BLOCKED_REDIRECTS)
-def test_redirect_to_a_blocked_address_is_refused_before_connecting_to_it(tmp_path, ports, canary, connections,
-                                                                          url, reason):
-    result = process(runner_for(tmp_path, ports), url, ports)
+def test_redirect_to_a_blocked_address_is_refused_before_connecting_to_it(tmp_path, ports, isolation, canary,
+                                                                          connections, url, reason):
+    result = process(runner_for(tmp_path, ports, isolation), url, ports)
 
     assert result.status == "failed"
     assert result.error.startswith("download failed: blocked: ") and reason in result.error

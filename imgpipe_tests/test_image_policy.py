@@ -14,7 +14,7 @@ from PIL import Image, ImageCms, ImageFile, JpegImagePlugin, features
 
 from imgpipe.images.image_policy import CompressedImage, ImageRejected, compress_image
 from imgpipe.images.quality import estimate_jpeg_quality
-from imgpipe_tests.images import noisy_gradient
+from imgpipe_tests.images import noisy_gradient, photo_like
 
 LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}
 SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -167,7 +167,6 @@ LOSSLESS_CASES = [
     pytest.param(palette_with_transparency, "PNG", "WEBP", id="palette PNG transparent"),
     pytest.param(lambda: encode(noisy_gradient().convert("P"), "PNG"), "PNG", "JPEG", id="palette PNG opaque"),
     pytest.param(rgb_with_colour_key, "PNG", "WEBP", id="RGB PNG with a transparent colour"),
-    pytest.param(lambda: encode(noisy_gradient().convert("1"), "PNG"), "PNG", "JPEG", id="1-bit PNG"),
     pytest.param(lambda: encode(noisy_gradient(), "GIF"), "GIF", "JPEG", id="still GIF"),
     pytest.param(lambda: encode(noisy_gradient(), "BMP"), "BMP", "JPEG", id="BMP"),
     pytest.param(lambda: encode(noisy_gradient(), "TIFF"), "TIFF", "JPEG", id="TIFF"),
@@ -176,7 +175,7 @@ LOSSLESS_CASES = [
     pytest.param(
         lambda: encode(with_transparent_pixel("RGBA"), "WEBP", quality=30), "WEBP", "WEBP", id="WebP with alpha"
     ),
-    pytest.param(lambda: encode(noisy_gradient(), "AVIF", quality=30), "AVIF", "JPEG", id="AVIF", marks=NO_AVIF),
+    pytest.param(lambda: encode(noisy_gradient(), "AVIF", quality=95), "AVIF", "JPEG", id="AVIF", marks=NO_AVIF),
 ]
 
 
@@ -207,9 +206,11 @@ def test_icc_profile_is_kept_on_webp_output():
 
 
 def test_16_bit_grayscale_png_keeps_its_tones():
-    # A left-to-right ramp over the full 16-bit range; clipped to 8 bits it would be all white.
-    ramp = Image.linear_gradient("L").rotate(90).resize((256, 16)).convert("I").point(lambda v: v * 257)
-    data = encode(ramp.convert("I;16"), "PNG")
+    # A left-to-right ramp over the full 16-bit range (with grain, so that its PNG is no smaller than a JPEG);
+    # clipped to 8 bits it would be all white.
+    ramp = Image.linear_gradient("L").rotate(90).resize((256, 16))
+    grainy = Image.blend(ramp, Image.effect_noise((256, 16), 60), 0.03).convert("I").point(lambda v: v * 257)
+    data = encode(grainy.convert("I;16"), "PNG")
     with Image.open(io.BytesIO(data)) as source:
         assert source.mode == "I;16"
 
@@ -222,7 +223,11 @@ def test_16_bit_grayscale_png_keeps_its_tones():
 @pytest.mark.parametrize("input_format", ["GIF", "PNG", "WEBP"])
 def test_animation_becomes_animated_webp_with_every_frame_and_its_timing(input_format):
     colours = [RED, BLUE, (30, 220, 30), (240, 240, 30)]
-    frames = [Image.new("RGB", (40, 30), colour) for colour in colours]
+    # Grain around a plain centre: an animation that the half-quality WebP makes smaller (a flat one would be
+    # kept as it is, being the smaller).
+    frames = [Image.blend(Image.new("RGB", (160, 120), colour), noisy_gradient((160, 120)), 0.5) for colour in colours]
+    for frame, colour in zip(frames, colours):
+        frame.paste(colour, (10, 5, 30, 25))
     durations = [100, 200, 300, 400]
     data = encode(frames[0], input_format, save_all=True, append_images=frames[1:], duration=durations, loop=2)
 
@@ -238,23 +243,26 @@ def test_animation_becomes_animated_webp_with_every_frame_and_its_timing(input_f
             output.load()  # a WebP frame's duration is known once it is read
             assert output.info["duration"] == duration
             assert channel_distance(output.convert("RGB").getpixel((20, 15)), colour) < 24
+    assert len(result.data) < len(data)
 
 
 def gif_with_a_frame_beyond_its_canvas() -> bytes:
-    """A 20x20 GIF whose second frame is 30x30: invalid, but found in the wild, and Pillow reads it."""
-    palette = [*RED, *BLUE]
+    """A 200x200 GIF whose second frame is 300x300: invalid, but found in the wild, and Pillow reads it."""
+    palette = [value for grey in range(256) for value in (grey, grey, grey)]
 
     def screen_and_frame(size: tuple[int, int]) -> tuple[bytes, bytes]:
-        image = Image.new("P", size, 0)
+        # A grey photo-like picture over one fixed 256-grey palette, written unoptimised so that both frames keep
+        # it, and large enough that its WebP is the smaller (the smaller is kept).
+        grey = photo_like(*size, seed=size[0]).convert("L")
+        image = Image.frombytes("P", size, grey.tobytes())
         image.putpalette(palette)
-        image.paste(1, (0, 0, size[0] // 2, size[1]))  # both colours used, so Pillow keeps the same palette
-        data = encode(image, "GIF")
+        data = encode(image, "GIF", optimize=False)
         frame_start = 13 + 3 * 2 ** ((data[10] & 7) + 1)  # after the header and the global colour table
         assert data[frame_start:frame_start + 1] == b"," and data.endswith(b";")
         return data[:frame_start], data[frame_start:-1]
 
-    screen, small_frame = screen_and_frame((20, 20))
-    _, large_frame = screen_and_frame((30, 30))
+    screen, small_frame = screen_and_frame((200, 200))
+    _, large_frame = screen_and_frame((300, 300))
     return screen + small_frame + large_frame + b";"
 
 
@@ -265,9 +273,9 @@ def test_gif_frame_beyond_the_canvas_is_cut_to_it():
 
     result = compress_image(data, **LIMITS)
 
-    assert (result.format, result.width, result.height) == ("WEBP", 20, 20)
+    assert (result.format, result.width, result.height) == ("WEBP", 200, 200)
     with Image.open(io.BytesIO(result.data)) as output:
-        assert (output.n_frames, output.size) == (2, (20, 20))
+        assert (output.n_frames, output.size) == (2, (200, 200))
 
 
 # ---- rejected input --------------------------------------------------------------------------------------
@@ -439,3 +447,66 @@ def test_a_complete_jpeg_compresses(params, after_eoi):
     result = compress_image(data, **LIMITS)
 
     assert (result.width, result.height, result.quality_in) == (400, 300, 90)
+
+
+# ------------------------------------------------------------------ never larger
+
+
+def _gps_exif() -> bytes:
+    exif = Image.Exif()
+    exif.get_ifd(0x8825)[2] = (48.0, 51.0, 29.0)  # GPSLatitude
+    return exif.tobytes()
+
+
+def _small_logo_png() -> bytes:
+    logo = Image.new("RGBA", (120, 60), (0, 0, 0, 0))
+    logo.paste((200, 30, 30, 255), (10, 10, 50, 50))
+    return encode(logo, "PNG", optimize=True, exif=_gps_exif())
+
+
+def _tiny_gif() -> bytes:
+    frame = Image.new("P", (40, 20), 0)
+    frame.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    frame.paste(1, (5, 5, 15, 15))
+    return encode(frame, "GIF", comment=b"shot at home, 48.85N")
+
+
+def _camera_jpeg() -> bytes:
+    """A small JPEG as cameras write them, an EXIF segment where Pillow writes a JFIF one: without its EXIF it
+    is smaller than any re-encode, which adds the JFIF segment."""
+    data = encode(Image.new("RGB", (16, 16), (120, 30, 200)), "JPEG", quality=90, optimize=True)
+    assert data[2:4] == b"\xff\xe0"
+    without_jfif = data[:2] + data[4 + struct.unpack(">H", data[4:6])[0]:]
+    exif = _gps_exif()
+    return without_jfif[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + without_jfif[2:]
+
+
+@pytest.mark.parametrize(("make", "kept_format"), [(_small_logo_png, "PNG"), (_tiny_gif, "GIF"),
+                                                   (_camera_jpeg, "JPEG"),
+                                                   (lambda: encode(noisy_gradient().convert("1"), "PNG"), "PNG")],
+                         ids=["png-logo", "gif", "camera-jpeg", "1-bit-png"])
+def test_an_input_the_encode_would_not_shrink_is_kept_without_its_metadata(make, kept_format):
+    data = make()
+    result = compress_image(data, **LIMITS)
+    assert len(result.data) <= len(data)
+    assert (result.format, result.quality_in, result.quality_out) == (kept_format, result.quality_in,
+                                                                      max(1, round(result.quality_in / 2)))
+    assert result.note.startswith("kept the input without EXIF/XMP")
+    assert "the half-quality encode was" in result.note
+    with Image.open(io.BytesIO(result.data)) as kept:
+        kept.load()
+        assert not kept.getexif().get_ifd(0x8825) and "xmp" not in kept.info and "comment" not in kept.info
+    assert b"48.85" not in result.data
+
+
+def test_an_input_the_encode_shrinks_is_encoded_and_has_no_note():
+    data = encode(noisy_gradient((400, 300)), "JPEG", quality=90)
+    result = compress_image(data, **LIMITS)
+    assert result.note is None and result.format == "JPEG" and len(result.data) < len(data)
+
+
+def test_thumbnails_of_before_and_after_are_small_jpegs():
+    result = compress_image(encode(noisy_gradient((1600, 900)), "JPEG", quality=90), **LIMITS)
+    for thumbnail in (result.thumbnail_before, result.thumbnail_after):
+        with Image.open(io.BytesIO(thumbnail)) as image:
+            assert image.format == "JPEG" and max(image.size) <= 160 and image.size[0] > image.size[1]

@@ -172,3 +172,24 @@ def test_a_run_uses_the_resource_config_it_was_launched_with(instance, image_ser
     assert read_output(other, request_id)[1][3] == image.output_url
     assert DuckDBStatusStore(env_settings.db_path).get_request(request_id) is None
     assert not (env_settings.outputs_dir / f"{request_id}.csv").exists()
+
+
+def test_the_same_csv_again_reuses_every_output_through_the_job(instance, image_server, image_root):
+    """Through the real job: the second request encodes nothing (the tests' image server sends no validators,
+    so its images are downloaded and recognised by their bytes), and has files and URLs of its own."""
+    settings = load_settings()
+    folder = uuid.uuid4().hex[:8]
+    for name in ("a", "b"):
+        save_jpeg(image_root / folder / f"{name}.jpg", quality=75, seed=ord(name))
+    rows = [[image_server.url(f"img/{folder}/a.jpg"), image_server.url(f"img/{folder}/b.jpg")]]
+    first = submit(settings, csv_for(rows), f"night-1-{folder}.csv")
+    assert run(instance, first)[0]
+    second = submit(settings, csv_for(rows), f"night-2-{folder}.csv")
+    assert run(instance, second)[0]
+
+    store = DuckDBStatusStore(settings.db_path)
+    assert [i.obtained for i in store.images(first)] == ["fetched", "fetched"]
+    assert [i.obtained for i in store.images(second)] == ["same_content", "same_content"]
+    assert all(f"/images/{second}/" in i.output_url for i in store.images(second))
+    [[_, _, _, urls]] = read_output(settings, second)[1:]
+    assert slots_of(urls) == [i.output_url for i in store.images(second)]

@@ -124,7 +124,7 @@ def test_every_method_and_typed_rows(store_factory):
         ImageStatus.FAILED, "HTTP 404 (a 100% miss?)", None, None)
     for row in (first, last, store.get_request("r1"), store.products("r1")[0]):
         for column, value in vars(row).items():
-            assert value is None or type(value) in (str, int, datetime, ImageStatus, RequestStatus), (column, value)
+            assert value is None or type(value) in (str, int, bool, datetime, ImageStatus, RequestStatus), (column, value)
     assert type(first.updated_at) is datetime and first.updated_at.tzinfo is None
     assert abs(first.updated_at - utcnow()) < timedelta(minutes=1)  # naive UTC, not local time
 
@@ -170,6 +170,24 @@ def test_every_method_and_typed_rows(store_factory):
     deliveries = store.webhook_deliveries("r1")
     assert [(d.attempt, d.status_code, d.error) for d in deliveries] == [(1, 500, "HTTP 500"), (2, 200, None)]
     assert store.claim_webhook("w1", lease_seconds=0) is None
+
+
+def test_a_database_of_the_first_release_gets_the_columns_added_since(store_factory):
+    first_release = {"requests": "request_id VARCHAR PRIMARY KEY, status VARCHAR NOT NULL, source VARCHAR NOT NULL,"
+                                 " file_name VARCHAR, webhook_url VARCHAR, created_at TIMESTAMP NOT NULL,"
+                                 " updated_at TIMESTAMP NOT NULL, completed_at TIMESTAMP, total_images INTEGER,"
+                                 " error VARCHAR, errors_json VARCHAR, idempotency_key VARCHAR,"
+                                 " generation INTEGER NOT NULL DEFAULT 0, run_id VARCHAR"}
+    if store_factory.backend == "duckdb":
+        with duckdb.connect(store_factory.target) as con:
+            con.execute(f"CREATE TABLE requests ({first_release['requests']})")
+    else:
+        with psycopg2.connect(store_factory.target) as con, con.cursor() as cur:
+            cur.execute(f"CREATE TABLE requests ({first_release['requests']})")
+    store = store_factory()
+    accept(store, "r1", fresh=True)
+    assert store.get_request("r1").fresh is True
+    assert store_factory().get_request("r1").fresh is True  # opened again: nothing added twice
 
 
 def test_open_status_store_follows_the_profile(tmp_path):

@@ -2,8 +2,9 @@
 
 An upload goes straight through the intake (`take_upload`): validated once, kept in the storage
 (`requests/<id>/input.csv`, or `rejected/<id>/` beside `errors.json`) and recorded, `queued` with its image slots
-or `rejected`. Status is read from the store; images and output CSVs from the storage. The app never reads the
-environment: `imgpipe.cli` passes the settings in.
+or `rejected`. Status is read from the store (`GET /requests/{id}` whole, paged or summarized, the HTML report,
+`/metrics`: all paged or aggregated in SQL); images, thumbnails and output CSVs from the storage. The app never
+reads the environment: `imgpipe.cli` passes the settings in.
 
 Modules: `uploads` (the body, streamed through python-multipart under limits), `auth` (the bearer token),
 `models` (request and response bodies), `errors` (the one error shape), `openapi` (what FastAPI cannot infer).
@@ -12,17 +13,21 @@ Modules: `uploads` (the body, streamed through python-multipart under limits), `
 import asyncio
 import functools
 import threading
+from datetime import timezone
+import logging
+import re
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from imgpipe.api import openapi
 from imgpipe.api.auth import BearerAuth
 from imgpipe.api.errors import EXCEPTION_HANDLERS, ApiError
-from imgpipe.api.models import Accepted, Health
+from imgpipe.api.models import Accepted, Health, Purged
 from imgpipe.api.uploads import ReceivedUpload, read_upload
 from imgpipe.backends import open_status_store, open_storage
 from imgpipe.intake.csv_schema import RowError, UploadRejected, parse_upload
@@ -34,13 +39,28 @@ from imgpipe.intake.intake import (
     take_upload,
     webhook_url_problems,
 )
+from imgpipe.logs import current_request_id, request_context
+from imgpipe.metrics import BUCKETS as METRIC_BUCKETS
+from imgpipe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from imgpipe.metrics import exposition
+from imgpipe.report import HEADERS as REPORT_HEADERS
+from imgpipe.report import MAX_PAGE_SIZE, PAGE_SIZE, render_report
+from imgpipe.report import THUMBNAIL_HEADERS
 from imgpipe.settings import Settings
-from imgpipe.status.document import RequestDocument, link_output_csv, stored_document
+from imgpipe.status.document import (
+    VIEWS,
+    RequestDocument,
+    RequestPage,
+    RequestSummary,
+    link_output_csv,
+    stored_document,
+)
 from imgpipe.status.models import RequestRow, RequestStatus, Source
 from imgpipe.status.store import StatusStore
 from imgpipe.storage import Storage, content_type_of, rejected_key
 
 T = TypeVar("T")
+log = logging.getLogger("imgpipe.api")
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 # A health probe should answer within its own timeout rather than wait out a long pipeline write.
@@ -95,7 +115,7 @@ class Api:
     # ------------------------------------------------------------------ POST /requests
 
     async def create_request(self, request: Request, idempotency_key: str | None, webhook_url: str | None,
-                             file_name: str | None) -> JSONResponse:
+                             file_name: str | None, fresh: bool = False) -> JSONResponse:
         received = await read_upload(request, self.settings.max_csv_bytes)
         key = (idempotency_key or "").strip() or None
         problems = self._request_problems(received, key, webhook_url)
@@ -106,7 +126,7 @@ class Api:
             raise ApiError(422, f"the upload has {len(problems)} problem(s)", errors=[p.to_dict() for p in problems])
         # The form's field and file name win over the query's; an empty webhook URL means none.
         upload = Upload(content=received.content, file_name=received.file_name or file_name or "", source=Source.API,
-                        webhook_url=received.webhook_url or webhook_url or None, idempotency_key=key)
+                        webhook_url=received.webhook_url or webhook_url or None, idempotency_key=key, fresh=fresh)
         if key is None:
             result = await self._take(upload)
         else:
@@ -115,8 +135,14 @@ class Api:
                 if existing is not None:
                     return await self._replay(existing, upload)
                 result = await self._take(upload)
+        # This call's later log lines (uvicorn's access line too: same task) are about this request.
+        current_request_id.set(result.request_id)
         if not result.accepted:
+            log.info("upload %s rejected with %d problem(s)", upload.file_name or "upload.csv", len(result.errors),
+                     extra={"request_id": result.request_id, "event": "rejected"})
             raise self._rejected(result.request_id, [e.to_dict() for e in result.errors])
+        log.info("upload %s accepted", upload.file_name or "upload.csv",
+                 extra={"request_id": result.request_id, "event": "accepted"})
         return self._accepted(result.request_id)
 
     def _request_problems(self, received: ReceivedUpload, key: str | None,
@@ -188,23 +214,61 @@ class Api:
 
     # ------------------------------------------------------------------ reads
 
-    async def get_request(self, request_id: str) -> RequestDocument:
-        document = await self.in_store(stored_document, self.store, request_id)
+    async def get_request(self, request_id: str, view: str = "full", offset: int | None = None,
+                          limit: int | None = None) -> JSONResponse:
+        """The status document; a page of its products with `offset`/`limit`, none with `view="summary"`. Paged
+        in the store's SQL, so a request of 20,000 images costs a page, not the whole document."""
+        document = await self.in_store(stored_document, self.store, request_id, view=view, offset=offset,
+                                       limit=limit)
         if document is None:
-            raise ApiError(404, f"no request {request_id[:200]}")
+            return await self._gone_or_unknown(request_id)
         # Outside the store's lock: with S3 storage this asks the bucket.
-        return await run_in_threadpool(link_output_csv, document, self.storage, self.settings)
+        linked = await run_in_threadpool(link_output_csv, document, self.storage, self.settings)
+        return JSONResponse(linked.model_dump(mode="json"))
+
+    async def report(self, request: Request, request_id: str, offset: int, limit: int) -> Response:
+        """The request's HTML report, a page of `limit` products from `offset`."""
+        view = await self.in_store(self.store.request_view, request_id, offset=offset, limit=limit)
+        if view is None:
+            return await self._gone_or_unknown(request_id)
+        # A page opened through a signed link signs its own links (thumbnails, other pages) the same way.
+        signed = {key: request.query_params[key] for key in ("expires", "signature") if key in request.query_params}
+        link_query = ("?" + urlencode(signed)) if len(signed) == 2 else ""
+        html = await run_in_threadpool(render_report, view, offset=offset, limit=limit, link_query=link_query)
+        return HTMLResponse(html, headers=REPORT_HEADERS)
+
+    async def thumbnail(self, request_id: str, name: str) -> Response:
+        """A report's thumbnail (`<stem>.before.jpg` or `<stem>.after.jpg`); only those names are looked up."""
+        try:
+            data = await run_in_threadpool(self.storage.read_thumbnail, request_id, name)
+        except ValueError:
+            data = None
+        if data is None:
+            raise ApiError(404, f"no thumbnail {name[:200]} of request {request_id[:200]}")
+        return Response(data, media_type="image/jpeg", headers=THUMBNAIL_HEADERS)
+
+    async def metrics(self) -> Response:
+        data = await self.in_store(exposition, lambda: self.store.metrics(METRIC_BUCKETS))
+        return Response(data, media_type=METRICS_CONTENT_TYPE)
 
     async def output_csv(self, request_id: str) -> Response:
         row = await self.in_store(self.store.get_request, request_id)
         if row is None:
-            raise ApiError(404, f"no request {request_id[:200]}")
+            return await self._gone_or_unknown(request_id)
         if not row.status.terminal:
             raise ApiError(409, f"request {request_id} is {row.status}; its output CSV is written when it ends")
         data = await run_in_threadpool(self.storage.read_output_csv, request_id)
         if data is None:
             raise ApiError(404, f"request {request_id} ended {row.status} without an output CSV")
         return Response(data, media_type=CSV_MEDIA_TYPE)
+
+    async def _gone_or_unknown(self, request_id: str) -> JSONResponse:
+        """410 with the time for a request that was purged; 404 for one never seen."""
+        purged_at = await self.in_store(self.store.purged_at, request_id)
+        if purged_at is None:
+            raise ApiError(404, f"no request {request_id[:200]}")
+        body = Purged(request_id=request_id, status="purged", purged_at=purged_at.replace(tzinfo=timezone.utc))
+        return JSONResponse(body.model_dump(mode="json"), status_code=410)
 
     async def image(self, path: str) -> Response:
         """`<request_id>/<name>` from the storage. Only names the pipeline writes are looked up, so a folder, a
@@ -241,6 +305,8 @@ def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
     app.state.api = api
     guarded = functools.partial(openapi.security, settings, True)
     errors = functools.partial(openapi.responses, settings)
+    # Where a token guards the API, a report and its thumbnails also open with a signed link.
+    signed_link = {"r401": openapi.SIGNED_LINK_REFUSED} if settings.api_token else {}
 
     @app.post("/requests", operation_id="createRequest", summary="Upload a CSV for processing",
               status_code=202, response_model=Accepted, **openapi.create_request_docs(settings))
@@ -255,21 +321,81 @@ def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
             json_schema_extra={"pattern": WEBHOOK_URL_PATTERN, "maxLength": settings.max_url_length})] = None,
         file_name: Annotated[str, Query(  # noqa: RUF013
             description="The file's name (default upload.csv; a multipart file's own name wins)")] = None,
+        fresh: Annotated[bool, Query(
+            description="true: fetch and encode every image again, whatever earlier requests left")] = False,
     ) -> JSONResponse:
-        return await api.create_request(request, idempotency_key, webhook_url, file_name)
+        return await api.create_request(request, idempotency_key, webhook_url, file_name, fresh)
 
-    @app.get("/requests/{request_id}", operation_id="getRequest", response_model=RequestDocument,
+    @app.get("/requests/{request_id}", operation_id="getRequest",
+             response_model=RequestDocument | RequestPage | RequestSummary,
              summary="Status of a request, its products and images in input order",
-             responses=errors(r404=openapi.error("Unknown request")), openapi_extra=guarded())
-    async def get_request(request_id: RequestId) -> RequestDocument:
-        return await api.get_request(request_id)
+             description=openapi.GET_REQUEST_DESCRIPTION,
+             responses=errors(r404=openapi.error("Unknown request"), r410=openapi.PURGED,
+                              r422=openapi.INVALID_PARAMETER),
+             openapi_extra=guarded())
+    async def get_request(
+        request_id: RequestId,
+        view: Annotated[Literal[VIEWS], Query(
+            description="`summary`: the document without `products` (with `products_total`)")] = "full",
+        offset: Annotated[int, Query(ge=0, le=openapi.MAX_OFFSET, description=(  # noqa: RUF013
+            "Products to skip, in input order (with `limit`: a page, and `products_total`)"))] = None,
+        limit: Annotated[int, Query(ge=1, le=openapi.MAX_LIMIT, description=(  # noqa: RUF013
+            f"Products in the page, at most {openapi.MAX_LIMIT} (with `offset`, default 0)"))] = None,
+    ) -> JSONResponse:
+        return await api.get_request(request_id, view, offset, limit)
+
+    @app.get("/requests/{request_id}/report", operation_id="getReport", response_class=Response,
+             summary="The request's report: an HTML page, before and after thumbnails of every image",
+             description=openapi.REPORT_DESCRIPTION,
+             responses=errors(
+                 r200={"description": "The report page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                 **signed_link, r404=openapi.error("Unknown request"), r410=openapi.PURGED, r422=openapi.INVALID_PARAMETER),
+             openapi_extra=guarded())
+    async def report(
+        request: Request,
+        request_id: RequestId,
+        offset: Annotated[int, Query(ge=0, le=openapi.MAX_OFFSET, description="Products to skip")] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Products on the page")] = PAGE_SIZE,
+        expires: Annotated[int, Query(ge=0, le=openapi.MAX_EXPIRES, description=(  # noqa: RUF013
+            "Of a signed link (`report_url`): when it expires, in Unix seconds"))] = None,
+        signature: Annotated[str, Query(max_length=128, description=(  # noqa: RUF013
+            "Of a signed link (`report_url`): opens this report and its thumbnails without a token"))] = None,
+    ) -> Response:
+        return await api.report(request, request_id, offset, limit)
+
+    @app.get("/requests/{request_id}/report/thumbs/{name}", operation_id="getReportThumbnail",
+             response_class=Response, summary="A thumbnail of the report: `<stem>.before.jpg` or `<stem>.after.jpg`",
+             responses=errors(
+                 r200={"description": "The thumbnail", "content": {
+                     "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                 **signed_link, r404=openapi.error("No such thumbnail"), r422=openapi.INVALID_PARAMETER, store=False),
+             openapi_extra=guarded())
+    async def report_thumbnail(
+        request_id: RequestId,
+        name: Annotated[str, Path(description="`<image stem>.before.jpg` or `<image stem>.after.jpg`")],
+        expires: Annotated[int, Query(ge=0, le=openapi.MAX_EXPIRES,  # noqa: RUF013
+                                      description="Of the report's signed link")] = None,
+        signature: Annotated[str, Query(max_length=128,  # noqa: RUF013
+                                        description="Of the report's signed link")] = None,
+    ) -> Response:
+        return await api.thumbnail(request_id, name)
+
+    @app.get("/metrics", operation_id="metrics", response_class=Response,
+             summary="Prometheus metrics, derived from the status store at each scrape",
+             description=openapi.METRICS_DESCRIPTION,
+             responses=errors(
+                 r200={"description": "Prometheus' text exposition format", "content": {
+                     "text/plain": {"schema": {"type": "string"}}}}, guarded=not settings.metrics_public),
+             openapi_extra=openapi.security(settings, not settings.metrics_public))
+    async def metrics() -> Response:
+        return await api.metrics()
 
     @app.get("/requests/{request_id}/output.csv", operation_id="getOutputCsv", response_class=Response,
              summary="The output CSV of a request that has ended",
              responses=errors(
                  r200={"description": "The output CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
                  r404=openapi.error("Unknown request, or it ended without an output CSV"),
-                 r409=openapi.error("The request has not ended yet")),
+                 r409=openapi.error("The request has not ended yet"), r410=openapi.PURGED),
              openapi_extra=guarded())
     async def output_csv(request_id: RequestId) -> Response:
         return await api.output_csv(request_id)
@@ -300,6 +426,25 @@ def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
     app.openapi = functools.partial(openapi.openapi_document, app, settings)
 
     if settings.api_token:
-        app.add_middleware(BearerAuth, token=settings.api_token)
+        app.add_middleware(BearerAuth, token=settings.api_token,
+                           open_paths=("/metrics",) if settings.metrics_public else ())
+    app.add_middleware(RequestIdLogContext)
     return app
+
+
+class RequestIdLogContext:
+    """Log lines made while a call about a request is answered (uvicorn's access line included) carry its ID."""
+
+    PATH = re.compile(r"/(?:requests|images)/([0-9A-Za-z_-]{1,64})(?:/|$)")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        match = self.PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        with request_context(match.group(1)):
+            await self.app(scope, receive, send)
 

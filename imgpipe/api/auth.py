@@ -1,5 +1,8 @@
-"""The bearer token (IMGPIPE_API_TOKEN): every call but `/healthz` and `/images/...` needs
-`Authorization: Bearer <token>`. Images stay open because their URLs are handed out in output CSVs.
+"""The bearer token (IMGPIPE_API_TOKEN): every call but `/healthz` and `/images/...` (and `/metrics` with
+IMGPIPE_METRICS_PUBLIC=1) needs `Authorization: Bearer <token>`. Images stay open because their URLs are handed
+out in output CSVs. A report page and its thumbnails also open with the `expires` and `signature` of a signed
+report link (imgpipe.report_links): a valid one stands for the token there, and nowhere else; a wrong or expired
+one is refused like a missing token (401), the message saying which.
 
 An ASGI middleware in front of the routing, so that it guards every path, `/openapi.json` and unknown routes
 too (without the token nothing tells which routes exist), and refuses before any body is read.
@@ -8,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from urllib.parse import parse_qs
 
+from imgpipe import report_links
 from imgpipe.api.errors import error_response
 
 SCHEME_NAME = "bearerAuth"
@@ -37,17 +42,34 @@ def token_matches(given: bytes, token: str) -> bool:
 
 
 class BearerAuth:
-    def __init__(self, app, token: str):
+    def __init__(self, app, token: str, open_paths: tuple[str, ...] = ()):
         self.app = app
         self.token = token
+        self.open_paths = open_paths
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or is_open(scope.get("path", "")) or self._authorized(scope):
+        path = scope.get("path", "")
+        if (scope["type"] != "http" or is_open(path) or path in self.open_paths or self._authorized(scope)):
             await self.app(scope, receive, send)
             return
-        response = error_response(401, "a valid 'Authorization: Bearer <token>' header is required",
+        refused = self._signed_link(scope, path)
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        response = error_response(401, refused or "a valid 'Authorization: Bearer <token>' header is required",
                                   headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
+
+    def _signed_link(self, scope, path: str) -> str | None:
+        """None when the query signs this report path; "" when it carries no signature (so the token is
+        missing); else why the signature is refused."""
+        if report_links.signed_scope(path) is None:
+            return ""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        expires, signature = query.get("expires"), query.get("signature")
+        if expires is None and signature is None:
+            return ""
+        return report_links.check(self.token, path, (expires or [""])[0], (signature or [""])[0])
 
     def _authorized(self, scope) -> bool:
         # The first Authorization header counts; a repeated one is not looked at.

@@ -3,6 +3,7 @@
 shared with the CLI."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -43,6 +44,14 @@ class InvalidBody(ErrorBody):
         None, description="Set when the upload itself was recorded: a CSV that breaks a rule is kept and its "
                           "request recorded `rejected` with these errors. Absent when the problems lie outside "
                           "the CSV (webhook_url, Idempotency-Key, no file field): then nothing was recorded.")
+
+
+class Purged(BaseModel):
+    """410 to a request purged by retention (`imgpipe purge`, IMGPIPE_RETENTION_DAYS): it existed, and is gone."""
+
+    request_id: str
+    status: Literal["purged"]
+    purged_at: datetime
 
 
 class Health(BaseModel):

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from imgpipe.api.auth import SCHEME_NAME, SECURITY_SCHEME
-from imgpipe.api.models import ErrorBody, InvalidBody, UploadForm
+from imgpipe.api.models import ErrorBody, InvalidBody, Purged, UploadForm
 from imgpipe.api.uploads import (
     MAX_HEADER_LINE_BYTES,
     MAX_PARTS,
@@ -40,6 +40,35 @@ ACCEPTED_LINKS = {
 }
 
 
+PURGED = {"model": Purged, "description": "The request was purged by retention; its images are gone (404)"}
+SIGNED_LINK_REFUSED = {"model": ErrorBody, "description": (
+    "Missing or wrong `Authorization: Bearer <token>`, and no signed link, or one that expired or whose signature "
+    "does not match (the message says which)")}
+INVALID_PARAMETER = {"model": InvalidBody, "description": "A query parameter out of its range (`errors` says which)"}
+MAX_LIMIT = 1000
+MAX_OFFSET = 2**31 - 1
+MAX_EXPIRES = 10**12
+GET_REQUEST_DESCRIPTION = (
+    "Without parameters: the whole document, every product with its images. For a large request, "
+    "`?limit=N&offset=M` answers that page of products (in input order) with `products_total`, and "
+    "`?view=summary` answers without `products` (counts, links, errors and `products_total`): both are read "
+    "in pages from the status store, never the whole request. `report_url` links to the HTML report.")
+REPORT_DESCRIPTION = (
+    "One HTML page per request, rendered on the server, no JavaScript: a summary (counts, bytes in and out, total "
+    "saved, how the images were obtained, time taken), then per product each image's before and after "
+    "thumbnails side by side, bytes and quality in and out, percent saved, how it was obtained, its note, and "
+    "for a failed image the reason; `limit` products per page. With IMGPIPE_API_TOKEN set it wants the token, "
+    "or the `expires` and `signature` of the request's `report_url`: a signed link to this report and its "
+    "thumbnails only, which opens in a browser.")
+METRICS_DESCRIPTION = (
+    "Prometheus' text format: `imgpipe_requests_total{status}`, `imgpipe_images_total{status}`, "
+    "`imgpipe_images_obtained_total{obtained}`, `imgpipe_image_bytes_total{direction}`, the histograms "
+    "`imgpipe_image_download_seconds` and `imgpipe_image_compress_seconds`, "
+    "`imgpipe_webhook_attempts_total{outcome}` and `imgpipe_oldest_queued_request_age_seconds`. Derived from the "
+    "status store at each scrape, so true across every process and machine. Wants the token unless "
+    "IMGPIPE_METRICS_PUBLIC=1.")
+
+
 def error(description: str) -> dict:
     return {"model": ErrorBody, "description": description}
 
@@ -49,7 +78,7 @@ def responses(settings: Settings, *, guarded: bool = True, store: bool = True, *
     it reads the status store."""
     answers: dict[int | str, dict] = {int(key.removeprefix("r")): value for key, value in by_status.items()}
     if guarded and settings.api_token:
-        answers[401] = error("Missing or wrong `Authorization: Bearer <token>` (IMGPIPE_API_TOKEN is set)")
+        answers.setdefault(401, error("Missing or wrong `Authorization: Bearer <token>` (IMGPIPE_API_TOKEN is set)"))
     if store:
         answers[503] = error("The status store is busy (with `Retry-After`) or unreadable")
     return dict(sorted(answers.items(), key=lambda item: str(item[0])))

@@ -29,11 +29,14 @@ from dagster_pandera import pandera_schema_to_dagster_type
 
 from imgpipe.backends import batches_per_request
 from imgpipe.defs.resources import ImgpipeResource
-from imgpipe.images.batch import BatchRunner, WorkItem, split_into_batches, work_items
+from imgpipe.images.batch import WorkItem, split_into_batches, work_items
 from imgpipe.intake.csv_schema import ManifestModel
 from imgpipe.output.completion import Completion, complete_request
 from imgpipe.output.output_csv import alignment_problems
-from imgpipe.status.models import ImageRow, ImageStatus
+from imgpipe.processing import compress_images
+from imgpipe.report_links import lasting_report_url
+from imgpipe.status.models import ImageRow, ImageStatus, Obtained
+from imgpipe.status.store import StatusStore
 from imgpipe.text import markdown_text
 from imgpipe.webhooks.delivery import deliver
 
@@ -73,12 +76,10 @@ def plan_batches(context: OpExecutionContext, imgpipe: ImgpipeResource):
 
 @op
 def compress_batch(context: OpExecutionContext, batch: list, imgpipe: ImgpipeResource) -> list:
-    request_id = context.partition_key
-    store = imgpipe.store()
-    items = [WorkItem(**item) for item in batch]
-    store.mark_processing(request_id, [item.input_url for item in items])
-    runner = BatchRunner(imgpipe.settings(), imgpipe.storage(), request_id)
-    results = runner.run(items, report=lambda done: store.record_results(request_id, done))
+    """A batch of the request's images; a step run again (its worker was lost) leaves out the images that its
+    first run finished."""
+    results = compress_images(imgpipe.settings(), imgpipe.store(), imgpipe.storage(), context.partition_key,
+                              [WorkItem(**item) for item in batch])
     failed = [r for r in results if r.status == ImageStatus.FAILED]
     context.log.info(f"{len(results) - len(failed)} compressed, {len(failed)} failed")
     return [(str(r.status), r.bytes_in or 0, r.bytes_out or 0) for r in results]
@@ -119,21 +120,23 @@ def output_csv(context: AssetExecutionContext, upload_manifest: pd.DataFrame,
     """The output CSV lined up with the input; then the terminal status, and the webhook queued."""
     completion = complete_request(imgpipe.settings(), imgpipe.store(), imgpipe.storage(), context.partition_key,
                                   context.run.run_id)
-    misaligned = alignment_problems(upload_manifest, completion.csv_bytes)
-    larger = [i for i in completion.images
-              if i.status is ImageStatus.COMPRESSED and i.bytes_out > i.bytes_in]
     return MaterializeResult(
         metadata=request_metadata(completion),
-        check_results=[
-            AssetCheckResult(check_name="aligned_with_input", passed=not misaligned,
-                             severity=AssetCheckSeverity.ERROR,
-                             metadata={"problems": markdown_list(misaligned)}),
-            AssetCheckResult(check_name="outputs_not_larger", passed=not larger, severity=AssetCheckSeverity.ERROR,
-                             metadata={"larger_images": markdown_list(
-                                 f"row {i.row_number} position {i.position}: {i.bytes_in} -> {i.bytes_out} bytes"
-                                 for i in larger)}),
-        ],
+        check_results=[AssetCheckResult(check_name=name, passed=passed, severity=AssetCheckSeverity.ERROR,
+                                        metadata=metadata)
+                       for name, passed, metadata in output_checks(upload_manifest, completion)],
     )
+
+
+def output_checks(manifest: pd.DataFrame, completion: Completion) -> list[tuple[str, bool, dict]]:
+    """(check name, passed, metadata) of the output CSV's two checks."""
+    misaligned = alignment_problems(manifest, completion.csv_bytes)
+    larger = [i for i in completion.images if i.status is ImageStatus.COMPRESSED and i.bytes_out > i.bytes_in]
+    return [
+        ("aligned_with_input", not misaligned, {"problems": markdown_list(misaligned)}),
+        ("outputs_not_larger", not larger, {"larger_images": markdown_list(
+            f"row {i.row_number} position {i.position}: {i.bytes_in} -> {i.bytes_out} bytes" for i in larger)}),
+    ]
 
 
 @asset(partitions_def=requests_partitions, group_name="imgpipe", deps=[output_csv])
@@ -145,15 +148,19 @@ def webhook(context: AssetExecutionContext, imgpipe: ImgpipeResource) -> Materia
     for webhook_id in store.due_webhook_ids(request_id):
         state = deliver(settings, store, webhook_id, inline=True)
         context.log.info(f"webhook {webhook_id}: {state}")
+    return MaterializeResult(metadata=webhook_metadata(store, request_id))
+
+
+def webhook_metadata(store: StatusStore, request_id: str) -> dict:
     attempts = store.webhook_deliveries(request_id)
     table = "| webhook-id | attempt | at | HTTP status | error |\n|---|---|---|---|---|\n" + "".join(
         f"| {a.webhook_id} | {a.attempt} | {a.attempted_at:%Y-%m-%d %H:%M:%S} | {a.status_code or ''} "
         f"| {markdown_text(a.error or '')} |\n" for a in attempts)
-    return MaterializeResult(metadata={
+    return {
         "attempts": len(attempts),
         "delivered": any(a.status_code is not None and 200 <= a.status_code < 300 for a in attempts),
         "attempt_log": MetadataValue.md(table if attempts else "no webhook URL: nothing to send"),
-    })
+    }
 
 
 def request_metadata(completion: Completion) -> dict:
@@ -161,14 +168,20 @@ def request_metadata(completion: Completion) -> dict:
     bytes_in = sum(i.bytes_in or 0 for i in done)
     bytes_out = sum(i.bytes_out or 0 for i in done)
     failed = [i for i in completion.images if i.status is not ImageStatus.COMPRESSED]
+    by_way = {str(way): sum(1 for i in done if i.obtained == way) for way in Obtained}
     return {
         "status": str(completion.status),
         **{f"images_{k}": v for k, v in completion.counts.items()},
+        **{f"obtained_{way}": count for way, count in by_way.items()},
+        # A 304 sent no body: the bytes of the input it stood for were not downloaded again.
+        "bytes_not_downloaded": sum(i.bytes_in or 0 for i in done if i.obtained == Obtained.NOT_MODIFIED),
+        "kept_inputs": sum(1 for i in done if i.note),
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "percent_saved": round(100 * (1 - bytes_out / bytes_in), 1) if bytes_in else 0.0,
         "output_csv_path": MetadataValue.path(completion.output_csv.path),
         "output_csv_url": MetadataValue.url(completion.output_csv.url),
+        "report_url": MetadataValue.url(lasting_report_url(completion.output_csv.url)),
         "failed_images": MetadataValue.md(failures_table(failed)),
     }
 

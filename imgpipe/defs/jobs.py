@@ -1,8 +1,12 @@
-"""The jobs: processing one request (one partition), submitting a CSV from the Launchpad, ending a request
-whose run died, and the webhook attempts that fall due after the first minute."""
+"""The jobs: processing one request (one partition), or several small ones in one run; submitting a CSV from the
+Launchpad; ending the requests of a run that died; and the webhook attempts that fall due after the first
+minute."""
 from typing import Optional
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetMaterialization,
     AssetSelection,
     Config,
     Failure,
@@ -15,19 +19,36 @@ from dagster import (
 from pydantic import Field
 
 from imgpipe.backends import step_executor
-from imgpipe.defs.assets import compressed_images, output_csv, upload_manifest, webhook
+from imgpipe.defs.assets import (
+    compressed_images,
+    output_checks,
+    output_csv,
+    request_metadata,
+    upload_manifest,
+    webhook,
+    webhook_metadata,
+)
 from imgpipe.defs.resources import ImgpipeResource
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.intake.launchpad import read_csv_source
 from imgpipe.output.completion import complete_request
+from imgpipe.processing import process_requests as process_requests_here
 from imgpipe.settings import Settings
 from imgpipe.status.models import Source
 from imgpipe.webhooks.delivery import deliver
 
 PROCESS_REQUEST = "process_request"
+PROCESS_REQUESTS = "process_requests_job"
+RUN_KEY_TAG = "imgpipe/run_key"
+
+
+def request_tag(request_id: str) -> str:
+    """A tag of every processing run that holds the request, its own or shared: the Runs page filters by it."""
+    return f"imgpipe-request/{request_id}"  # one "/" only: Dagster deprecates keys of more sections
 # Tags the run coordinator and the Runs page sort by: processing runs are limited to what the machine can
 # take at once, the short jobs that end requests and deliver webhooks never wait behind them.
 KIND_TAG = "imgpipe/kind"
+REQUEST_TAG = "imgpipe/request_id"
 
 
 def process_request_job(settings: Settings):
@@ -47,6 +68,8 @@ class SubmitCsvConfig(Config):
                                  "(e.g. products.csv), or an http(s) URL to fetch it from (checked like any "
                                  "image URL).")
     webhook_url: Optional[str] = Field(default=None, description="Where to POST the signed webhook at the end.")
+    fresh: bool = Field(default=False, description="Fetch and encode every image again, whatever earlier "
+                                                   "requests left (no reuse).")
 
 
 @op
@@ -55,7 +78,7 @@ def submit_csv(context: OpExecutionContext, config: SubmitCsvConfig, imgpipe: Im
     settings = imgpipe.settings()
     data, file_name = read_csv_source(settings, config.csv)
     result = take_upload(imgpipe.store(), imgpipe.storage(), settings,
-                         Upload(data, file_name, Source.FOLDER, webhook_url=config.webhook_url))
+                         Upload(data, file_name, Source.FOLDER, webhook_url=config.webhook_url, fresh=config.fresh))
     metadata = {"request_id": result.request_id, "file_name": result.file_name,
                 "status_url": MetadataValue.url(settings.status_url(result.request_id))}
     if not result.accepted:
@@ -71,31 +94,77 @@ def submit_csv_job():
     submit_csv()
 
 
+class RequestsConfig(Config):
+    request_ids: list[str] = Field(description="The requests of this run, in arrival order.")
+
+
+@op
+def process_requests(context: OpExecutionContext, config: RequestsConfig, imgpipe: ImgpipeResource) -> None:
+    """Each request from start to end, a few at a time; each ends on its own (output CSV, terminal status,
+    webhook) and is recorded as its partition's materialization of the four assets, with the output checks."""
+    settings, store, storage = imgpipe.settings(), imgpipe.store(), imgpipe.storage()
+    again = context.run.parent_run_id is not None  # a re-execution from the UI
+    processed = []
+    for ended in process_requests_here(settings, store, storage, config.request_ids, context.run.run_id,
+                                       again=again):
+        if ended.completion is None:
+            context.log.info(f"request {ended.request_id}: already ended, nothing to do")
+            continue
+        completion, request_id = ended.completion, ended.request_id
+        processed.append(request_id)
+        context.log.info(f"request {request_id}: {completion.status}")
+        manifest = store.manifest(request_id)
+        for key, metadata in ((upload_manifest.key, {"images": len(manifest)}),
+                              (compressed_images.key, {"images": completion.counts["total"]}),
+                              (output_csv.key, request_metadata(completion))):
+            context.log_event(AssetMaterialization(asset_key=key, partition=request_id, metadata=metadata))
+        for name, passed, metadata in output_checks(manifest, completion):
+            context.log_event(AssetCheckEvaluation(asset_key=output_csv.key, check_name=name, passed=passed,
+                                                   metadata=metadata, partition=request_id,
+                                                   severity=AssetCheckSeverity.ERROR))
+    for request_id in processed:  # the webhooks' first minute is over once all are done
+        context.log_event(AssetMaterialization(asset_key=webhook.key, partition=request_id,
+                                               metadata=webhook_metadata(store, request_id)))
+
+
+def process_requests_job(settings: Settings):
+    """Several small requests in one run, its one step where the profile runs steps (a Celery worker in the
+    distributed profile)."""
+    @job(name=PROCESS_REQUESTS, tags={KIND_TAG: "process"}, executor_def=step_executor(settings),
+         description="Several small requests in one run: each processed and ended on its own, each its "
+                     "partition's materialization.")
+    def shared_run():
+        process_requests()
+
+    return shared_run
+
+
 class FailedRunConfig(Config):
-    request_id: str
+    request_ids: list[str] = Field(description="The requests the run held.")
     run_id: str = Field(description="The run that died.")
     reason: str
 
 
 @op
 def end_failed_request(context: OpExecutionContext, config: FailedRunConfig, imgpipe: ImgpipeResource) -> None:
-    """A run that died cannot end its request itself: its output CSV, its `failed` status and its webhook."""
+    """A run that died cannot end its requests itself: their output CSVs, `failed` status and webhooks."""
     settings, store = imgpipe.settings(), imgpipe.store()
-    request = store.get_request(config.request_id)
-    # Only the run that holds the request (or never got to) may end it; a later retry may own it by now.
-    if request is None or request.status.terminal or (
-            request.run_id not in (None, config.run_id) and request.status != "queued"):
-        context.log.info(f"request {config.request_id} is no longer the dead run's to end")
-        return
-    completion = complete_request(settings, store, imgpipe.storage(), config.request_id, config.run_id,
-                                  run_failure=config.reason)
-    context.log.info(f"request {config.request_id} ended as failed: {config.reason}")
-    if completion.webhook_id:
-        state = deliver(settings, store, completion.webhook_id, inline=True)
-        context.log.info(f"webhook {completion.webhook_id}: {state}")
+    for request_id in config.request_ids:
+        request = store.get_request(request_id)
+        # Only the run that holds a request (or never got to) may end it; a later retry may own it by now.
+        if request is None or request.status.terminal or (
+                request.run_id not in (None, config.run_id) and request.status != "queued"):
+            context.log.info(f"request {request_id} is no longer the dead run's to end")
+            continue
+        completion = complete_request(settings, store, imgpipe.storage(), request_id, config.run_id,
+                                      run_failure=config.reason)
+        context.log.info(f"request {request_id} ended as failed: {config.reason}")
+        if completion.webhook_id:
+            state = deliver(settings, store, completion.webhook_id, inline=True)
+            context.log.info(f"webhook {completion.webhook_id}: {state}")
 
 
-@job(description="Ends the request of a run that failed or was canceled.", tags={KIND_TAG: "end"})
+@job(description="Ends the requests of a run that failed or was canceled.", tags={KIND_TAG: "end"})
 def end_failed_run_job():
     end_failed_request()
 
@@ -117,4 +186,5 @@ def deliver_webhook_job():
 
 
 def jobs_for(settings: Settings) -> list:
-    return [process_request_job(settings), submit_csv_job, end_failed_run_job, deliver_webhook_job]
+    return [process_request_job(settings), process_requests_job(settings), submit_csv_job, end_failed_run_job,
+            deliver_webhook_job]

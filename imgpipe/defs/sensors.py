@@ -1,14 +1,17 @@
 """Sensors decide and launch; the work is done in runs. All RUNNING by default.
 
-- `inbox_sensor`: takes the inbox's new files (a bounded number per tick) and launches one run per queued
-  request, whichever way it came in (folder, REST API, Launchpad, retry).
-- `failed_run_sensor`, `canceled_run_sensor`: a processing run that dies launches `end_failed_run_job`.
+- `inbox_sensor`: takes the inbox's new files (a bounded number per tick) and launches the runs of the queued
+  requests, whichever way they came in (folder, REST API, Launchpad, retry): a large request in a run of its
+  own, small ones queued together in shared runs (`imgpipe.run_plan`).
+- `failed_run_sensor`, `canceled_run_sensor`: a processing run that dies launches `end_failed_run_job` for the
+  requests it held.
 - `webhook_retry_sensor`: launches `deliver_webhook_job` for each webhook attempt that falls due.
 """
 from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     RunStatusSensorContext,
     SensorDefinition,
     SensorEvaluationContext,
@@ -18,72 +21,109 @@ from dagster import (
     sensor,
 )
 
+from imgpipe.backends import processing_run_limit
 from imgpipe.defs.assets import requests_partitions
-from imgpipe.defs.jobs import KIND_TAG, deliver_webhook_job, end_failed_run_job
+from imgpipe.defs.jobs import (
+    KIND_TAG,
+    REQUEST_TAG,
+    RUN_KEY_TAG,
+    request_tag,
+    deliver_webhook_job,
+    end_failed_run_job,
+)
 from imgpipe.defs.resources import ImgpipeResource
 from imgpipe.intake.inbox import Inbox
+from imgpipe.run_plan import plan_runs, single_run_key
+from imgpipe.status.models import RequestRow
 from imgpipe.settings import Settings
 
-REQUEST_TAG = "imgpipe/request_id"
 # A queued webhook that no run attempted within this many seconds lost its run; the retry sensor takes it.
 FIRST_ATTEMPT_GRACE_SECONDS = 90
 # The short jobs go before queued processing runs.
 URGENT = {"dagster/priority": "10"}
+RUNS_GOING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+              DagsterRunStatus.STARTED]
 
 
-def build_sensors(settings: Settings, process_job) -> list[SensorDefinition]:
-    @sensor(job=process_job, minimum_interval_seconds=settings.sensor_interval,
+def build_sensors(settings: Settings, process_job, shared_job) -> list[SensorDefinition]:
+    """`process_job`: a request's own run (its partition's asset job); `shared_job`: small requests together."""
+    @sensor(jobs=[process_job, shared_job], minimum_interval_seconds=settings.sensor_interval,
             default_status=DefaultSensorStatus.RUNNING)
     def inbox_sensor(context: SensorEvaluationContext, imgpipe: ImgpipeResource) -> SensorResult:
-        """Takes new CSVs from the inbox, then launches one run per queued request.
+        """Takes new CSVs from the inbox, then launches the runs of the queued requests: a large request in a run
+        of its own (the partition's asset job), small ones queued together in shared runs.
 
-        The run key is the request ID and its generation, so a request is launched once per (re)try however
-        many ticks see it queued, daemon restarts included."""
+        Each request is given its run key once (kept in the status store until it is queued again), so every
+        tick asks for the same runs and Dagster launches each once, daemon restarts included. New runs are
+        started only while fewer than `processing_run_limit` are going: the requests that wait meanwhile are
+        grouped into fewer, fuller runs when room comes."""
         store = imgpipe.store()
         for result in Inbox(imgpipe.settings(), store, imgpipe.storage()).take():
             verdict = "accepted" if result.accepted else f"rejected ({len(result.errors)} problems)"
             context.log.info(f"{result.file_name} -> request {result.request_id}: {verdict}")
         queued = store.queued_requests()
-        known = set(context.instance.get_dynamic_partitions(requests_partitions.name)) if queued else set()
+        if not queued:
+            return SensorResult(run_requests=[])
+        going = context.instance.get_runs(RunsFilter(tags={KIND_TAG: "process"}, statuses=RUNS_GOING))
+        # Asked for by an earlier tick, not created yet.
+        asked = {r.run_key for r in queued if r.run_key} - {run.tags.get(RUN_KEY_TAG) for run in going}
+        room = max(0, processing_run_limit(imgpipe.settings()) - len(going) - len(asked))
+        store.assign_run_keys({request_id: run.run_key
+                               for run in plan_runs([r for r in queued if not r.run_key])[:room]
+                               for request_id in run.request_ids})
+        queued = [r for r in store.queued_requests() if r.run_key]
+        if not queued:
+            return SensorResult(run_requests=[])
+        known = set(context.instance.get_dynamic_partitions(requests_partitions.name))
         new_keys = [r.request_id for r in queued if r.request_id not in known]
+        runs: dict[str, list[RequestRow]] = {}
+        for request in queued:
+            runs.setdefault(request.run_key, []).append(request)
         return SensorResult(
-            run_requests=[
-                RunRequest(
-                    run_key=f"{r.request_id}:{r.generation}",
-                    partition_key=r.request_id,
-                    tags={REQUEST_TAG: r.request_id, "imgpipe/source": r.source,
-                          "imgpipe/file_name": (r.file_name or "")[:200]},
-                )
-                for r in queued
-            ],
+            run_requests=[run_request(run_key, requests) for run_key, requests in runs.items()],
             dynamic_partitions_requests=[requests_partitions.build_add_request(new_keys)] if new_keys else [],
         )
 
-    def end_request(context: RunStatusSensorContext, reason: str):
+    def run_request(run_key: str, requests: list[RequestRow]) -> RunRequest:
+        if len(requests) == 1 and run_key == single_run_key(requests[0]):
+            request = requests[0]
+            return RunRequest(run_key=run_key, partition_key=request.request_id, job_name=process_job.name,
+                              tags={REQUEST_TAG: request.request_id, RUN_KEY_TAG: run_key,
+                                    request_tag(request.request_id): "true", "imgpipe/source": request.source,
+                                    "imgpipe/file_name": (request.file_name or "")[:200]})
+        return RunRequest(run_key=run_key, job_name=shared_job.name,
+                          run_config={"ops": {"process_requests": {"config": {
+                              "request_ids": [r.request_id for r in requests]}}}},
+                          tags={RUN_KEY_TAG: run_key, "imgpipe/requests": str(len(requests)),
+                                **{request_tag(r.request_id): "true" for r in requests}})
+
+    def end_requests(context: RunStatusSensorContext, imgpipe: ImgpipeResource, reason: str):
         run = context.dagster_run
-        request_id = run.tags.get(REQUEST_TAG) or run.tags.get("dagster/partition")
-        if not request_id:
+        run_key = run.tags.get(RUN_KEY_TAG)
+        request_ids = imgpipe.store().requests_of_run(run_key) if run_key else []
+        request_ids = request_ids or [i for i in [run.tags.get(REQUEST_TAG) or run.tags.get("dagster/partition")] if i]
+        if not request_ids:
             return SkipReason(f"run {run.run_id} has no request")
         return RunRequest(
             run_key=run.run_id,
             run_config={"ops": {"end_failed_request": {"config": {
-                "request_id": request_id, "run_id": run.run_id, "reason": reason}}}},
-            tags={REQUEST_TAG: request_id, **URGENT},
+                "request_ids": request_ids, "run_id": run.run_id, "reason": reason}}}},
+            tags={**({REQUEST_TAG: request_ids[0]} if len(request_ids) == 1 else {}), **URGENT},
         )
 
-    @run_status_sensor(run_status=DagsterRunStatus.FAILURE, monitored_jobs=[process_job],
+    @run_status_sensor(run_status=DagsterRunStatus.FAILURE, monitored_jobs=[process_job, shared_job],
                        request_job=end_failed_run_job, default_status=DefaultSensorStatus.RUNNING,
                        minimum_interval_seconds=2)
-    def failed_run_sensor(context: RunStatusSensorContext):
-        """A run that dies (an op error, a killed worker found by run monitoring) ends its request as failed."""
+    def failed_run_sensor(context: RunStatusSensorContext, imgpipe: ImgpipeResource):
+        """A run that dies (an op error, a killed worker found by run monitoring) ends its requests as failed."""
         message = context.dagster_event.message if context.dagster_event else None
-        return end_request(context, f"run {context.dagster_run.run_id} failed: {message}")
+        return end_requests(context, imgpipe, f"run {context.dagster_run.run_id} failed: {message}")
 
-    @run_status_sensor(run_status=DagsterRunStatus.CANCELED, monitored_jobs=[process_job],
+    @run_status_sensor(run_status=DagsterRunStatus.CANCELED, monitored_jobs=[process_job, shared_job],
                        request_job=end_failed_run_job, default_status=DefaultSensorStatus.RUNNING,
                        minimum_interval_seconds=2)
-    def canceled_run_sensor(context: RunStatusSensorContext):
-        return end_request(context, f"run {context.dagster_run.run_id} was canceled")
+    def canceled_run_sensor(context: RunStatusSensorContext, imgpipe: ImgpipeResource):
+        return end_requests(context, imgpipe, f"run {context.dagster_run.run_id} was canceled")
 
     @sensor(job=deliver_webhook_job, minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
     def webhook_retry_sensor(context: SensorEvaluationContext, imgpipe: ImgpipeResource):

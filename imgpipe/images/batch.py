@@ -1,25 +1,28 @@
 """Planning and running batches of images: the work inside one mapped Dagster step.
 
 A Dagster step costs 0.4-1.4 s of orchestration in a process of its own (about 40 ms in the run's process), so a
-step takes a batch of images and the number of steps stays bounded whatever the image count. Inside a step, downloads run in threads and overlap
-with compression, and each image is still decoded and encoded in a fresh OS process of its own.
+step takes a batch of images and the number of steps stays bounded whatever the image count. Inside a step,
+downloads run in threads and overlap with compression, and each image is still decoded and encoded in a fresh
+OS process of its own.
 """
 from __future__ import annotations
 
+import hashlib
 import math
-import threading
+import queue
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from imgpipe.images.compressor import compress_isolated
-from imgpipe.images.fetcher import FetchError, FetchLimits, fetch
+from imgpipe.images.fetcher import FetchError, FetchLimits, FetchResult, HostSlots, Validators, fetch
+from imgpipe.images.image_policy import POLICY_VERSION
+from imgpipe.images.url_safety import AllowList
 from imgpipe.settings import Settings
-from imgpipe.status.models import ImageResult, ImageSlot
+from imgpipe.status.models import ContentOutput, ImageResult, ImageSlot, ImageStatus, Obtained, ReuseCandidate
 from imgpipe.storage import Storage
 from imgpipe.text import printable
-from imgpipe.images.url_safety import AllowList
 
 
 @dataclass(frozen=True)
@@ -51,65 +54,178 @@ def split_into_batches(items: Sequence[WorkItem], max_batches: int, min_batch_si
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
-class BatchRunner:
-    """Downloads and compresses a batch, reporting results in groups so status writes stay few."""
+@dataclass(frozen=True)
+class StepSlots:
+    """What the batches of one step share, however many run at once: the connections to each host. (The
+    compressions of the whole process are queued and capped at the cores by the compressor itself.)"""
 
-    def __init__(self, settings: Settings, storage: Storage, request_id: str):
+    hosts: HostSlots
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> "StepSlots":
+        return cls(HostSlots(settings.per_host_connections))
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """What earlier requests left for this batch's URLs (`candidates`, by URL), and how to look up a kept output
+    by the SHA-256 of an input (`find_output`) or forget one whose files are gone (`forget_output`)."""
+
+    candidates: dict[str, ReuseCandidate]
+    find_output: Callable[[str], ContentOutput | None]
+    forget_output: Callable[[str], None]
+
+
+class BatchRunner:
+    """Downloads and compresses a batch, reporting results in groups so status writes stay few.
+
+    With `reuse`, a URL seen before is fetched conditionally (a 304 reuses its kept output: `not_modified`), bytes
+    seen before are not encoded again (`same_content`), and a new output is kept by its input's SHA-256 for
+    later requests; each request still gets its own files, linked from the kept ones. A source that answers
+    `Cache-Control: no-store` is never reused nor kept."""
+
+    def __init__(self, settings: Settings, storage: Storage, request_id: str, reuse: Reuse | None = None,
+                 slots: StepSlots | None = None):
         self.settings = settings
         self.storage = storage
         self.request_id = request_id
+        self.reuse = reuse
         self.allow = AllowList.parse(settings.allow_private_hosts)
         self.fetch_limits = FetchLimits.from_settings(settings)
-        # More downloads than compressions may wait on the network; compressions are capped at the cores.
-        self.compress_slots = threading.Semaphore(settings.compress_slots)
+        self.slots = slots or StepSlots.for_settings(settings)
 
     def run(self, items: Sequence[WorkItem], report: Callable[[list[ImageResult]], None],
             report_interval: float = 1.0) -> list[ImageResult]:
         results: list[ImageResult] = []
         unreported: list[ImageResult] = []
         last_report = time.monotonic()
+        # Each image hands its future in as it ends. (`concurrent.futures.wait` over the pending futures costs
+        # time in their number at every wake-up: 36 ms a call with 20,000 of them, the main thread then busy
+        # with the GIL held, a cost per image that grew with the request.)
+        finished: queue.SimpleQueue[tuple[Future, WorkItem]] = queue.SimpleQueue()
         with ThreadPoolExecutor(max_workers=min(self.settings.download_threads, max(1, len(items)))) as pool:
-            items_of = {pool.submit(self.process, item): item for item in items}
-            pending = set(items_of)
+            for item in items:
+                pool.submit(self.process, item).add_done_callback(lambda future, item=item: finished.put((future, item)))
+            pending = len(items)
             while pending:
                 # Wake at least every interval, so a finished image is reported while slow ones still run.
-                done, pending = wait(pending, timeout=report_interval, return_when=FIRST_COMPLETED)
-                for future in done:
-                    results.append(_outcome(future, items_of[future]))
+                wait = report_interval - (time.monotonic() - last_report) if unreported else report_interval
+                try:
+                    future, item = finished.get(timeout=max(0.001, wait))
+                except queue.Empty:
+                    pass
+                else:
+                    results.append(_outcome(future, item))
                     unreported.append(results[-1])
+                    pending -= 1
                 if unreported and (not pending or time.monotonic() - last_report >= report_interval):
                     report(unreported)
                     unreported, last_report = [], time.monotonic()
         return results
 
     def process(self, item: WorkItem) -> ImageResult:
-        limits = self.settings
         started = time.monotonic()
+        deadline = started + self.settings.image_timeout
+        candidate = self.reuse.candidates.get(item.input_url) if self.reuse else None
+        kept = candidate.output if candidate else None
         try:
-            download = fetch(item.input_url, allow=self.allow, limits=self.fetch_limits)
+            if kept and (candidate.etag or candidate.last_modified):
+                download = self._fetch(item, deadline, Validators(candidate.etag, candidate.last_modified,
+                                                                  url=candidate.validated_url))
+                if download.not_modified:
+                    reused = self._reuse(item, kept, Obtained.NOT_MODIFIED, download, started)
+                    if reused:
+                        return reused
+                    download = self._fetch(item, deadline)  # the kept output is gone: the whole image again
+            else:
+                download = self._fetch(item, deadline)
         except FetchError as exc:
             return _failed(item, f"download failed: {exc}")
         except Exception as exc:  # noqa: BLE001 - a bug met by one URL must fail that image, not its batch
             return _failed(item, f"download failed: {type(exc).__name__}: {exc}")
+        sha256 = hashlib.sha256(download.content).hexdigest()
+        keep = self.reuse is not None and not download.no_store
+        if keep:
+            known = kept if candidate and candidate.input_sha256 == sha256 else self.reuse.find_output(sha256)
+            if known:
+                reused = self._reuse(item, known, Obtained.SAME_CONTENT, download, started, sha256)
+                if reused:
+                    return reused
+        return self._compress(item, download, sha256, keep, started)
+
+    def _fetch(self, item: WorkItem, deadline: float, validators: Validators | None = None) -> FetchResult:
+        return fetch(item.input_url, allow=self.allow, limits=self.fetch_limits, validators=validators,
+                     hosts=self.slots.hosts, deadline=deadline)
+
+    def _compress(self, item: WorkItem, download: FetchResult, sha256: str, keep: bool,
+                  started: float) -> ImageResult:
         bytes_in = len(download.content)
-        # The per-image budget covers download and compression, not the wait for a free core.
-        remaining = max(1.0, limits.image_timeout - (time.monotonic() - started))
-        with self.compress_slots:
-            outcome = compress_isolated(download.content, max_pixels=limits.max_pixels,
-                                        max_frames=limits.max_frames, timeout=remaining,
-                                        memory_bytes=limits.process_memory_bytes)
+        downloaded = time.monotonic()
+        # The per-image budget covers download and compression, not the wait for a free core: the compressor
+        # counts it from when the image's process starts on it.
+        remaining = max(1.0, self.settings.image_timeout - (downloaded - started))
+        # Not under `self.slots.compressions`: the compressor queues the images of this whole process and runs
+        # `compress_slots` at once itself, starting the next the moment one answers, so that no thread of this
+        # process (waiting for the GIL behind the downloads) stands between one image and the next.
+        outcome = compress_isolated(download.content, max_pixels=self.settings.max_pixels,
+                                    max_frames=self.settings.max_frames, timeout=remaining,
+                                    memory_bytes=self.settings.process_memory_bytes,
+                                    slots=self.settings.compress_slots, isolation=self.settings.isolation,
+                                    recycle=self.settings.pool_recycle)
+        compress_seconds = outcome.seconds
         if not outcome.ok:  # the reason may quote the file's own bytes, or a decoder's
             return _failed(item, outcome.error, bytes_in)
         image = outcome.image
         try:
-            stored = self.storage.write_image(self.request_id, item.output_stem + image.extension, image.data)
+            if keep:
+                self.storage.keep_content(POLICY_VERSION, sha256, image.extension, image.data,
+                                          image.thumbnail_before, image.thumbnail_after)
+                stored = self.storage.link_content(POLICY_VERSION, sha256, image.extension, self.request_id,
+                                                   item.output_stem)
+            else:
+                stored = self.storage.write_image(self.request_id, item.output_stem + image.extension, image.data)
+                self.storage.write_thumbnails(self.request_id, item.output_stem, image.thumbnail_before,
+                                              image.thumbnail_after)
         except Exception as exc:  # noqa: BLE001 - a full disk or a storage service's refusal fails this image alone
             return _failed(item, f"could not store the compressed image: {_reason(exc)}", bytes_in)
         return ImageResult(
-            item.input_url, "compressed", output_path=stored.path, output_url=stored.url, bytes_in=bytes_in,
-            bytes_out=len(image.data), quality_in=image.quality_in, quality_out=image.quality_out,
-            format_out=image.format,
+            item.input_url, ImageStatus.COMPRESSED, output_path=stored.path, output_url=stored.url,
+            bytes_in=bytes_in, bytes_out=len(image.data), quality_in=image.quality_in, quality_out=image.quality_out,
+            format_out=image.format, obtained=Obtained.FETCHED, note=image.note, input_sha256=sha256,
+            download_seconds=downloaded - started, compress_seconds=compress_seconds,
+            **_validators_to_keep(download, image.extension if keep else None),
         )
+
+    def _reuse(self, item: WorkItem, output: ContentOutput, obtained: Obtained, download: FetchResult,
+               started: float, sha256: str | None = None) -> ImageResult | None:
+        """The kept `output` as this request's image; None when its files are gone (it is forgotten)."""
+        try:
+            stored = self.storage.link_content(POLICY_VERSION, output.input_sha256, output.extension,
+                                               self.request_id, item.output_stem)
+        except Exception:  # noqa: BLE001 - a missing file or object: make it again
+            self.reuse.forget_output(output.input_sha256)
+            return None
+        validators = _validators_to_keep(download, output.extension)
+        if obtained is Obtained.NOT_MODIFIED:  # a 304 may leave out validators that did not change
+            candidate = self.reuse.candidates[item.input_url]
+            validators = {"etag": validators["etag"] or candidate.etag,
+                          "last_modified": validators["last_modified"] or candidate.last_modified,
+                          "validated_url": validators["validated_url"], "kept_extension": output.extension}
+        return ImageResult(
+            item.input_url, ImageStatus.COMPRESSED, output_path=stored.path, output_url=stored.url,
+            bytes_in=output.bytes_in, bytes_out=output.bytes_out, quality_in=output.quality_in,
+            quality_out=output.quality_out, format_out=output.format_out, obtained=obtained, note=output.note,
+            input_sha256=sha256 or output.input_sha256, download_seconds=time.monotonic() - started,
+            compress_seconds=0.0, **validators,
+        )
+
+
+def _validators_to_keep(download: FetchResult, kept_extension: str | None) -> dict:
+    """What a later request needs to reuse this image: none when it is not kept."""
+    if kept_extension is None:
+        return {"etag": None, "last_modified": None, "validated_url": None, "kept_extension": None}
+    return {"etag": download.etag, "last_modified": download.last_modified, "validated_url": download.url,
+            "kept_extension": kept_extension}
 
 
 def _outcome(future: Future, item: WorkItem) -> ImageResult:
@@ -122,7 +238,7 @@ def _outcome(future: Future, item: WorkItem) -> ImageResult:
 
 def _failed(item: WorkItem, error: str, bytes_in: int | None = None) -> ImageResult:
     # Reasons quote servers, files and libraries: printable and bounded, as the status store and logs need them.
-    return ImageResult(item.input_url, "failed", bytes_in=bytes_in, error=printable(error))
+    return ImageResult(item.input_url, ImageStatus.FAILED, bytes_in=bytes_in, error=printable(error))
 
 
 def _reason(exc: Exception) -> str:

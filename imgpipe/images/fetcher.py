@@ -1,7 +1,11 @@
-"""HTTP for image downloads and webhook POSTs, to checked addresses only (contract section 10).
+"""HTTP for image downloads and webhook POSTs, to checked addresses only (contract sections 10 and 12).
 
 Each hop is checked by `url_safety.check_url` and its socket goes to the address that check approved (no second
 DNS lookup, so no DNS rebinding), while the Host header, TLS SNI and certificate check keep the URL's host name.
+
+Downloads are polite (contract section 12): at most `HostSlots.per_host` connections to one host at once,
+transient failures retried with backoff (429 and 503 after their Retry-After), and conditional requests
+(If-None-Match / If-Modified-Since) for a URL fetched before. Webhook POSTs make one attempt: the outbox retries.
 """
 # Judged on PyPI: advocate (last release 2020, unmaintained) and requests-hardened (maintained and pins the IP, but
 # never follows redirects, judges only ::ffff: IPv4-in-IPv6, and allows only loopback, not hosts/CIDRs/ports): own code.
@@ -9,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import http.client
+import random
 import socket
 import threading
 import time
@@ -16,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urljoin
+from urllib.request import parse_http_list
 
 import requests
 import urllib3
@@ -28,6 +35,12 @@ from imgpipe.text import printable
 from imgpipe.images.url_safety import AllowList, CheckedTarget, Resolver, UnresolvableHost, UnsafeUrl, check_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Contract section 12: these may go through next time; every other status is final at once (500 included).
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+BACKOFF_BASE = 0.5  # seconds before the second attempt at most, doubling each time (full jitter) ...
+BACKOFF_CAP = 8.0  # ... up to this
+MAX_VALIDATOR_LENGTH = 1024
 MAX_POST_RESPONSE_BYTES = 64 * 1024
 _CHUNK_BYTES = 64 * 1024
 # Identity encoding: the byte cap then counts what the server sends, not what a decompressor makes of it.
@@ -35,14 +48,24 @@ _HEADERS = {"User-Agent": "imgpipe", "Accept-Encoding": "identity"}
 
 
 class FetchError(Exception):
-    """A download or call failed. `kind`: blocked, http_status, timeout, too_large, network or redirects."""
+    """A download or call failed. `kind`: blocked, http_status, timeout, too_large, network or redirects.
 
-    def __init__(self, kind: str, message: str, status_code: int | None = None):
+    After several attempts, `kind`, `status_code` and `retry_after` are the last attempt's and the message lists
+    every attempt. `retryable`: whether another attempt might succeed (later, once fetch has given up).
+    `retry_after`: seconds, from a 429 or 503's Retry-After. `attempts`: how many were made.
+    """
+
+    def __init__(self, kind: str, message: str, status_code: int | None = None, *, retryable: bool = False,
+                 retry_after: float | None = None, brief: str | None = None):
         # Messages carry what the other end sent (a status line that did not parse, a redirect's URL, an
         # exception's text): made printable and bounded here, so no caller can store or log it raw.
         super().__init__(printable(message))
         self.kind = kind
         self.status_code = status_code
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.attempts = 1
+        self.brief = printable(brief or message)  # how a list of attempts shows this one, when not the last
 
 
 @dataclass(frozen=True)
@@ -50,8 +73,9 @@ class FetchLimits:
     max_bytes: int
     connect_timeout: float
     read_timeout: float
-    deadline: float  # seconds for the whole download, redirects included
+    deadline: float  # seconds for one attempt, redirects included (and for all of them, unless fetch gets one)
     max_redirects: int = 5
+    attempts: int = 1  # in all, the first included
 
     @classmethod
     def from_settings(cls, limits: Limits) -> "FetchLimits":
@@ -61,7 +85,19 @@ class FetchLimits:
             read_timeout=limits.read_timeout,
             deadline=limits.download_deadline,
             max_redirects=limits.max_redirects,
+            attempts=limits.fetch_attempts,
         )
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What a previous download of a URL said about its bytes, sent back to ask for them only if they changed."""
+
+    etag: str | None
+    last_modified: str | None
+    # The URL they came from (that download's FetchResult.url); None: the URL fetched. They are sent only to
+    # that URL: an ETag means nothing at another one (RFC 9110 8.8.3), so a redirect elsewhere drops them.
+    url: str | None = None
 
 
 @dataclass
@@ -69,7 +105,14 @@ class FetchResult:
     url: str  # the final URL, after redirects
     status_code: int
     content_type: str | None
-    content: bytes
+    content: bytes  # empty when not_modified
+    # The response's validators when printable ASCII of at most 1 KiB (else None: one changed on the way would
+    # be worse than none); a 304 without them repeats the ones sent, which it has just confirmed.
+    etag: str | None = None
+    last_modified: str | None = None
+    no_store: bool = False  # Cache-Control: no-store; what was fetched must not be kept for reuse
+    not_modified: bool = False  # 304 to the validators sent: the bytes they describe are still current
+    attempts: int = 1
 
 
 @dataclass
@@ -84,33 +127,53 @@ class _Deadline:
 
     Socket timeouts bound each read, not their sum, so a server trickling a byte at a time never trips them.
     Shutting a socket down from this timer's thread ends whatever read is waiting on it, headers or body.
+
+    The clock starts with the first exchange (`start`), so a wait for a free connection to a busy host is not
+    counted as download time; `until`, a monotonic instant, bounds the waits and cuts the clock short.
     """
 
-    def __init__(self, seconds: float, what: str):
+    def __init__(self, seconds: float, what: str, until: float | None = None, cut_short: str | None = None):
         self.seconds = seconds
         self.expired = False
+        self.until = until
         self._what = what
-        self._expires_at = time.monotonic() + seconds
+        self._cut_short_message = cut_short  # the error when `until` came first
+        self._cut_short = False
+        self._expires_at: float | None = None
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
+        self._timer: threading.Timer | None = None
 
     def __enter__(self) -> "_Deadline":
-        self._timer.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
+        if self._timer:
+            self._timer.cancel()
         with self._lock:
             for sock in self._sockets:
                 sock.close()
 
+    def start(self) -> None:
+        if self._expires_at is not None:
+            return
+        now = time.monotonic()
+        self._expires_at = now + self.seconds
+        if self.until is not None and self.until < self._expires_at:
+            self._expires_at, self._cut_short = self.until, True
+        self._timer = threading.Timer(max(0.0, self._expires_at - now), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
     def remaining(self) -> float:
-        return self._expires_at - time.monotonic()
+        """Time left: on the clock once started, else until `until` (the most a wait may take)."""
+        end = self._expires_at if self._expires_at is not None else self.until
+        return float("inf") if end is None else end - time.monotonic()
 
     def error(self) -> FetchError:
-        return FetchError("timeout", f"{self._what} took longer than {self.seconds:g} s")
+        if self._cut_short:  # no time is left for another attempt either
+            return FetchError("timeout", self._cut_short_message or f"{self._what} ran out of time")
+        return FetchError("timeout", f"{self._what} took longer than {self.seconds:g} s", retryable=True)
 
     def watch(self, sock: socket.socket) -> None:
         # A duplicate descriptor stays valid when TLS takes `sock` over, and shutting it down ends reads on the
@@ -182,6 +245,34 @@ class _PinnedAdapter(HTTPAdapter):
         super().close()
 
 
+class HostSlots:
+    """At most `per_host` connections at once to each host (a hop's host:port), shared by one step's threads.
+
+    A slot is held from connecting until the exchange is over, body included, and never while waiting to try
+    again; a host that is busy holds up only the downloads waiting for it.
+    """
+
+    def __init__(self, per_host: int):
+        if per_host < 1:
+            raise ValueError(f"per_host must be at least 1, not {per_host}")
+        self.per_host = per_host
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self, netloc: str, timeout: float) -> Iterator[None]:
+        """Hold one of `netloc`'s slots; a FetchError (timeout) when none comes free within `timeout` seconds."""
+        with self._lock:
+            semaphore = self._slots.setdefault(netloc, threading.BoundedSemaphore(self.per_host))
+        if not semaphore.acquire(timeout=max(0.0, timeout)):
+            raise FetchError("timeout", f"no connection to {netloc} came free before the deadline "
+                                        f"(at most {self.per_host} at once)")
+        try:
+            yield
+        finally:
+            semaphore.release()
+
+
 def _check(url: str, allow: AllowList, resolver: Resolver) -> CheckedTarget:
     try:
         return check_url(url, allow, resolver)
@@ -203,6 +294,7 @@ def _exchange(
     headers: dict | None = None,
 ) -> Iterator[requests.Response]:
     """One request to the checked address; any failure, reading the body included, becomes a FetchError."""
+    deadline.start()
     remaining = deadline.remaining()
     if remaining <= 0:
         raise deadline.error()
@@ -231,10 +323,14 @@ def _failure(
     while root.__cause__ or root.__context__:
         root = root.__cause__ or root.__context__
     if isinstance(exc, requests.ConnectTimeout):
-        return FetchError("timeout", f"connecting to {target.netloc} took longer than {connect_timeout:g} s")
+        return FetchError("timeout", f"connecting to {target.netloc} took longer than {connect_timeout:g} s",
+                          retryable=True)
     if isinstance(exc, requests.Timeout) or isinstance(root, TimeoutError):
-        return FetchError("timeout", f"{target.netloc} sent nothing for {read_timeout:g} s")
-    return FetchError("network", f"network error with {target.netloc}: {root}")
+        return FetchError("timeout", f"{target.netloc} sent nothing for {read_timeout:g} s", retryable=True)
+    # A refused, reset or dropped connection, or a body cut short, may go through next time; a status line that
+    # does not parse or a certificate for another name will not.
+    transient = isinstance(root, (ConnectionError, http.client.IncompleteRead))
+    return FetchError("network", f"network error with {target.netloc}: {root}", retryable=transient)
 
 
 def _too_large(max_bytes: int) -> FetchError:
@@ -255,26 +351,157 @@ def _read_capped(response: requests.Response, max_bytes: int) -> bytes:
 
 
 def fetch(
-    url: str, *, allow: AllowList, limits: FetchLimits, resolver: Resolver = socket.getaddrinfo
+    url: str,
+    *,
+    allow: AllowList,
+    limits: FetchLimits,
+    resolver: Resolver = socket.getaddrinfo,
+    validators: Validators | None = None,
+    hosts: HostSlots | None = None,
+    deadline: float | None = None,
 ) -> FetchResult:
-    """GET `url`, following redirects by hand so that every hop is checked and pinned; 2xx only."""
-    with _Deadline(limits.deadline, "download") as deadline:
-        for _hop in range(limits.max_redirects + 1):
-            target = _check(url, allow, resolver)
-            with _exchange(
-                "GET", target, deadline, connect_timeout=limits.connect_timeout, read_timeout=limits.read_timeout
-            ) as response:
-                location = response.headers.get("Location")
-                if response.status_code in REDIRECT_STATUSES and location:
-                    url = _redirect_target(url, location)
-                    continue
-                if not 200 <= response.status_code < 300:
-                    raise FetchError("http_status", f"HTTP {response.status_code} from {url}", response.status_code)
-                content = _read_capped(response, limits.max_bytes)
-                if deadline.expired:  # a body without Content-Length looks complete when cut short
-                    raise deadline.error()
-                return FetchResult(url, response.status_code, response.headers.get("Content-Type"), content)
+    """GET `url` in up to `limits.attempts` attempts, each following redirects by hand so that every hop is
+    checked and pinned; 2xx only, or 304 to the `validators` sent.
+
+    Each attempt gets `limits.deadline` seconds from its first connection; `deadline`, a time.monotonic()
+    instant, bounds everything (waits for a free connection in `hosts` and between attempts included) and
+    defaults to `limits.deadline` seconds from now.
+    """
+    until = time.monotonic() + limits.deadline if deadline is None else deadline
+    # Without a deadline of its own, the download deadline bounds the whole call, and its error says just that.
+    cut_short = f"download took longer than {limits.deadline:g} s" if deadline is None else (
+        "download stopped at the image's deadline")
+    failures: list[FetchError] = []
+    while True:
+        try:
+            with _Deadline(limits.deadline, "download", until, cut_short) as clock:
+                result = _download(url, allow, limits, resolver, validators, hosts, clock)
+            result.attempts = len(failures) + 1
+            return result
+        except FetchError as exc:
+            failures.append(exc)
+            wait, why_not = _next_wait(exc, len(failures), limits.attempts, until)
+            if wait is None:
+                error = _gave_up(failures, why_not)
+                if error is exc:
+                    raise
+                raise error from exc
+            time.sleep(wait)  # holding no connection slot: the exchange is over
+
+
+def _download(
+    url: str,
+    allow: AllowList,
+    limits: FetchLimits,
+    resolver: Resolver,
+    validators: Validators | None,
+    hosts: HostSlots | None,
+    clock: _Deadline,
+) -> FetchResult:
+    """One attempt."""
+    conditional_url = validators and (validators.url or url)
+    for _hop in range(limits.max_redirects + 1):
+        target = _check(url, allow, resolver)
+        conditional = _conditional_headers(validators) if url == conditional_url else {}
+        slot = hosts.slot(target.netloc, clock.remaining()) if hosts else contextlib.nullcontext()
+        with slot, _exchange(
+            "GET", target, clock, connect_timeout=limits.connect_timeout, read_timeout=limits.read_timeout,
+            headers=conditional,
+        ) as response:
+            location = response.headers.get("Location")
+            if response.status_code in REDIRECT_STATUSES and location:
+                url = _redirect_target(url, location)
+                continue
+            if response.status_code == 304 and conditional:
+                result = _result(url, response, b"")
+                result.not_modified = True
+                result.etag = result.etag or _validator(validators.etag)
+                result.last_modified = result.last_modified or _validator(validators.last_modified)
+                return result
+            if not 200 <= response.status_code < 300:
+                raise _status_error(response, url)
+            content = _read_capped(response, limits.max_bytes)
+            if clock.expired:  # a body without Content-Length looks complete when cut short
+                raise clock.error()
+            return _result(url, response, content)
     raise FetchError("redirects", f"more than {limits.max_redirects} redirects")
+
+
+def _conditional_headers(validators: Validators) -> dict[str, str]:
+    headers = {"If-None-Match": _validator(validators.etag),
+               "If-Modified-Since": _validator(validators.last_modified)}
+    return {name: value for name, value in headers.items() if value}
+
+
+def _validator(value: str | None) -> str | None:
+    """`value` when fit to send back as it came (printable ASCII, at most 1 KiB), else None."""
+    value = (value or "").strip()
+    fit = 0 < len(value) <= MAX_VALIDATOR_LENGTH and value.isascii() and value.isprintable()
+    return value if fit else None
+
+
+def _result(url: str, response: requests.Response, content: bytes) -> FetchResult:
+    headers = response.headers
+    return FetchResult(
+        url, response.status_code, headers.get("Content-Type"), content,
+        etag=_validator(headers.get("ETag")), last_modified=_validator(headers.get("Last-Modified")),
+        no_store=_no_store(headers.get("Cache-Control")),
+    )
+
+
+def _no_store(cache_control: str | None) -> bool:
+    # Directives are comma-separated tokens, some with a value that may be a quoted string holding commas
+    # (`private="a, no-store"` does not forbid storing); repeated headers arrive joined by commas.
+    directives = parse_http_list(cache_control or "")
+    return any(directive.split("=", 1)[0].strip().lower() == "no-store" for directive in directives)
+
+
+def _status_error(response: requests.Response, url: str) -> FetchError:
+    status = response.status_code
+    retry_after = None
+    if status in RETRY_AFTER_STATUSES:
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+    brief = f"HTTP {status}" + ("" if retry_after is None else f" (Retry-After {_seconds(retry_after)} s)")
+    return FetchError("http_status", f"HTTP {status} from {url}", status, retryable=status in RETRY_STATUSES,
+                      retry_after=retry_after, brief=brief)
+
+
+def _next_wait(failure: FetchError, failed: int, attempts: int, until: float) -> tuple[float | None, str | None]:
+    """Seconds to wait before the next attempt; or None, and why not when the message should say so."""
+    if not failure.retryable or failed >= attempts:  # a blocked URL is never retryable
+        return None, None
+    wait = _backoff(failed)
+    if failure.retry_after is not None and failure.retry_after > wait:
+        wait = failure.retry_after
+        if time.monotonic() + wait >= until:
+            return None, f"not retried: Retry-After {_seconds(wait)} s is past the deadline"
+    if time.monotonic() + wait >= until:
+        return None, "not retried: no time left before the deadline"
+    return wait, None
+
+
+def _backoff(failed_attempts: int) -> float:
+    """Exponential backoff with full jitter: a random wait up to 0.5 s, 1 s, 2 s ... 8 s, so that the downloads
+    that failed together do not come back together."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failed_attempts - 1)))
+
+
+def _gave_up(failures: list[FetchError], why_stopped: str | None = None) -> FetchError:
+    """The last attempt's error, its message listing every attempt (one attempt alone keeps its own message)."""
+    last = failures[-1]
+    if len(failures) == 1 and why_stopped is None:
+        return last
+    parts = [failure.brief for failure in failures[:-1]] + [str(last)] + ([why_stopped] if why_stopped else [])
+    message = "; ".join(parts)
+    if len(failures) > 1:
+        message = f"after {len(failures)} attempts: {message}"
+    error = FetchError(last.kind, message, last.status_code, retryable=last.retryable, retry_after=last.retry_after)
+    error.attempts = len(failures)
+    return error
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}".removesuffix(".0")
 
 
 def _redirect_target(url: str, location: str) -> str:

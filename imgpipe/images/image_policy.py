@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from imgpipe.images.jpeg_scan import ScanData, check_scan_lengths, check_where_it_ends, read_scan_data
+from imgpipe.images.metadata import MalformedContainer, strip_metadata
 from imgpipe.images.quality import estimate_jpeg_quality, output_quality
 
 # Registers every Pillow plugin now, in the parent, so that each forked child finds them already imported.
@@ -24,6 +25,14 @@ READABLE_FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP"
 ANIMATION_FORMATS = frozenset({"GIF", "PNG", "WEBP", "AVIF"})
 # Lossless input, and lossy input whose quality cannot be read, counts as this quality.
 ASSUMED_QUALITY = 100
+# Outputs are kept by the SHA-256 of their input and this version, and reused for the same input bytes: bump it
+# whenever a change here would make a different output, so that no output of the old policy is reused.
+POLICY_VERSION = 2
+# The longer side of the before and after thumbnails of the request's report.
+THUMBNAIL_SIZE = 160
+# What an input kept as the output (never larger) is served as.
+KEPT_FORMATS = {"JPEG": ("JPEG", ".jpg"), "MPO": ("JPEG", ".jpg"), "PNG": ("PNG", ".png"),
+                "GIF": ("GIF", ".gif"), "WEBP": ("WEBP", ".webp"), "BMP": ("BMP", ".bmp")}
 
 # What Pillow raises for data it cannot decode (its own open() takes the last three for "not this format").
 _DECODE_ERRORS = (OSError, EOFError, ValueError, SyntaxError, IndexError, struct.error)
@@ -41,13 +50,16 @@ class ImageRejected(Exception):
 @dataclass(frozen=True)
 class CompressedImage:
     data: bytes
-    format: str  # "JPEG" or "WEBP"
-    extension: str  # ".jpg" or ".webp"
+    format: str  # "JPEG" or "WEBP"; the input's own format when the input was kept (see `note`)
+    extension: str  # ".jpg", ".webp", or the kept input's
     quality_in: int
-    quality_out: int
+    quality_out: int  # the quality encoded at, also when the encode was not kept
     width: int
     height: int
     input_format: str  # as Pillow names it: "JPEG", "MPO", "PNG", "GIF", ...
+    thumbnail_before: bytes  # small JPEGs for the request's report
+    thumbnail_after: bytes
+    note: str | None = None  # why the output is not the half-quality encode
 
 
 def compress_image(data: bytes, *, max_pixels: int, max_frames: int) -> CompressedImage:
@@ -101,6 +113,7 @@ def _compress(data: bytes, source: ImageFile.ImageFile, max_pixels: int, max_fra
         image, out_format, extension = frames[0], "WEBP", ".webp"
         loop = source.info.get("loop", 1)  # a GIF without a loop count plays once
         output = _encode_webp(frames, durations, loop, quality_out, _profile_for("RGB", icc_profile))
+    output, out_format, extension, note = _smallest(data, source, output, out_format, extension, quality_out)
 
     return CompressedImage(
         data=output,
@@ -111,7 +124,76 @@ def _compress(data: bytes, source: ImageFile.ImageFile, max_pixels: int, max_fra
         width=image.width,
         height=image.height,
         input_format=source.format,
+        thumbnail_before=_thumbnail(image),
+        thumbnail_after=_thumbnail(_reopened(output, image)),
+        note=note,
     )
+
+
+def _smallest(data: bytes, source: ImageFile.ImageFile, encoded: bytes, encoded_format: str, encoded_extension: str,
+              quality_out: int) -> tuple[bytes, str, str, str | None]:
+    """The smaller of the half-quality encode and the input without its EXIF and XMP (removed losslessly, ICC
+    kept), so that an output is never larger than its input; on a tie, the encode. An AVIF's metadata cannot be
+    removed losslessly here: when its encode is larger, an AVIF without any is kept as it is, one with some is
+    encoded as AVIF at the same half quality. What is left (a TIFF, an AVIF whose encodes all grow) fails with
+    the reason."""
+    orientation = source.getexif().get(0x0112, 1) if source.format in ("JPEG", "MPO") else 1
+    try:
+        stripped = strip_metadata(data, source.format, orientation)
+    except MalformedContainer:
+        stripped = None
+    if stripped is not None and len(stripped) < len(encoded):
+        kept_format, kept_extension = KEPT_FORMATS[source.format]
+        return stripped, kept_format, kept_extension, (
+            f"kept the input without EXIF/XMP ({len(stripped):,} bytes): the half-quality encode was "
+            f"{len(encoded):,} bytes")
+    if len(encoded) <= len(data):
+        return encoded, encoded_format, encoded_extension, None
+    if source.format == "AVIF" and not source.getexif() and not source.info.get("xmp"):
+        return data, "AVIF", ".avif", (
+            f"kept the input, which carries no EXIF/XMP: the half-quality encode was {len(encoded):,} bytes, more "
+            f"than the input's {len(data):,}")
+    if source.format == "AVIF":
+        own = io.BytesIO()
+        source.seek(0)
+        source.save(own, "AVIF", quality=quality_out, exif=b"", xmp=b"")
+        if own.tell() <= len(data):
+            return own.getvalue(), "AVIF", ".avif", (
+                f"encoded as AVIF ({own.tell():,} bytes): the half-quality JPEG or WebP was {len(encoded):,} bytes, "
+                f"more than the input's {len(data):,}")
+    raise ImageRejected(
+        f"the half-quality encode ({len(encoded):,} bytes) is larger than the input ({len(data):,} bytes), and a "
+        f"{source.format} cannot be kept without its metadata losslessly")
+
+
+def _thumbnail(image: Image.Image) -> bytes:
+    """A small JPEG of `image`; reduced by an integer factor first, which is fast, then resized smoothly."""
+    factor = max(1, min(image.size) // (2 * THUMBNAIL_SIZE))
+    small = image.reduce(factor) if factor > 1 else image.copy()
+    small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    if small.mode not in ("RGB", "L"):
+        small = _on_white(small)
+    output = io.BytesIO()
+    small.save(output, "JPEG", quality=80)
+    return output.getvalue()
+
+
+def _reopened(output: bytes, fallback: Image.Image) -> Image.Image:
+    """The output as a viewer decodes it (a JPEG at 1/8 scale: fast); its first frame for animations."""
+    try:
+        with Image.open(io.BytesIO(output)) as image:
+            image.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            image.load()
+            return image.copy()
+    except _DECODE_ERRORS:
+        return fallback
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
 
 
 def _decode(

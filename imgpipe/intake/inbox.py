@@ -54,11 +54,13 @@ def is_candidate(path: Path) -> bool:
 @dataclass(frozen=True)
 class Sidecar:
     webhook_url: str | None = None
+    fresh: bool = False
     problem: str | None = None
 
 
 def read_sidecar(path: Path, shown_name: str) -> Sidecar:
-    """`{"webhook_url": ...}` from a claimed sidecar; whatever is wrong with it becomes its upload's problem."""
+    """`{"webhook_url": ..., "fresh": ...}` from a claimed sidecar; whatever is wrong with it becomes its upload's
+    problem."""
     if not path.is_file():
         return Sidecar()
     try:
@@ -75,10 +77,12 @@ def read_sidecar(path: Path, shown_name: str) -> Sidecar:
         return Sidecar(problem=f"sidecar {shown_name} is not valid JSON: nested too deeply")
     except ValueError as exc:  # UnicodeError and JSONDecodeError are ValueErrors
         return Sidecar(problem=f"sidecar {shown_name} is not valid JSON: {str(exc)[:200]}")
-    webhook_url = doc.get("webhook_url")
+    webhook_url, fresh = doc.get("webhook_url"), doc.get("fresh", False)
     if webhook_url is not None and not isinstance(webhook_url, str):
         return Sidecar(problem=f"sidecar {shown_name}: webhook_url must be a string")
-    return Sidecar(webhook_url=webhook_url or None)
+    if not isinstance(fresh, bool):
+        return Sidecar(problem=f"sidecar {shown_name}: fresh must be true or false")
+    return Sidecar(webhook_url=webhook_url or None, fresh=fresh)
 
 
 class Inbox:
@@ -156,6 +160,7 @@ class Inbox:
         file_name = json.loads((folder / CLAIM_META).read_text())["file_name"]
         sidecar = read_sidecar(folder / CLAIMED_SIDECAR, f"{Path(file_name).stem}.json")
         upload = Upload(folder / CLAIMED_FILE, file_name, Source.FOLDER, webhook_url=sidecar.webhook_url,
+                        fresh=sidecar.fresh,
                         problems=(RowError(None, None, sidecar.problem),) if sidecar.problem else ())
         result = take_upload(self.store, self.storage, self.settings, upload, request_id=folder.name)
         shutil.rmtree(folder)

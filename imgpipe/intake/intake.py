@@ -52,6 +52,7 @@ class Upload:
     source: Source
     webhook_url: str | None = None
     idempotency_key: str | None = None
+    fresh: bool = False  # fetch and encode every image again, whatever earlier requests left
     problems: tuple[RowError, ...] = ()
 
 
@@ -90,7 +91,7 @@ def take_upload(store: StatusStore, storage: Storage, limits: Limits, upload: Up
     else:
         storage.keep_input(request_id, data)
         store.record_accepted(request_id, source=upload.source, file_name=shown_name, webhook_url=upload.webhook_url,
-                              manifest=manifest, idempotency_key=upload.idempotency_key)
+                              manifest=manifest, idempotency_key=upload.idempotency_key, fresh=upload.fresh)
     return IntakeResult(request_id, shown_name, accepted=not errors, errors=tuple(errors))
 
 

@@ -11,8 +11,9 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
+from imgpipe.report_links import report_url
 from imgpipe.settings import Settings
-from imgpipe.status.models import ImageStatus, RequestStatus, image_counts
+from imgpipe.status.models import ImageStatus, Obtained, RequestStatus
 from imgpipe.status.store import StatusStore
 from imgpipe.storage import Storage
 
@@ -37,6 +38,10 @@ class ImageModel(BaseModel):
     status: ImageStatus
     output_url: Optional[str]
     error: Optional[str]
+    obtained: Optional[Obtained] = Field(
+        None, description="How a compressed image was obtained: fetched, not_modified (the source answered 304 and a "
+                          "kept output was reused) or same_content (its bytes matched a kept input); null otherwise.")
+    note: Optional[str] = Field(None, description="Why the output is not the half-quality encode, when it is not.")
 
 
 class ProductModel(BaseModel):
@@ -45,15 +50,41 @@ class ProductModel(BaseModel):
     images: list[ImageModel]
 
 
-class RequestDocument(BaseModel):
+class RequestHead(BaseModel):
+    """What every view of a request starts with: the request and its counts."""
+
     request_id: str
     status: RequestStatus
     created_at: datetime
     updated_at: datetime
     counts: Counts
     output_csv_url: Optional[str] = Field(description="Set once the request has ended with its output CSV.")
+    report_url: str = Field(json_schema_extra={"format": "uri"}, description=(
+        "The request's HTML report. With IMGPIPE_API_TOKEN set it is a signed link (`expires`, `signature`) "
+        "that opens in a browser without the token, for that report only, for 7 to 8 days."))
     errors: list[RowErrorModel]
+
+
+class RequestSummary(RequestHead):
+    """`GET /requests/{id}?view=summary`: the status document without its products."""
+
+    products_total: int = Field(ge=0, description="How many products (input rows) the request has.")
+
+
+class RequestDocument(RequestHead):
+    """`GET /requests/{id}`: the request, its counts, and every product with its images in input order."""
+
     products: list[ProductModel]
+
+
+class RequestPage(RequestDocument):
+    """`GET /requests/{id}?limit=N&offset=M`: the document with that page of products (in input order) and how
+    many there are in all."""
+
+    products_total: int = RequestSummary.model_fields["products_total"]
+
+
+VIEWS = ("full", "summary")
 
 
 def _utc(moment: datetime) -> datetime:
@@ -61,44 +92,57 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc)
 
 
-def request_document(store: StatusStore, storage: Storage, settings: Settings,
-                     request_id: str) -> RequestDocument | None:
-    """The document of `request_id`; None for an unknown request."""
-    document = stored_document(store, request_id)
+def request_document(store: StatusStore, storage: Storage, settings: Settings, request_id: str, *,
+                     view: str = "full", offset: int | None = None,
+                     limit: int | None = None) -> RequestDocument | RequestPage | RequestSummary | None:
+    """The document of `request_id` (None for an unknown request): whole, a page of its products when `offset`
+    or `limit` is given, or its summary (`view="summary"`, no products)."""
+    document = stored_document(store, request_id, view=view, offset=offset, limit=limit)
     return link_output_csv(document, storage, settings) if document is not None else None
 
 
-def link_output_csv(document: RequestDocument, storage: Storage, settings: Settings) -> RequestDocument:
-    """With `output_csv_url` once the request has ended with its CSV in the storage (a file or an object)."""
+def link_output_csv(document: RequestDocument | RequestPage | RequestSummary, storage: Storage,
+                    settings: Settings) -> RequestDocument | RequestPage | RequestSummary:
+    """With its links: `report_url`, and `output_csv_url` once the request has ended with its CSV in the storage
+    (a file or an object)."""
+    links = {"report_url": report_url(settings, document.request_id)}
     if document.status.terminal and storage.has_output_csv(document.request_id):
-        return document.model_copy(update={"output_csv_url": settings.output_csv_url(document.request_id)})
-    return document
+        links["output_csv_url"] = settings.output_csv_url(document.request_id)
+    return document.model_copy(update=links)
 
 
-def stored_document(store: StatusStore, request_id: str) -> RequestDocument | None:
-    """The document from the status store alone, `output_csv_url` still None."""
-    # The request row first: a terminal status is written last, so the images read after it are final.
-    request = store.get_request(request_id)
-    if request is None:
+def stored_document(store: StatusStore, request_id: str, *, view: str = "full", offset: int | None = None,
+                    limit: int | None = None) -> RequestDocument | RequestPage | RequestSummary | None:
+    """The document from the status store alone (one transaction, products paged in SQL), its links not yet
+    set."""
+    summary = view == "summary"
+    paged = offset is not None or limit is not None
+    found = store.request_view(request_id, offset=offset or 0, limit=limit, with_products=not summary)
+    if found is None:
         return None
-    images = store.images(request_id)
-    images_by_row: dict[int, list[ImageModel]] = defaultdict(list)
-    for image in images:
-        images_by_row[image.row_number].append(ImageModel(
-            position=image.position, input_url=image.input_url, status=image.status,
-            output_url=image.output_url, error=image.error))
+    request = found.request
     errors = [RowErrorModel(**error) for error in request.errors]
     if request.status is RequestStatus.FAILED and request.error:
         errors.append(RowErrorModel(row=None, column=None, message=request.error))
-    return RequestDocument(
+    fields = dict(
         request_id=request_id,
         status=request.status,
         created_at=_utc(request.created_at),
         updated_at=_utc(request.updated_at),
-        # Counted from the listed images rather than asked separately, so the two always agree.
-        counts=Counts(**image_counts(image.status for image in images)),
+        counts=Counts(**found.counts),
         output_csv_url=None,
+        report_url="",
         errors=errors,
-        products=[ProductModel(serial=p.serial, product_name=p.product_name, images=images_by_row[p.row_number])
-                  for p in store.products(request_id)],
     )
+    if summary:
+        return RequestSummary(**fields, products_total=found.products_total)
+    images_by_row: dict[int, list[ImageModel]] = defaultdict(list)
+    for image in found.images:
+        images_by_row[image.row_number].append(ImageModel(
+            position=image.position, input_url=image.input_url, status=image.status,
+            output_url=image.output_url, error=image.error, obtained=image.obtained, note=image.note))
+    products = [ProductModel(serial=p.serial, product_name=p.product_name, images=images_by_row[p.row_number])
+                for p in found.products]
+    if paged:
+        return RequestPage(**fields, products=products, products_total=found.products_total)
+    return RequestDocument(**fields, products=products)

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 import duckdb
 import pandas as pd
 
-from imgpipe.status.store import SCHEMA, StatusStore, T
+from imgpipe.status.store import EXISTING_COLUMNS, SCHEMA, StatusStore, T, missing_columns
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
@@ -82,3 +82,5 @@ class DuckDBStatusStore(StatusStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._session() as con:
             con.execute(SCHEMA)
+            for statement in missing_columns(set(con.execute(EXISTING_COLUMNS).fetchall())):
+                con.execute(statement)

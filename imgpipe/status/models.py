@@ -32,6 +32,14 @@ class ImageStatus(StrEnum):
     FAILED = "failed"
 
 
+class Obtained(StrEnum):
+    """How a compressed image was obtained (contract section 12)."""
+
+    FETCHED = "fetched"  # downloaded and encoded
+    NOT_MODIFIED = "not_modified"  # the source answered 304 and the kept output was reused
+    SAME_CONTENT = "same_content"  # downloaded, its bytes matched a kept input: no encode
+
+
 def image_counts(statuses: Iterable[str]) -> dict[str, int]:
     """How many images are in each status, and `total`: the `counts` of the status document and webhook."""
     counts = dict.fromkeys(map(str, ImageStatus), 0)
@@ -69,6 +77,8 @@ class RequestRow(_Row):
     idempotency_key: str | None = None
     generation: int = 0
     run_id: str | None = None
+    fresh: bool | None = False
+    run_key: str | None = None  # the run it is launched under, while queued
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", RequestStatus(self.status))
@@ -105,6 +115,11 @@ class ImageRow(_Row):
     format_out: str | None = None
     error: str | None = None
     attempts: int = 0
+    obtained: str | None = None
+    note: str | None = None
+    input_sha256: str | None = None
+    download_seconds: float | None = None
+    compress_seconds: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", ImageStatus(self.status))
@@ -145,6 +160,45 @@ class ImageResult:
     quality_out: int | None = None
     format_out: str | None = None
     error: str | None = None
+    obtained: Obtained | None = None
+    note: str | None = None
+    input_sha256: str | None = None
+    download_seconds: float | None = None
+    compress_seconds: float | None = None
+    # For reuse by later requests (None: not to be kept): the source's validators, and the extension under which
+    # the compressed image was kept by its input's content.
+    etag: str | None = None
+    last_modified: str | None = None
+    validated_url: str | None = None  # where the validators came from: the URL after redirects
+    kept_extension: str | None = None
+
+
+@dataclass(frozen=True)
+class ContentOutput(_Row):
+    """A compressed image kept by the SHA-256 of its input, for the image policy of `policy_version`."""
+
+    input_sha256: str
+    policy_version: int
+    extension: str
+    format_out: str
+    bytes_in: int
+    bytes_out: int
+    quality_in: int | None = None
+    quality_out: int | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ReuseCandidate:
+    """What is known of a URL from its last successful download: its validators and, when its bytes' output is
+    kept for the current policy, that output."""
+
+    input_url: str
+    etag: str | None
+    last_modified: str | None
+    validated_url: str | None  # the URL after redirects, where the validators apply
+    input_sha256: str
+    output: ContentOutput | None
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ import json
 import random
 import threading
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import pandas as pd
 
 from imgpipe.status.models import (
+    ContentOutput,
     DeliveryRow,
     ImageResult,
     ImageRow,
@@ -26,6 +27,7 @@ from imgpipe.status.models import (
     ProductRow,
     RequestRow,
     RequestStatus,
+    ReuseCandidate,
     image_counts,
 )
 
@@ -85,6 +87,31 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     webhook_id VARCHAR NOT NULL,
     event_type VARCHAR NOT NULL
 );
+CREATE TABLE IF NOT EXISTS url_validators (
+    input_url VARCHAR PRIMARY KEY,
+    etag VARCHAR,
+    last_modified VARCHAR,
+    input_sha256 VARCHAR NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    validated_url VARCHAR
+);
+CREATE TABLE IF NOT EXISTS content_outputs (
+    input_sha256 VARCHAR NOT NULL,
+    policy_version INTEGER NOT NULL,
+    extension VARCHAR NOT NULL,
+    format_out VARCHAR NOT NULL,
+    bytes_in BIGINT NOT NULL,
+    bytes_out BIGINT NOT NULL,
+    quality_in INTEGER,
+    quality_out INTEGER,
+    note VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (input_sha256, policy_version)
+);
+CREATE TABLE IF NOT EXISTS purged_requests (
+    request_id VARCHAR PRIMARY KEY,
+    purged_at TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     webhook_id VARCHAR PRIMARY KEY,
     request_id VARCHAR NOT NULL,
@@ -98,6 +125,26 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     next_attempt_at TIMESTAMP NOT NULL
 );
 """
+# Columns added after the first release, as (table, column, type): a database made before them gets them when
+# first opened. Only the missing ones are added: an ALTER TABLE locks the table even when it changes nothing,
+# which in PostgreSQL deadlocks with other processes' writes.
+ADDED_COLUMNS = (
+    ("requests", "fresh", "BOOLEAN DEFAULT FALSE"),
+    ("images", "obtained", "VARCHAR"),
+    ("images", "note", "VARCHAR"),
+    ("images", "input_sha256", "VARCHAR"),
+    ("images", "download_seconds", "REAL"),
+    ("images", "compress_seconds", "REAL"),
+    ("requests", "run_key", "VARCHAR"),
+)
+EXISTING_COLUMNS = ("SELECT table_name, column_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema()")
+
+
+def missing_columns(existing: set[tuple[str, str]]) -> list[str]:
+    """The ALTER TABLE statements that add what `existing` (table, column) pairs lack."""
+    return [f"ALTER TABLE {table} ADD COLUMN {column} {kind}" for table, column, kind in ADDED_COLUMNS
+            if (table, column) not in existing]
 
 
 def utcnow() -> datetime:
@@ -198,7 +245,7 @@ class StatusStore:
     # ------------------------------------------------------------------ requests
 
     def record_accepted(self, request_id: str, *, source: str, file_name: str | None, webhook_url: str | None,
-                        manifest: pd.DataFrame, idempotency_key: str | None = None) -> None:
+                        manifest: pd.DataFrame, idempotency_key: str | None = None, fresh: bool = False) -> None:
         """A `queued` request with its products and its image slots (all `pending`), in one transaction: what
         the intake validated is what the run processes. Recording the same request again changes nothing."""
         now = utcnow()
@@ -209,9 +256,9 @@ class StatusStore:
             inserted = self._execute(
                 con,
                 "INSERT INTO requests (request_id, status, source, file_name, webhook_url, created_at, updated_at,"
-                " total_images, idempotency_key) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)"
+                " total_images, idempotency_key, fresh) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING RETURNING request_id",
-                [request_id, str(source), file_name, webhook_url, now, now, len(slots), idempotency_key],
+                [request_id, str(source), file_name, webhook_url, now, now, len(slots), idempotency_key, fresh],
             ).fetchall()
             if not inserted:
                 return
@@ -267,6 +314,18 @@ class StatusStore:
     def queued_requests(self) -> list[RequestRow]:
         return self._typed(RequestRow, "SELECT * FROM requests WHERE status = 'queued' ORDER BY created_at")
 
+    def assign_run_keys(self, run_keys: dict[str, str]) -> None:
+        """The run key each queued request (by ID) is launched under, once: a request keeps its key until it is
+        queued again (a retry), so that every later tick asks for the same run."""
+        if not run_keys:
+            return
+        self._run(*[("UPDATE requests SET run_key = ? WHERE request_id = ? AND status = 'queued' AND run_key IS NULL",
+                     [run_key, request_id]) for request_id, run_key in run_keys.items()])
+
+    def requests_of_run(self, run_key: str) -> list[str]:
+        return [r["request_id"] for r in self._rows(
+            "SELECT request_id FROM requests WHERE run_key = ? ORDER BY created_at", [run_key])]
+
     def start_processing(self, request_id: str, run_id: str) -> None:
         """Mark the request `processing` by `run_id`; slots a crashed run left `processing` go back to
         `pending`."""
@@ -309,7 +368,7 @@ class StatusStore:
             self._execute(
                 con,
                 "UPDATE requests SET status = 'queued', generation = generation + 1, updated_at = ?,"
-                " completed_at = NULL, error = NULL WHERE request_id = ?",
+                " completed_at = NULL, error = NULL, run_key = NULL WHERE request_id = ?",
                 [now, request_id],
             )
             (todo,) = self._execute(
@@ -348,28 +407,84 @@ class StatusStore:
             [utcnow(), request_id, list(input_urls)],
         ))
 
-    def record_results(self, request_id: str, results: Sequence[ImageResult]) -> None:
+    def record_results(self, request_id: str, results: Sequence[ImageResult], policy_version: int = 0) -> None:
+        """The results of some images, in one transaction: their slots, and for later requests the validators
+        and kept outputs of those that carry them (`policy_version`: the image policy they were made under)."""
         if not results:
             return
         now = utcnow()
-        batch = pd.DataFrame([{**asdict(r), "status": str(r.status)} for r in results],
-                             columns=[f.name for f in fields(ImageResult)]).astype(
+        batch = pd.DataFrame([{**asdict(r), "status": str(r.status), "obtained": r.obtained and str(r.obtained)}
+                              for r in results], columns=[f.name for f in fields(ImageResult)]).astype(
             {column: "Int64" for column in ("bytes_in", "bytes_out", "quality_in", "quality_out")})
 
         def work(con) -> None:
             self._register(con, "result_batch", batch)
             self._execute(
                 con,
+                # Casts: a column that is NULL in every result reaches PostgreSQL untyped (as text).
                 "UPDATE images SET status = r.status, output_path = r.output_path, output_url = r.output_url,"
-                " bytes_in = r.bytes_in, bytes_out = r.bytes_out, quality_in = r.quality_in,"
-                " quality_out = r.quality_out, format_out = r.format_out, error = r.error, updated_at = ?"
+                " bytes_in = CAST(r.bytes_in AS BIGINT), bytes_out = CAST(r.bytes_out AS BIGINT),"
+                " quality_in = CAST(r.quality_in AS INTEGER), quality_out = CAST(r.quality_out AS INTEGER),"
+                " format_out = r.format_out, error = r.error, obtained = r.obtained, note = r.note,"
+                " input_sha256 = r.input_sha256, download_seconds = CAST(r.download_seconds AS REAL),"
+                " compress_seconds = CAST(r.compress_seconds AS REAL), updated_at = ?"
                 " FROM result_batch r WHERE images.request_id = ? AND images.input_url = r.input_url"
                 " AND images.status <> 'compressed'",
                 [now, request_id],
             )
+            self._execute(
+                con,
+                "INSERT INTO url_validators SELECT input_url, etag, last_modified, input_sha256, ?, validated_url"
+                " FROM result_batch WHERE kept_extension IS NOT NULL ON CONFLICT (input_url) DO UPDATE SET"
+                " etag = excluded.etag, last_modified = excluded.last_modified, input_sha256 = excluded.input_sha256,"
+                " updated_at = excluded.updated_at, validated_url = excluded.validated_url",
+                [now],
+            )
+            self._execute(
+                con,
+                "INSERT INTO content_outputs SELECT DISTINCT ON (input_sha256) input_sha256, ?, kept_extension,"
+                " format_out, CAST(bytes_in AS BIGINT), CAST(bytes_out AS BIGINT), CAST(quality_in AS INTEGER),"
+                " CAST(quality_out AS INTEGER), note, ? FROM result_batch"
+                " WHERE kept_extension IS NOT NULL AND obtained = 'fetched' ORDER BY input_sha256"
+                " ON CONFLICT DO NOTHING",
+                [policy_version, now],
+            )
             self._execute(con, "UPDATE requests SET updated_at = ? WHERE request_id = ?", [now, request_id])
 
         self._transact(work)
+
+    # ------------------------------------------------------------------ reuse across requests
+
+    def reuse_candidates(self, input_urls: Sequence[str], policy_version: int) -> dict[str, ReuseCandidate]:
+        """By URL, what the last successful download of each of `input_urls` left."""
+        if not input_urls:
+            return {}
+        rows = self._rows(
+            "SELECT v.input_url, v.etag, v.last_modified, v.validated_url, v.input_sha256, c.extension, c.format_out, c.bytes_in,"
+            " c.bytes_out, c.quality_in, c.quality_out, c.note FROM url_validators v LEFT JOIN content_outputs c"
+            " ON c.input_sha256 = v.input_sha256 AND c.policy_version = ?"
+            " WHERE v.input_url IN (SELECT unnest(?))",
+            [policy_version, list(input_urls)],
+        )
+        return {r["input_url"]: ReuseCandidate(
+            r["input_url"], r["etag"], r["last_modified"], r["validated_url"], r["input_sha256"],
+            ContentOutput.from_mapping({**r, "policy_version": policy_version}) if r["extension"] else None)
+            for r in rows}
+
+    def content_output(self, input_sha256: str, policy_version: int) -> ContentOutput | None:
+        rows = self._typed(ContentOutput, "SELECT * FROM content_outputs WHERE input_sha256 = ? AND policy_version = ?",
+                           [input_sha256, policy_version])
+        return rows[0] if rows else None
+
+    def kept_content(self, policy_version: int) -> set[str]:
+        """The SHA-256 of every input whose output is kept under `policy_version`."""
+        return {r["input_sha256"] for r in self._rows(
+            "SELECT input_sha256 FROM content_outputs WHERE policy_version = ?", [policy_version])}
+
+    def forget_content(self, input_sha256: str, policy_version: int) -> None:
+        """A kept output whose files are gone: it is made again next time."""
+        self._run(("DELETE FROM content_outputs WHERE input_sha256 = ? AND policy_version = ?",
+                   [input_sha256, policy_version]))
 
     def images(self, request_id: str) -> list[ImageRow]:
         return self._typed(ImageRow, "SELECT * FROM images WHERE request_id = ? ORDER BY row_number, position",
@@ -382,6 +497,41 @@ class StatusStore:
     def counts(self, request_id: str) -> dict[str, int]:
         rows = self._rows("SELECT status FROM images WHERE request_id = ?", [request_id])
         return image_counts(r["status"] for r in rows)
+
+    # ------------------------------------------------------------------ retention
+
+    def requests_created_before(self, moment: datetime, statuses: Sequence[str]) -> list[RequestRow]:
+        return self._typed(RequestRow, "SELECT * FROM requests WHERE created_at < ? AND status IN (SELECT unnest(?))"
+                                       " ORDER BY created_at", [moment, [str(s) for s in statuses]])
+
+    def purge_request(self, request_id: str) -> list[ContentOutput]:
+        """Every row of the request gone, its ID remembered as purged; returns the kept outputs that no request
+        left uses any more (their rows gone too: their files are the caller's to delete)."""
+        now = utcnow()
+
+        def work(con) -> list[ContentOutput]:
+            used = [row[0] for row in self._execute(
+                con, "SELECT DISTINCT input_sha256 FROM images WHERE request_id = ? AND input_sha256 IS NOT NULL",
+                [request_id]).fetchall()]
+            for table in ("images", "products", "webhook_deliveries", "webhook_outbox", "requests"):
+                self._execute(con, f"DELETE FROM {table} WHERE request_id = ?", [request_id])
+            self._execute(con, "INSERT INTO purged_requests VALUES (?, ?) ON CONFLICT DO NOTHING", [request_id, now])
+            cursor = self._execute(
+                con,
+                "SELECT * FROM content_outputs WHERE input_sha256 IN (SELECT unnest(?)) AND input_sha256 NOT IN"
+                " (SELECT input_sha256 FROM images WHERE input_sha256 IS NOT NULL)",
+                [used])
+            columns = [d[0] for d in cursor.description]
+            orphans = [ContentOutput.from_mapping(dict(zip(columns, row))) for row in cursor.fetchall()]
+            self._execute(con, "DELETE FROM content_outputs WHERE input_sha256 IN (SELECT unnest(?))",
+                          [[o.input_sha256 for o in orphans]])
+            return orphans
+
+        return self._transact(work)
+
+    def purged_at(self, request_id: str) -> datetime | None:
+        rows = self._rows("SELECT purged_at FROM purged_requests WHERE request_id = ?", [request_id])
+        return rows[0]["purged_at"] if rows else None
 
     # ------------------------------------------------------------------ webhook outbox
 
@@ -455,3 +605,156 @@ class StatusStore:
     def webhook_deliveries(self, request_id: str) -> list[DeliveryRow]:
         return self._typed(DeliveryRow, "SELECT * FROM webhook_deliveries WHERE request_id = ?"
                                         " ORDER BY attempted_at, attempt", [request_id])
+
+    # ------------------------------------------------------------------ reads for people and dashboards
+    # Set-based and paged in SQL: a request of 20,000 images is answered without reading every row of it.
+
+    def request_view(self, request_id: str, *, offset: int = 0, limit: int | None = None,
+                     with_products: bool = True) -> RequestView | None:
+        """In one transaction: the request row, its images' counts and bytes (grouped in SQL), how many products
+        it has and, `with_products`, the products `offset`..`offset + limit` in input order (all from `offset`
+        when `limit` is None) with their images. None for an unknown request."""
+        def work(con) -> RequestView | None:
+            found = _dicts(self._execute(con, "SELECT * FROM requests WHERE request_id = ?", [request_id]))
+            if not found:
+                return None
+            groups = _dicts(self._execute(
+                con,
+                "SELECT status, obtained, count(*) AS images, sum(bytes_in) AS bytes_in, sum(bytes_out) AS bytes_out"
+                " FROM images WHERE request_id = ? GROUP BY status, obtained",
+                [request_id]))
+            (products_total,) = self._execute(
+                con, "SELECT count(*) FROM products WHERE request_id = ?", [request_id]).fetchone()
+            products: list[ProductRow] = []
+            images: list[ImageRow] = []
+            if with_products:
+                page = " LIMIT ? OFFSET ?" if limit is not None else " OFFSET ?"
+                products = [ProductRow.from_mapping(row) for row in _dicts(self._execute(
+                    con, "SELECT * FROM products WHERE request_id = ? ORDER BY row_number" + page,
+                    [request_id, *([limit] if limit is not None else []), offset]))]
+                if products:
+                    # Products are read in row order, so their images are those of the rows between the first
+                    # and the last of the page.
+                    images = [ImageRow.from_mapping(row) for row in _dicts(self._execute(
+                        con,
+                        "SELECT * FROM images WHERE request_id = ? AND row_number BETWEEN ? AND ?"
+                        " ORDER BY row_number, position",
+                        [request_id, products[0].row_number, products[-1].row_number]))]
+            return RequestView(RequestRow.from_mapping(found[0]), groups, int(products_total), products, images)
+
+        return self._transact(work)
+
+    def requests_updated_since(self, moment: datetime) -> list[RequestRow]:
+        """Requests recorded or changed at `moment` or later (naive UTC), oldest first: what `imgpipe up` shows."""
+        return self._typed(RequestRow, "SELECT * FROM requests WHERE updated_at >= ? ORDER BY created_at", [moment])
+
+    def image_counts_of(self, request_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        """`image_counts` of each of `request_ids` (grouped in SQL); an unknown ID gets none."""
+        wanted = list(request_ids)
+        if not wanted:
+            return {}
+        rows = self._rows("SELECT request_id, status, count(*) AS images FROM images"
+                          " WHERE request_id IN (SELECT unnest(?)) GROUP BY request_id, status", [wanted])
+        return {request_id: _grouped_counts(row for row in rows if row["request_id"] == request_id)
+                for request_id in wanted}
+
+    def metrics(self, buckets: Sequence[float]) -> StoreMetrics:
+        """What /metrics shows, across every process that writes the store, in one transaction of a few
+        aggregate statements; `buckets`: the histograms' upper bounds (seconds), ascending."""
+        bounds = [float(bound) for bound in buckets]
+
+        def histogram(column: str) -> str:
+            # Cumulative counts, the sum and the count of one duration over the compressed images. The bounds are
+            # compared as REAL, the column's own precision: 0.1 kept as REAL is just above the double 0.1.
+            return ("SELECT " + ", ".join([f"count(*) FILTER (WHERE {column} <= CAST(? AS REAL))"] * len(bounds))
+                    + f", count({column}), coalesce(sum({column}), 0) FROM images WHERE status = 'compressed'")
+
+        def work(con) -> StoreMetrics:
+            def grouped(sql: str) -> dict[str, int]:
+                return {str(key): int(count) for key, count in self._execute(con, sql).fetchall()}
+
+            def counts(column: str) -> tuple[tuple[int, ...], int, float]:
+                row = self._execute(con, histogram(column), bounds).fetchone()
+                return tuple(int(n) for n in row[:len(bounds)]), int(row[-2]), float(row[-1])
+
+            bytes_in, bytes_out = self._execute(
+                con, "SELECT coalesce(sum(bytes_in), 0), coalesce(sum(bytes_out), 0) FROM images"
+                     " WHERE status = 'compressed'").fetchone()
+            (oldest_queued,) = self._execute(
+                con, "SELECT min(updated_at) FROM requests WHERE status = 'queued'").fetchone()
+            return StoreMetrics(
+                requests_by_status=grouped("SELECT status, count(*) FROM requests GROUP BY status"),
+                images_by_status=grouped("SELECT status, count(*) FROM images GROUP BY status"),
+                images_by_obtained=grouped(
+                    "SELECT obtained, count(*) FROM images WHERE obtained IS NOT NULL GROUP BY obtained"),
+                bytes_in=int(bytes_in), bytes_out=int(bytes_out),
+                buckets=tuple(bounds), download_seconds=counts("download_seconds"),
+                compress_seconds=counts("compress_seconds"),
+                webhook_attempts=grouped(
+                    "SELECT CASE WHEN status_code BETWEEN 200 AND 299 THEN 'delivered'"
+                    " WHEN status_code BETWEEN 300 AND 399 THEN 'http_3xx'"
+                    " WHEN status_code BETWEEN 400 AND 499 THEN 'http_4xx'"
+                    " WHEN status_code IS NOT NULL THEN 'http_5xx'"
+                    " WHEN error LIKE 'blocked:%' THEN 'blocked' ELSE 'network_error' END, count(*)"
+                    " FROM webhook_deliveries GROUP BY 1"),
+                oldest_queued_at=oldest_queued, read_at=utcnow())
+
+        return self._transact(work)
+
+
+def _grouped_counts(groups: Iterable[dict]) -> dict[str, int]:
+    """`image_counts` from rows of (`status`, `images`): how many images are in each status."""
+    counts = image_counts(())
+    for group in groups:
+        counts[group["status"]] += int(group["images"])
+        counts["total"] += int(group["images"])
+    return counts
+
+
+def _dicts(cursor: Any) -> list[dict]:
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """A request as `request_view` reads it: `groups` holds one dict per (status, obtained) of its images with
+    `images`, `bytes_in` and `bytes_out`; `products` and `images` are the page asked for."""
+
+    request: RequestRow
+    groups: list[dict]
+    products_total: int
+    products: list[ProductRow]
+    images: list[ImageRow]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return _grouped_counts(self.groups)
+
+    def compressed_total(self, column: str) -> int:
+        return sum(int(g[column] or 0) for g in self.groups if g["status"] == "compressed")
+
+    def obtained(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for group in self.groups:
+            if group["obtained"]:
+                found[group["obtained"]] = found.get(group["obtained"], 0) + int(group["images"])
+        return found
+
+
+@dataclass(frozen=True)
+class StoreMetrics:
+    """The status store's aggregates for /metrics; each histogram is (cumulative counts per bucket of
+    `buckets`, count, sum)."""
+
+    requests_by_status: dict[str, int]
+    images_by_status: dict[str, int]
+    images_by_obtained: dict[str, int]
+    bytes_in: int
+    bytes_out: int
+    buckets: tuple[float, ...]
+    download_seconds: tuple[tuple[int, ...], int, float]
+    compress_seconds: tuple[tuple[int, ...], int, float]
+    webhook_attempts: dict[str, int]
+    oldest_queued_at: datetime | None
+    read_at: datetime

@@ -1,0 +1,101 @@
+"""A request's images processed, and the request ended: what the steps of a run do, without Dagster.
+
+`compress_images` runs a batch of a request's images (the `compress_batch` step, or a request of a shared run);
+`process_requests` takes a shared run's requests from start to end, a few at a time, each ending on its own (its
+output CSV, terminal status and webhook as soon as its own images are done) and a failure of one touching no
+other.
+"""
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from imgpipe.images.batch import BatchRunner, Reuse, StepSlots, WorkItem, work_items
+from imgpipe.images.image_policy import POLICY_VERSION
+from imgpipe.output.completion import Completion, complete_request
+from imgpipe.settings import Settings
+from imgpipe.status.models import ImageResult, RequestStatus
+from imgpipe.status.store import StatusStore
+from imgpipe.storage import Storage
+from imgpipe.text import printable
+from imgpipe.webhooks.delivery import deliver
+
+# Requests of a shared run processed at once: enough to keep the cores busy between small requests' downloads.
+REQUESTS_AT_ONCE = 4
+
+
+def reuse_for(settings: Settings, store: StatusStore, request_id: str, items: Sequence[WorkItem]) -> Reuse | None:
+    """What earlier requests left for these images, unless reuse is off (IMGPIPE_REUSE) or the request asked
+    for a fresh fetch."""
+    request = store.get_request(request_id)
+    if not settings.reuse_enabled or (request and request.fresh):
+        return None
+    kept: set[str] | None = None
+
+    def find_output(sha256: str):
+        # One session lists what is kept, once for the batch; only a hash among them costs a session of its own.
+        # A session per new image (DuckDB opens in 10-30 ms of CPU, under one lock) cost more than its encode.
+        nonlocal kept
+        if kept is None:
+            kept = store.kept_content(POLICY_VERSION)
+        return store.content_output(sha256, POLICY_VERSION) if sha256 in kept else None
+
+    return Reuse(candidates=store.reuse_candidates([item.input_url for item in items], POLICY_VERSION),
+                 find_output=find_output,
+                 forget_output=lambda sha256: store.forget_content(sha256, POLICY_VERSION))
+
+
+def compress_images(settings: Settings, store: StatusStore, storage: Storage, request_id: str,
+                    items: Sequence[WorkItem], slots: StepSlots | None = None) -> list[ImageResult]:
+    """Download and compress `items` of the request, recording results as they come; those whose every slot is
+    already compressed (by a step that ran before, on a worker that died) are skipped."""
+    unfinished = {slot.input_url for slot in store.unfinished_slots(request_id)}
+    items = [item for item in items if item.input_url in unfinished]
+    store.mark_processing(request_id, [item.input_url for item in items])
+    runner = BatchRunner(settings, storage, request_id, reuse_for(settings, store, request_id, items), slots)
+    return runner.run(items, report=lambda done: store.record_results(request_id, done, POLICY_VERSION))
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A request of a shared run that has ended (`completion`), or that was not this run's to do (None)."""
+
+    request_id: str
+    completion: Completion | None
+
+
+def process_requests(settings: Settings, store: StatusStore, storage: Storage, request_ids: Sequence[str],
+                     run_id: str, *, again: bool = False) -> Iterator[Ended]:
+    """Each request from start to end, REQUESTS_AT_ONCE at a time, yielded as it ends. `again` (a re-execution):
+    requests that ended with images to redo are done again; otherwise only requests not yet ended are. The first
+    webhook attempts are made beside the work, so that a slow receiver holds up nothing."""
+    slots = StepSlots.for_settings(settings)
+
+    def one(request_id: str) -> Ended:
+        request = store.get_request(request_id)
+        redo = again and request is not None and request.status in (RequestStatus.FAILED,
+                                                                      RequestStatus.COMPLETED_WITH_ERRORS)
+        if request is None or (request.status.terminal and not redo):
+            return Ended(request_id, None)
+        try:
+            store.start_processing(request_id, run_id)
+            compress_images(settings, store, storage, request_id, work_items(store.unfinished_slots(request_id)),
+                            slots)
+            return Ended(request_id, complete_request(settings, store, storage, request_id, run_id))
+        except Exception as exc:  # noqa: BLE001 - one request's failure must not end the others
+            failure = printable(f"processing failed: {type(exc).__name__}: {exc}")
+            return Ended(request_id, complete_request(settings, store, storage, request_id, run_id,
+                                                      run_failure=failure))
+
+    with ThreadPoolExecutor(REQUESTS_AT_ONCE, thread_name_prefix="imgpipe-request") as requests, \
+            ThreadPoolExecutor(REQUESTS_AT_ONCE, thread_name_prefix="imgpipe-webhook") as webhooks:
+        pending: set[Future] = {requests.submit(one, request_id) for request_id in request_ids}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                ended = future.result()
+                if ended.completion and ended.completion.webhook_id:
+                    webhooks.submit(deliver, settings, store, ended.completion.webhook_id, inline=True)
+                yield ended
+
