@@ -145,7 +145,8 @@ def run_batch(settings, store, storage, request_id: str, urls: list[str], keep: 
     items = [WorkItem(url, f"r{i // 10 + 1}-p{i % 10 + 1}") for i, url in enumerate(urls)]
     store.mark_processing(request_id, urls)
     # As `compress_batch` makes it (imgpipe.processing.reuse_for): what earlier requests left, unless `fresh`.
-    runner = BatchRunner(settings, storage, request_id, reuse_for(settings, store, request_id, items) if keep else None)
+    reuse = reuse_for(settings, store, store.get_request(request_id), items) if keep else None
+    runner = BatchRunner(settings, storage, request_id, reuse)
     report_ms = []
 
     def report(done):  # this thread's CPU only (the others go on meanwhile)
@@ -344,6 +345,18 @@ def main() -> None:
     print(f"written {out}")
 
 
+def strace_batch(tmp: Path, request_id: str, pid: int, urls: list[str]) -> dict:
+    """System calls per image of process `pid` (and its children) while a batch of `urls` runs."""
+    settings, store, storage = setup_request(tmp / f"strace-{request_id}", request_id, urls)
+    out = tmp / f"strace-{request_id}.txt"
+    proc = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(pid)], stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    run_batch(settings, store, storage, request_id, urls, keep=True)
+    proc.send_signal(signal.SIGINT)
+    proc.wait()
+    return strace_counts(out, len(urls))
+
+
 def profile(tmp: Path, urls: list[str], label: str) -> dict:
     found = {}
     n = len(urls)
@@ -361,25 +374,9 @@ def profile(tmp: Path, urls: list[str], label: str) -> dict:
                                             for k, v in values.items()}, "batch": batch}
     # strace -c of the fork server and its children.
     if shutil.which("strace") and server_pids():
-        settings, store, storage = setup_request(tmp / "strace", "s", urls[:150])
-        out = tmp / "strace.txt"
-        proc = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(server_pids()[0])],
-                                stderr=subprocess.DEVNULL)
-        time.sleep(1)
-        run_batch(settings, store, storage, "s", urls[:150], keep=True)
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
-        found["strace_fork_server_and_children_calls_per_image"] = strace_counts(out, 150)
+        found["strace_fork_server_and_children_calls_per_image"] = strace_batch(tmp, "s", server_pids()[0], urls[:150])
         # and of the step process (this one), its threads
-        settings, store, storage = setup_request(tmp / "strace2", "s2", urls[:150])
-        out2 = tmp / "strace2.txt"
-        proc = subprocess.Popen(["strace", "-c", "-f", "-o", str(out2), "-p", str(os.getpid())],
-                                stderr=subprocess.DEVNULL)
-        time.sleep(1)
-        run_batch(settings, store, storage, "s2", urls[:150], keep=True)
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
-        found["strace_step_process_calls_per_image"] = strace_counts(out2, 150)
+        found["strace_step_process_calls_per_image"] = strace_batch(tmp, "s2", os.getpid(), urls[:150])
     py_spy = Path(sys.executable).parent / "py-spy"
     if py_spy.exists():
         settings, store, storage = setup_request(tmp / "pyspy", "y", urls)

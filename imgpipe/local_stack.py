@@ -35,8 +35,8 @@ from typing import TextIO
 
 from imgpipe.backends import open_status_store, open_storage
 from imgpipe.files import write_atomically
-from imgpipe.logs import JsonFormatter
-from imgpipe.progress import ProgressBoard
+from imgpipe.logs import configure_logging
+from imgpipe.progress import ProgressBoard, tenth
 from imgpipe.report import duration, percent_saved
 from imgpipe.report_links import report_url
 from imgpipe.settings import Settings, dagster_home_dir, process_environment
@@ -118,11 +118,7 @@ class Console:
         self.board = ProgressBoard(stream)
         self.log = logging.getLogger("imgpipe.up")
         if self.json:
-            handler = logging.StreamHandler(stream)
-            handler.setFormatter(JsonFormatter())
-            self.log.handlers[:] = [handler]
-            self.log.setLevel(logging.INFO)
-            self.log.propagate = False
+            configure_logging(settings, stream, loggers=(self.log.name,))
 
     def say(self, text: str, *details: str, event: str = "info", request_id: str | None = None, **fields) -> None:
         """A line (and indented detail lines); in JSON one object, the details as `details`."""
@@ -138,7 +134,7 @@ class Console:
 
     def progress(self, request_id: str, counts: dict) -> None:
         if self.json:
-            reached = 10 * (counts["compressed"] + counts["failed"]) // counts["total"] if counts["total"] else 0
+            reached = tenth(counts)
             if self.board.tenths.get(request_id) != reached:
                 self.board.tenths[request_id] = reached
                 self.say(f"request {request_id}: {counts['compressed'] + counts['failed']}/{counts['total']} "
@@ -204,7 +200,10 @@ class Watcher:
 
     def _ended(self, row: RequestRow) -> None:
         request_id = row.request_id
-        view = self.store.request_view(request_id, with_products=False)
+        try:
+            view = self.store.request_view(request_id, with_products=False)
+        except StoreBusy:  # the ended line without the sizes, rather than no line (or a stopped stack)
+            view = None
         counts = view.counts if view else {"total": row.total_images or 0, "compressed": 0, "failed": 0}
         if view and row.status is not RequestStatus.REJECTED:
             self.console.progress(request_id, counts)  # the bar's last state, full unless images were left

@@ -24,9 +24,8 @@ current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName",
                                                                          "color_message"}
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# Loggers configured by `configure_logging`: ours, and those of the libraries the API runs on.
+# Loggers configured by `configure_logging`: ours.
 OWN_LOGGERS = ("imgpipe",)
-SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 # python-multipart warns about each malformed body it is given; the API answers those with a 400 already.
 QUIET_LOGGERS = {"python_multipart": logging.ERROR, "multipart": logging.ERROR}
 

@@ -11,11 +11,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from imgpipe.images.batch import BatchRunner, Reuse, StepSlots, WorkItem, work_items
+from imgpipe.images.batch import BatchRunner, Reuse, WorkItem, work_items
+from imgpipe.images.fetcher import HostSlots
 from imgpipe.images.image_policy import POLICY_VERSION
 from imgpipe.output.completion import Completion, complete_request
 from imgpipe.settings import Settings
-from imgpipe.status.models import ImageResult, RequestStatus
+from imgpipe.status.models import ImageResult, RequestRow, RequestStatus
 from imgpipe.status.store import StatusStore
 from imgpipe.storage import Storage
 from imgpipe.text import printable
@@ -25,10 +26,10 @@ from imgpipe.webhooks.delivery import deliver
 REQUESTS_AT_ONCE = 4
 
 
-def reuse_for(settings: Settings, store: StatusStore, request_id: str, items: Sequence[WorkItem]) -> Reuse | None:
+def reuse_for(settings: Settings, store: StatusStore, request: RequestRow | None,
+              items: Sequence[WorkItem]) -> Reuse | None:
     """What earlier requests left for these images, unless reuse is off (IMGPIPE_REUSE) or the request asked
     for a fresh fetch."""
-    request = store.get_request(request_id)
     if not settings.reuse_enabled or (request and request.fresh):
         return None
     kept: set[str] | None = None
@@ -47,13 +48,19 @@ def reuse_for(settings: Settings, store: StatusStore, request_id: str, items: Se
 
 
 def compress_images(settings: Settings, store: StatusStore, storage: Storage, request_id: str,
-                    items: Sequence[WorkItem], slots: StepSlots | None = None) -> list[ImageResult]:
-    """Download and compress `items` of the request, recording results as they come; those whose every slot is
-    already compressed (by a step that ran before, on a worker that died) are skipped."""
-    unfinished = {slot.input_url for slot in store.unfinished_slots(request_id)}
-    items = [item for item in items if item.input_url in unfinished]
+                    items: Sequence[WorkItem] | None = None, hosts: HostSlots | None = None,
+                    request: RequestRow | None = None) -> list[ImageResult]:
+    """Download and compress `items` of the request (None: all it has left), recording results as they come;
+    those whose every slot is already compressed (by a step that ran before, on a worker that died) are
+    skipped. `request`: its row, when the caller has read it already."""
+    unfinished = work_items(store.unfinished_slots(request_id))
+    if items is not None:
+        wanted = {item.input_url for item in unfinished}
+        unfinished = [item for item in items if item.input_url in wanted]
+    items = unfinished
     store.mark_processing(request_id, [item.input_url for item in items])
-    runner = BatchRunner(settings, storage, request_id, reuse_for(settings, store, request_id, items), slots)
+    reuse = reuse_for(settings, store, request or store.get_request(request_id), items)
+    runner = BatchRunner(settings, storage, request_id, reuse, hosts)
     return runner.run(items, report=lambda done: store.record_results(request_id, done, POLICY_VERSION))
 
 
@@ -70,7 +77,7 @@ def process_requests(settings: Settings, store: StatusStore, storage: Storage, r
     """Each request from start to end, REQUESTS_AT_ONCE at a time, yielded as it ends. `again` (a re-execution):
     requests that ended with images to redo are done again; otherwise only requests not yet ended are. The first
     webhook attempts are made beside the work, so that a slow receiver holds up nothing."""
-    slots = StepSlots.for_settings(settings)
+    hosts = HostSlots(settings.per_host_connections)
 
     def one(request_id: str) -> Ended:
         request = store.get_request(request_id)
@@ -80,8 +87,7 @@ def process_requests(settings: Settings, store: StatusStore, storage: Storage, r
             return Ended(request_id, None)
         try:
             store.start_processing(request_id, run_id)
-            compress_images(settings, store, storage, request_id, work_items(store.unfinished_slots(request_id)),
-                            slots)
+            compress_images(settings, store, storage, request_id, hosts=hosts, request=request)
             return Ended(request_id, complete_request(settings, store, storage, request_id, run_id))
         except Exception as exc:  # noqa: BLE001 - one request's failure must not end the others
             failure = printable(f"processing failed: {type(exc).__name__}: {exc}")

@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 
 import jinja2
 
-from imgpipe.status.models import ImageStatus, RequestStatus
+from imgpipe.status.models import ImageStatus
 from imgpipe.status.store import RequestView
 
 PAGE_SIZE = 50
@@ -79,9 +79,7 @@ def render_report(view: RequestView, *, offset: int, limit: int, link_query: str
         time_taken = f"took {duration((request.completed_at - request.created_at).total_seconds())}"
     else:
         time_taken = f"{request.status}, for {duration((now - request.created_at).total_seconds())} so far"
-    errors = list(request.errors)
-    if request.status is RequestStatus.FAILED and request.error:
-        errors.append({"row": None, "column": None, "message": request.error})
+    errors = request.shown_errors
     images_by_row: dict[int, list[dict]] = {}
     for image in view.images:
         compressed = image.status is ImageStatus.COMPRESSED

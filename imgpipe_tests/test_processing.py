@@ -27,10 +27,10 @@ def test_requests_of_a_shared_run_end_on_their_own_and_a_broken_one_alone(tmp_pa
         ids.append(take_upload(store, storage, settings, upload).request_id)
     real = processing.compress_images
 
-    def breaks_on_the_third(settings_, store_, storage_, request_id, items, slots=None):
+    def breaks_on_the_third(settings_, store_, storage_, request_id, *args, **kwargs):
         if request_id == ids[2]:
             raise RuntimeError("the disk went away")
-        return real(settings_, store_, storage_, request_id, items, slots)
+        return real(settings_, store_, storage_, request_id, *args, **kwargs)
 
     monkeypatch.setattr(processing, "compress_images", breaks_on_the_third)
     ended = list(processing.process_requests(settings, store, storage, ids, "run-shared"))

@@ -138,11 +138,10 @@ class Api:
         # This call's later log lines (uvicorn's access line too: same task) are about this request.
         current_request_id.set(result.request_id)
         if not result.accepted:
-            log.info("upload %s rejected with %d problem(s)", upload.file_name or "upload.csv", len(result.errors),
-                     extra={"request_id": result.request_id, "event": "rejected"})
+            log.info("upload %s rejected with %d problem(s)", result.file_name, len(result.errors),
+                     extra={"event": "rejected"})
             raise self._rejected(result.request_id, [e.to_dict() for e in result.errors])
-        log.info("upload %s accepted", upload.file_name or "upload.csv",
-                 extra={"request_id": result.request_id, "event": "accepted"})
+        log.info("upload %s accepted", result.file_name, extra={"event": "accepted"})
         return self._accepted(result.request_id)
 
     def _request_problems(self, received: ReceivedUpload, key: str | None,
@@ -239,12 +238,8 @@ class Api:
 
     async def thumbnail(self, request_id: str, name: str) -> Response:
         """A report's thumbnail (`<stem>.before.jpg` or `<stem>.after.jpg`); only those names are looked up."""
-        try:
-            data = await run_in_threadpool(self.storage.read_thumbnail, request_id, name)
-        except ValueError:
-            data = None
-        if data is None:
-            raise ApiError(404, f"no thumbnail {name[:200]} of request {request_id[:200]}")
+        data = await self._stored(self.storage.read_thumbnail, request_id, name,
+                                  missing=f"no thumbnail {name[:200]} of request {request_id[:200]}")
         return Response(data, media_type="image/jpeg", headers=THUMBNAIL_HEADERS)
 
     async def metrics(self) -> Response:
@@ -262,6 +257,16 @@ class Api:
             raise ApiError(404, f"request {request_id} ended {row.status} without an output CSV")
         return Response(data, media_type=CSV_MEDIA_TYPE)
 
+    async def _stored(self, read, request_id: str, name: str, *, missing: str) -> bytes:
+        """A file the storage holds under a name it accepts; 404 for any other name or a missing file."""
+        try:
+            data = await run_in_threadpool(read, request_id, name)
+        except ValueError:  # a name the pipeline never writes
+            data = None
+        if data is None:
+            raise ApiError(404, missing)
+        return data
+
     async def _gone_or_unknown(self, request_id: str) -> JSONResponse:
         """410 with the time for a request that was purged; 404 for one never seen."""
         purged_at = await self.in_store(self.store.purged_at, request_id)
@@ -274,12 +279,7 @@ class Api:
         """`<request_id>/<name>` from the storage. Only names the pipeline writes are looked up, so a folder, a
         `..` or any other path is a 404 before the storage is asked."""
         request_id, _, name = path.partition("/")
-        try:
-            data = await run_in_threadpool(self.storage.read_image, request_id, name)
-        except ValueError:
-            data = None
-        if data is None:
-            raise ApiError(404, f"no image {path[:200]}")
+        data = await self._stored(self.storage.read_image, request_id, name, missing=f"no image {path[:200]}")
         # A slot's file is written once (a retry only fills slots that failed), so caches may keep it a day.
         return Response(data, media_type=content_type_of(name), headers={"Cache-Control": IMAGE_CACHE_CONTROL})
 

@@ -55,18 +55,6 @@ def split_into_batches(items: Sequence[WorkItem], max_batches: int, min_batch_si
 
 
 @dataclass(frozen=True)
-class StepSlots:
-    """What the batches of one step share, however many run at once: the connections to each host. (The
-    compressions of the whole process are queued and capped at the cores by the compressor itself.)"""
-
-    hosts: HostSlots
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> "StepSlots":
-        return cls(HostSlots(settings.per_host_connections))
-
-
-@dataclass(frozen=True)
 class Reuse:
     """What earlier requests left for this batch's URLs (`candidates`, by URL), and how to look up a kept output
     by the SHA-256 of an input (`find_output`) or forget one whose files are gone (`forget_output`)."""
@@ -85,14 +73,16 @@ class BatchRunner:
     `Cache-Control: no-store` is never reused nor kept."""
 
     def __init__(self, settings: Settings, storage: Storage, request_id: str, reuse: Reuse | None = None,
-                 slots: StepSlots | None = None):
+                 hosts: HostSlots | None = None):
         self.settings = settings
         self.storage = storage
         self.request_id = request_id
         self.reuse = reuse
         self.allow = AllowList.parse(settings.allow_private_hosts)
         self.fetch_limits = FetchLimits.from_settings(settings)
-        self.slots = slots or StepSlots.for_settings(settings)
+        # Shared by the batches of one step, however many run at once. (The compressions of the whole process
+        # are queued and capped at the cores by the compressor itself.)
+        self.hosts = hosts or HostSlots(settings.per_host_connections)
 
     def run(self, items: Sequence[WorkItem], report: Callable[[list[ImageResult]], None],
             report_interval: float = 1.0) -> list[ImageResult]:
@@ -155,7 +145,7 @@ class BatchRunner:
 
     def _fetch(self, item: WorkItem, deadline: float, validators: Validators | None = None) -> FetchResult:
         return fetch(item.input_url, allow=self.allow, limits=self.fetch_limits, validators=validators,
-                     hosts=self.slots.hosts, deadline=deadline)
+                     hosts=self.hosts, deadline=deadline)
 
     def _compress(self, item: WorkItem, download: FetchResult, sha256: str, keep: bool,
                   started: float) -> ImageResult:
@@ -164,9 +154,9 @@ class BatchRunner:
         # The per-image budget covers download and compression, not the wait for a free core: the compressor
         # counts it from when the image's process starts on it.
         remaining = max(1.0, self.settings.image_timeout - (downloaded - started))
-        # Not under `self.slots.compressions`: the compressor queues the images of this whole process and runs
-        # `compress_slots` at once itself, starting the next the moment one answers, so that no thread of this
-        # process (waiting for the GIL behind the downloads) stands between one image and the next.
+        # The compressor queues the images of this whole process and runs `compress_slots` at once itself,
+        # starting the next the moment one answers, so that no thread of this process (waiting for the GIL
+        # behind the downloads) stands between one image and the next.
         outcome = compress_isolated(download.content, max_pixels=self.settings.max_pixels,
                                     max_frames=self.settings.max_frames, timeout=remaining,
                                     memory_bytes=self.settings.process_memory_bytes,
@@ -205,12 +195,8 @@ class BatchRunner:
         except Exception:  # noqa: BLE001 - a missing file or object: make it again
             self.reuse.forget_output(output.input_sha256)
             return None
+        # After a 304 the fetcher has filled in the validators it sent, which the answer may leave out.
         validators = _validators_to_keep(download, output.extension)
-        if obtained is Obtained.NOT_MODIFIED:  # a 304 may leave out validators that did not change
-            candidate = self.reuse.candidates[item.input_url]
-            validators = {"etag": validators["etag"] or candidate.etag,
-                          "last_modified": validators["last_modified"] or candidate.last_modified,
-                          "validated_url": validators["validated_url"], "kept_extension": output.extension}
         return ImageResult(
             item.input_url, ImageStatus.COMPRESSED, output_path=stored.path, output_url=stored.url,
             bytes_in=output.bytes_in, bytes_out=output.bytes_out, quality_in=output.quality_in,

@@ -121,9 +121,7 @@ def stored_document(store: StatusStore, request_id: str, *, view: str = "full", 
     if found is None:
         return None
     request = found.request
-    errors = [RowErrorModel(**error) for error in request.errors]
-    if request.status is RequestStatus.FAILED and request.error:
-        errors.append(RowErrorModel(row=None, column=None, message=request.error))
+    errors = [RowErrorModel(**error) for error in request.shown_errors]
     fields = dict(
         request_id=request_id,
         status=request.status,

@@ -88,6 +88,13 @@ class RequestRow(_Row):
         """The problems of a rejected upload, each {"row", "column", "message"}."""
         return json.loads(self.errors_json) if self.errors_json else []
 
+    @property
+    def shown_errors(self) -> list[dict]:
+        """What a person is shown: the upload's problems, and a failed request's reason as one without a row."""
+        failure = [{"row": None, "column": None, "message": self.error}] \
+            if self.status is RequestStatus.FAILED and self.error else []
+        return self.errors + failure
+
 
 @dataclass(frozen=True)
 class ProductRow(_Row):

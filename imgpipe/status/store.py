@@ -224,12 +224,7 @@ class StatusStore:
             StatusStore._schema_ready.add(key)
 
     def _rows(self, sql: str, params: Sequence = ()) -> list[dict]:
-        def work(con) -> list[dict]:
-            cur = self._execute(con, sql, params)
-            cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
-
-        return self._transact(work)
+        return self._transact(lambda con: _dicts(self._execute(con, sql, params)))
 
     def _typed(self, cls: type[R], sql: str, params: Sequence = ()) -> list[R]:
         return [cls.from_mapping(row) for row in self._rows(sql, params)]
@@ -516,13 +511,11 @@ class StatusStore:
             for table in ("images", "products", "webhook_deliveries", "webhook_outbox", "requests"):
                 self._execute(con, f"DELETE FROM {table} WHERE request_id = ?", [request_id])
             self._execute(con, "INSERT INTO purged_requests VALUES (?, ?) ON CONFLICT DO NOTHING", [request_id, now])
-            cursor = self._execute(
+            orphans = [ContentOutput.from_mapping(row) for row in _dicts(self._execute(
                 con,
                 "SELECT * FROM content_outputs WHERE input_sha256 IN (SELECT unnest(?)) AND input_sha256 NOT IN"
                 " (SELECT input_sha256 FROM images WHERE input_sha256 IS NOT NULL)",
-                [used])
-            columns = [d[0] for d in cursor.description]
-            orphans = [ContentOutput.from_mapping(dict(zip(columns, row))) for row in cursor.fetchall()]
+                [used]))]
             self._execute(con, "DELETE FROM content_outputs WHERE input_sha256 IN (SELECT unnest(?))",
                           [[o.input_sha256 for o in orphans]])
             return orphans
@@ -655,8 +648,10 @@ class StatusStore:
             return {}
         rows = self._rows("SELECT request_id, status, count(*) AS images FROM images"
                           " WHERE request_id IN (SELECT unnest(?)) GROUP BY request_id, status", [wanted])
-        return {request_id: _grouped_counts(row for row in rows if row["request_id"] == request_id)
-                for request_id in wanted}
+        groups: dict[str, list[dict]] = {request_id: [] for request_id in wanted}
+        for row in rows:
+            groups[row["request_id"]].append(row)
+        return {request_id: _grouped_counts(rows) for request_id, rows in groups.items()}
 
     def metrics(self, buckets: Sequence[float]) -> StoreMetrics:
         """What /metrics shows, across every process that writes the store, in one transaction of a few
