@@ -54,7 +54,8 @@ class Limits(BaseModel):
 class Settings(Limits):
     """Where imgpipe keeps its data, whom it may call, and how it runs."""
 
-    home: str = Field("./data",
+    # validate_default: the default too is made absolute (Dagster wants DAGSTER_HOME, derived from it, so).
+    home: str = Field("./data", validate_default=True,
                       description="Data root: inbox/, uploads/, requests/, rejected/, public/, imgpipe.duckdb.")
     public_base_url: str = Field("http://127.0.0.1:8000", description="Base of every output URL.")
     allow_private_hosts: str = Field(

@@ -33,6 +33,15 @@ def test_embedded_is_the_default_and_needs_no_service():
     assert io_managers(settings) == {}  # Dagster's file system IO manager
 
 
+def test_the_default_data_root_is_absolute_under_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    settings = Settings.from_env({})
+
+    assert settings.home == str(tmp_path.resolve() / "data")
+    assert ImgpipeResource.from_settings(settings).home == settings.home
+
+
 def test_distributed_profile_swaps_every_backend():
     settings = Settings.from_env(DISTRIBUTED)
     resource = ImgpipeResource.from_settings(settings, secrets_from_env=False)
