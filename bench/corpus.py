@@ -21,6 +21,7 @@ import http.server
 import multiprocessing
 import os
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +135,8 @@ class ImageServer:
     naming the tag inserted after its first marker: the same pixels (imgpipe drops comments) but bytes of their
     own, so that a run's images are new to imgpipe by URL and by content (no reuse of another run's outputs
     whichever way it looks). A folder in `cycled` serves `/<name>/<n>.jpg` for any n from its file n mod its
-    count, each with a comment naming n. Last-Modified and If-Modified-Since (304) as a static file server."""
+    count, each with a comment naming n. ETag and Last-Modified, If-None-Match and If-Modified-Since (304) as a static
+    file server."""
 
     def __init__(self, folders: dict[str, Path], cycled: dict[str, int] | None = None):
         folders, cycled = dict(folders), dict(cycled or {})
@@ -149,9 +151,14 @@ class ImageServer:
                     self.send_error(404)
                     return
                 path, tag = found
-                modified = email.utils.formatdate(path.stat().st_mtime, usegmt=True)
-                if self.headers.get("If-Modified-Since") == modified:
+                stat = path.stat()
+                modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
+                # As nginx makes them (time and size), and the tag too: a tagged copy's bytes are its own.
+                etag = f'"{int(stat.st_mtime):x}-{stat.st_size:x}-{zlib.crc32((tag or "").encode()):x}"'
+                if self.headers.get("If-None-Match") == etag or (
+                        "If-None-Match" not in self.headers and self.headers.get("If-Modified-Since") == modified):
                     self.send_response(304)
+                    self.send_header("ETag", etag)
                     self.send_header("Last-Modified", modified)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
@@ -163,6 +170,7 @@ class ImageServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", str(len(data)))
+                self.send_header("ETag", etag)
                 self.send_header("Last-Modified", modified)
                 self.end_headers()
                 self.wfile.write(data)

@@ -7,6 +7,7 @@ other.
 """
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -53,13 +54,14 @@ def compress_images(settings: Settings, store: StatusStore, storage: Storage, re
     """Download and compress `items` of the request (None: all it has left), recording results as they come;
     those whose every slot is already compressed (by a step that ran before, on a worker that died) are
     skipped. `request`: its row, when the caller has read it already."""
-    unfinished = work_items(store.unfinished_slots(request_id))
-    if items is not None:
-        wanted = {item.input_url for item in unfinished}
-        unfinished = [item for item in items if item.input_url in wanted]
-    items = unfinished
-    store.mark_processing(request_id, [item.input_url for item in items])
-    reuse = reuse_for(settings, store, request or store.get_request(request_id), items)
+    with store.held():
+        unfinished = work_items(store.unfinished_slots(request_id))
+        if items is not None:
+            wanted = {item.input_url for item in unfinished}
+            unfinished = [item for item in items if item.input_url in wanted]
+        items = unfinished
+        store.mark_processing(request_id, [item.input_url for item in items])
+        reuse = reuse_for(settings, store, request or store.get_request(request_id), items)
     runner = BatchRunner(settings, storage, request_id, reuse, hosts)
     return runner.run(items, report=lambda done: store.record_results(request_id, done, POLICY_VERSION))
 
@@ -95,7 +97,8 @@ def process_requests(settings: Settings, store: StatusStore, storage: Storage, r
                                                       run_failure=failure))
 
     with ThreadPoolExecutor(REQUESTS_AT_ONCE, thread_name_prefix="imgpipe-request") as requests, \
-            ThreadPoolExecutor(REQUESTS_AT_ONCE, thread_name_prefix="imgpipe-webhook") as webhooks:
+            ThreadPoolExecutor(REQUESTS_AT_ONCE, thread_name_prefix="imgpipe-webhook") as webhooks, \
+            contextlib.closing(hosts):
         pending: set[Future] = {requests.submit(one, request_id) for request_id in request_ids}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -307,14 +307,18 @@ class LocalStorage(Storage):
 
     def _link(self, source: str, target: str) -> None:
         source_path, target_path = self.path(source), self.path(target)
-        target_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target_path.with_name(f".{target_path.name}.{secrets.token_hex(4)}.tmp")
         try:
-            os.link(source_path, temporary)
+            os.link(source_path, target_path)  # a new name, the usual case: no reader can have seen another file
+            return
+        except FileNotFoundError:  # the request's folder is made by its first image (a missing source fails below)
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            pass
         except OSError as exc:
-            if exc.errno != errno.EXDEV:  # another file system: a copy is the only way
+            if exc.errno != errno.EXDEV:  # another file system: copied below
                 raise
-            shutil.copyfile(source_path, temporary)
+        temporary = target_path.with_name(f".{target_path.name}.{secrets.token_hex(4)}.tmp")
+        _link_or_copy(source_path, temporary)
         os.replace(temporary, target_path)  # a reader sees the old file or the new one
 
     def _delete(self, keys: list[str]) -> None:
@@ -325,6 +329,15 @@ class LocalStorage(Storage):
         # The folder itself (its name checked like a key's), with leftovers no key names (an interrupted
         # write's temporary files).
         shutil.rmtree(self.path(f"{root}/{checked_request_id(request_id)}/x").parent, ignore_errors=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:  # another file system: a copy is the only way
+            raise
+        shutil.copyfile(source, target)
 
 
 class S3Storage(Storage):

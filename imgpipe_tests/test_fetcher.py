@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests.adapters
 
-from imgpipe.images.fetcher import FetchError, FetchLimits, fetch, post
+from imgpipe.images import fetcher
+from imgpipe.images.fetcher import FetchError, FetchLimits, HostSlots, fetch, post
 from imgpipe.settings import Limits
 from imgpipe.images.url_safety import AllowList
 
@@ -281,6 +282,72 @@ def test_post_reports_a_redirect_location_printable(server):
                   read_timeout=5)
 
     assert (result.status_code, result.location) == (302, "/hook\\x00\\x1b[2J\\x9b31m")
+
+
+class KeepAliveHandler(Handler):
+    protocol_version = "HTTP/1.1"  # connections stay open between requests unless a side closes them
+
+
+class CountingServer(ThreadingHTTPServer):
+    """Counts the TCP connections it accepts."""
+
+    accepted = 0
+
+    def get_request(self):
+        self.accepted += 1
+        return super().get_request()
+
+
+@pytest.fixture
+def keep_alive_server():
+    server = CountingServer(("127.0.0.1", 0), KeepAliveHandler)
+    server.daemon_threads = True
+    server.seen = []
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    server.base = f"http://127.0.0.1:{server.server_address[1]}"
+    server.allow = AllowList.parse(f"127.0.0.1:{server.server_address[1]}")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_downloads_sharing_host_slots_keep_one_connection_open_until_closed(keep_alive_server):
+    server, hosts = keep_alive_server, HostSlots(per_host=2)
+    for _ in range(5):
+        assert fetch(f"{server.base}/image", allow=server.allow, limits=LIMITS, hosts=hosts).content == IMAGE
+    assert server.accepted == 1
+    hosts.close()
+    fetch(f"{server.base}/image", allow=server.allow, limits=LIMITS, hosts=hosts)
+    assert server.accepted == 2
+    hosts.close()
+    fetch(f"{server.base}/image", allow=server.allow, limits=LIMITS)  # without slots: a connection of its own
+    assert server.accepted == 3
+
+
+def test_a_kept_connection_is_under_the_deadline_of_each_call_that_takes_it_up(keep_alive_server):
+    server, hosts = keep_alive_server, HostSlots(per_host=1)
+    fetch(f"{server.base}/image", allow=server.allow, limits=LIMITS, hosts=hosts)
+    limits = FetchLimits(max_bytes=1_000_000, connect_timeout=2, read_timeout=5, deadline=1.5)
+    started = time.monotonic()
+    error = fetch_error(f"{server.base}/trickle-body", server.allow, limits, hosts=hosts)
+    assert (error.kind, str(error)) == ("timeout", "download took longer than 1.5 s")
+    assert 1.4 < time.monotonic() - started < 2.5
+    assert server.accepted == 1  # the trickle came over the kept connection
+    assert fetch(f"{server.base}/image", allow=server.allow, limits=LIMITS, hosts=hosts).content == IMAGE
+    assert server.accepted == 2  # the one cut short was not kept
+    hosts.close()
+
+
+def test_ended_calls_leave_no_deadline_behind_and_a_running_one_still_expires():
+    watchdog = fetcher._watchdog
+    for _ in range(5000):
+        with fetcher._Deadline(60, "download") as deadline:
+            deadline.start()
+    assert len(watchdog._heap) < 2200  # ended ones are dropped in bulk, not kept for their full minute
+    with fetcher._Deadline(0.2, "download") as deadline:
+        deadline.start()
+        time.sleep(0.6)
+        assert deadline.expired
 
 
 def test_limits_from_settings():

@@ -276,3 +276,34 @@ def test_concurrent_claims_take_each_entry_once(store_factory):
         assert c.exitcode == 0
     assert sorted(taken[0] + taken[1]) == sorted(webhook_ids)  # every entry claimed, and only once
     assert store.due_webhook_ids() == []
+
+
+class CountingDuckDBStore(DuckDBStatusStore):
+    """Counts how often the file is opened."""
+
+    opened = 0
+
+    def _session(self):
+        self.opened += 1
+        return super()._session()
+
+
+def test_operations_held_together_open_the_file_once_and_stay_transactions_of_their_own(tmp_path):
+    store = CountingDuckDBStore(tmp_path / "s.duckdb")
+    accept(store, "r1")
+    store.opened = 0
+    with store.held():
+        store.start_processing("r1", "run-1")
+        with pytest.raises(RuntimeError):
+            store._transact(lambda con: (con.execute("DELETE FROM requests"), _raise(RuntimeError("boom"))))
+        assert store.get_request("r1").status == RequestStatus.PROCESSING  # only the failed one was undone
+        with store.held():  # nested: the same session
+            store.images("r1")
+    assert store.opened == 1
+    store.get_request("r1")
+    store.images("r1")
+    assert store.opened == 3  # outside, each operation opens the file for itself, as before
+
+
+def _raise(exc: Exception):
+    raise exc

@@ -60,6 +60,20 @@ def test_image_round_trip(storage):
     assert storage.read(image_key("r1", "a.jpg")) == b"again"
 
 
+def test_a_kept_image_becomes_a_new_requests_own_and_replaces_what_was_there(storage):
+    sha = "ab" * 32
+    storage.keep_content(3, sha, ".webp", b"RIFF kept", b"before", b"after")
+    stored = storage.link_content(3, sha, ".webp", "r9", "r1-p1")  # r9 has no folder yet
+    assert stored.url == f"{BASE}/images/r9/r1-p1.webp"
+    storage.write_image("r10", "r1-p1.webp", b"an older file")
+    storage.link_content(3, sha, ".webp", "r10", "r1-p1")
+    assert storage.read_image("r9", "r1-p1.webp") == storage.read_image("r10", "r1-p1.webp") == b"RIFF kept"
+    assert storage.read_thumbnail("r10", "r1-p1.after.jpg") == b"after"
+    with pytest.raises(Exception):  # nothing kept under that hash: the caller makes the image again
+        storage.link_content(3, "cd" * 32, ".webp", "r9", "r1-p2")
+    assert storage.read_image("r9", "r1-p2.webp") is None
+
+
 def test_output_csv_round_trip(storage):
     assert not storage.has_output_csv("r1")
     stored = storage.write_output_csv("r1", OUTPUT)

@@ -53,8 +53,9 @@ def upload_manifest(context: AssetExecutionContext, imgpipe: ImgpipeResource) ->
     URL). Read from the status store, where the intake recorded it; the request becomes `processing`."""
     request_id = context.partition_key
     store = imgpipe.store()
-    manifest = store.manifest(request_id)
-    store.start_processing(request_id, context.run.run_id)
+    with store.held():
+        manifest = store.manifest(request_id)
+        store.start_processing(request_id, context.run.run_id)
     return Output(manifest, metadata={
         "products": int(manifest["row_number"].nunique()),
         "images": len(manifest),

@@ -7,6 +7,7 @@ OS process of its own.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import queue
@@ -81,8 +82,9 @@ class BatchRunner:
         self.allow = AllowList.parse(settings.allow_private_hosts)
         self.fetch_limits = FetchLimits.from_settings(settings)
         # Shared by the batches of one step, however many run at once. (The compressions of the whole process
-        # are queued and capped at the cores by the compressor itself.)
+        # are queued and capped at the cores by the compressor itself.) Slots of its own are closed by `run`.
         self.hosts = hosts or HostSlots(settings.per_host_connections)
+        self._own_hosts = hosts is None
 
     def run(self, items: Sequence[WorkItem], report: Callable[[list[ImageResult]], None],
             report_interval: float = 1.0) -> list[ImageResult]:
@@ -93,7 +95,8 @@ class BatchRunner:
         # time in their number at every wake-up: 36 ms a call with 20,000 of them, the main thread then busy
         # with the GIL held, a cost per image that grew with the request.)
         finished: queue.SimpleQueue[tuple[Future, WorkItem]] = queue.SimpleQueue()
-        with ThreadPoolExecutor(max_workers=min(self.settings.download_threads, max(1, len(items)))) as pool:
+        with ThreadPoolExecutor(max_workers=min(self.settings.download_threads, max(1, len(items)))) as pool, \
+                contextlib.closing(self.hosts) if self._own_hosts else contextlib.nullcontext():
             for item in items:
                 pool.submit(self.process, item).add_done_callback(lambda future, item=item: finished.put((future, item)))
             pending = len(items)

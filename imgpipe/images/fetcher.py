@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import heapq
 import http.client
+import itertools
+import os
 import random
 import socket
 import threading
@@ -126,7 +129,7 @@ class _Deadline:
     """Shuts down every socket of one call when the call's time is up.
 
     Socket timeouts bound each read, not their sum, so a server trickling a byte at a time never trips them.
-    Shutting a socket down from this timer's thread ends whatever read is waiting on it, headers or body.
+    Shutting a socket down from the watchdog's thread ends whatever read is waiting on it, headers or body.
 
     The clock starts with the first exchange (`start`), so a wait for a free connection to a busy host is not
     counted as download time; `until`, a monotonic instant, bounds the waits and cuts the clock short.
@@ -135,6 +138,7 @@ class _Deadline:
     def __init__(self, seconds: float, what: str, until: float | None = None, cut_short: str | None = None):
         self.seconds = seconds
         self.expired = False
+        self.over = False  # the call has ended; the watchdog drops it
         self.until = until
         self._what = what
         self._cut_short_message = cut_short  # the error when `until` came first
@@ -142,14 +146,13 @@ class _Deadline:
         self._expires_at: float | None = None
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
 
     def __enter__(self) -> "_Deadline":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._timer:
-            self._timer.cancel()
+        if self._expires_at is not None:
+            _watchdog.forget(self)
         with self._lock:
             for sock in self._sockets:
                 sock.close()
@@ -161,9 +164,7 @@ class _Deadline:
         self._expires_at = now + self.seconds
         if self.until is not None and self.until < self._expires_at:
             self._expires_at, self._cut_short = self.until, True
-        self._timer = threading.Timer(max(0.0, self._expires_at - now), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
+        _watchdog.watch(self._expires_at, self)
 
     def remaining(self) -> float:
         """Time left: on the clock once started, else until `until` (the most a wait may take)."""
@@ -176,19 +177,75 @@ class _Deadline:
         return FetchError("timeout", f"{self._what} took longer than {self.seconds:g} s", retryable=True)
 
     def watch(self, sock: socket.socket) -> None:
-        # A duplicate descriptor stays valid when TLS takes `sock` over, and shutting it down ends reads on the
-        # connection all the same; we own it, so it can never name somebody else's socket.
+        # A duplicate descriptor stays valid when TLS takes `sock` over (and a kept-alive TLS socket cannot be
+        # dup()ed itself); shutting it down ends reads on the connection all the same, and we own it, so it can
+        # never name somebody else's socket.
         with self._lock:
-            duplicate = sock.dup()
+            duplicate = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
             self._sockets.append(duplicate)
             if self.expired:
                 _shut_down(duplicate)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         with self._lock:
             self.expired = True
             for sock in self._sockets:
                 _shut_down(sock)
+
+
+class _Watchdog:
+    """One thread that expires the deadlines of every call in this process.
+
+    A timer thread per call cost more than a whole conditional GET: starting and cancelling it woke threads and
+    moved the GIL several times a call. Deadlines are kept in a heap; a call that ends only marks its own, and the
+    thread is woken only when a new deadline comes before every other.
+    """
+
+    def __init__(self):
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # the thread does not follow a fork; its heap must not
+
+    def _reset(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._over = 0  # ended calls still in the heap
+        self._thread: threading.Thread | None = None
+
+    def watch(self, expires_at: float, deadline: _Deadline) -> None:
+        with self._changed:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._expire_due, name="imgpipe-deadlines", daemon=True)
+                self._thread.start()
+            if self._over > 1024 and self._over * 2 > len(self._heap):  # ended calls would pile up otherwise
+                self._heap = [entry for entry in self._heap if not entry[2].over]
+                heapq.heapify(self._heap)
+                self._over = 0
+            heapq.heappush(self._heap, (expires_at, next(self._order), deadline))
+            if self._heap[0][2] is deadline:
+                self._changed.notify()
+
+    def forget(self, deadline: _Deadline) -> None:
+        with self._changed:
+            if not deadline.over:  # else the watchdog expired it, and dropped it
+                deadline.over = True
+                self._over += 1
+
+    def _expire_due(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2].over or self._heap[0][0] <= now):
+                    _, _, deadline = heapq.heappop(self._heap)
+                    if deadline.over:
+                        self._over -= 1
+                    else:
+                        deadline.over = True
+                        deadline.expire()
+                self._changed.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_watchdog = _Watchdog()
 
 
 def _shut_down(sock: socket.socket) -> None:
@@ -196,16 +253,17 @@ def _shut_down(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class _WatchedConnection:
-    """Puts each new socket under the call's deadline (given to the pool, which hands it on to us)."""
+# The deadline of the call this thread is making: a kept-alive connection serves one call after another, each
+# under its own deadline.
+_calls = threading.local()
 
-    def __init__(self, *args, deadline: _Deadline, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
+
+class _WatchedConnection:
+    """Puts each new socket under the deadline of the call that opens it."""
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
-        self._deadline.watch(sock)
+        _calls.deadline.watch(sock)
         return sock
 
 
@@ -217,25 +275,36 @@ class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
     pass
 
 
-class _HTTPPool(HTTPConnectionPool):
+class _WatchedPool:
+    """Puts a kept-alive connection under the deadline of the call that takes it up again."""
+
+    def _get_conn(self, timeout: float | None = None):
+        connection = super()._get_conn(timeout)
+        if connection.sock is not None:
+            _calls.deadline.watch(connection.sock)
+        return connection
+
+
+class _HTTPPool(_WatchedPool, HTTPConnectionPool):
     ConnectionCls = _WatchedHTTPConnection
 
 
-class _HTTPSPool(HTTPSConnectionPool):
+class _HTTPSPool(_WatchedPool, HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
 class _PinnedAdapter(HTTPAdapter):
-    """Gives requests one connection pool, aimed at the checked address of one hop."""
+    """Gives requests one connection pool, aimed at the checked address of one hop, keeping up to `kept`
+    connections open for the next call."""
 
-    def __init__(self, target: CheckedTarget, deadline: _Deadline):
+    def __init__(self, target: CheckedTarget, kept: int = 1):
         super().__init__()
         ip = str(target.ip)
         if target.scheme == "https":
             # SNI and the certificate check use the host name; only the socket uses the checked address.
-            self._pool = _HTTPSPool(ip, target.port, server_hostname=target.host, deadline=deadline)
+            self._pool = _HTTPSPool(ip, target.port, maxsize=kept, server_hostname=target.host)
         else:
-            self._pool = _HTTPPool(ip, target.port, deadline=deadline)
+            self._pool = _HTTPPool(ip, target.port, maxsize=kept)
 
     def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
         return self._pool
@@ -246,10 +315,13 @@ class _PinnedAdapter(HTTPAdapter):
 
 
 class HostSlots:
-    """At most `per_host` connections at once to each host (a hop's host:port), shared by one step's threads.
+    """At most `per_host` connections at once to each host (a hop's host:port), shared by one step's threads, and
+    those connections kept open from one download to the next (a new TCP connection, and the pool and adapter
+    around it, cost more than a conditional GET answered 304). `close` ends the kept ones.
 
     A slot is held from connecting until the exchange is over, body included, and never while waiting to try
-    again; a host that is busy holds up only the downloads waiting for it.
+    again; a host that is busy holds up only the downloads waiting for it. Connections are kept per checked
+    address (a host name that resolves elsewhere next time gets a connection of its own), at most `per_host`.
     """
 
     def __init__(self, per_host: int):
@@ -257,6 +329,7 @@ class HostSlots:
             raise ValueError(f"per_host must be at least 1, not {per_host}")
         self.per_host = per_host
         self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._adapters: dict[tuple, _PinnedAdapter] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -271,6 +344,20 @@ class HostSlots:
             yield
         finally:
             semaphore.release()
+
+    def adapter(self, target: CheckedTarget) -> _PinnedAdapter:
+        key = (target.scheme, target.ip, target.port, target.host)
+        with self._lock:
+            adapter = self._adapters.get(key)
+            if adapter is None:
+                adapter = self._adapters[key] = _PinnedAdapter(target, kept=self.per_host)
+            return adapter
+
+    def close(self) -> None:
+        with self._lock:
+            adapters, self._adapters = list(self._adapters.values()), {}
+        for adapter in adapters:
+            adapter.close()
 
 
 def _check(url: str, allow: AllowList, resolver: Resolver) -> CheckedTarget:
@@ -292,13 +379,17 @@ def _exchange(
     read_timeout: float,
     body: bytes | None = None,
     headers: dict | None = None,
+    hosts: HostSlots | None = None,
 ) -> Iterator[requests.Response]:
-    """One request to the checked address; any failure, reading the body included, becomes a FetchError."""
+    """One request to the checked address, on a connection `hosts` keeps (else one for this call alone); any
+    failure, reading the body included, becomes a FetchError. A response whose body is read to its end leaves
+    its connection open for the next call."""
     deadline.start()
     remaining = deadline.remaining()
     if remaining <= 0:
         raise deadline.error()
-    adapter = _PinnedAdapter(target, deadline)
+    adapter = hosts.adapter(target) if hosts else _PinnedAdapter(target)
+    _calls.deadline = deadline
     try:
         request = requests.Request(
             method, target.url, data=body, headers={**_HEADERS, **(headers or {}), "Host": target.netloc}
@@ -311,7 +402,9 @@ def _exchange(
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise _failure(exc, target, deadline, connect_timeout, read_timeout) from exc
     finally:
-        adapter.close()
+        _calls.deadline = None
+        if not hosts:
+            adapter.close()
 
 
 def _failure(
@@ -406,13 +499,14 @@ def _download(
         slot = hosts.slot(target.netloc, clock.remaining()) if hosts else contextlib.nullcontext()
         with slot, _exchange(
             "GET", target, clock, connect_timeout=limits.connect_timeout, read_timeout=limits.read_timeout,
-            headers=conditional,
+            headers=conditional, hosts=hosts,
         ) as response:
             location = response.headers.get("Location")
             if response.status_code in REDIRECT_STATUSES and location:
                 url = _redirect_target(url, location)
                 continue
             if response.status_code == 304 and conditional:
+                response.content  # noqa: B018 - empty (a 304 has no body); read, the connection is kept
                 result = _result(url, response, b"")
                 result.not_modified = True
                 result.etag = result.etag or _validator(validators.etag)

@@ -149,11 +149,12 @@ class ManifestModel(pa.DataFrameModel):
 def parse_upload(data: bytes, *, limits: Limits) -> pd.DataFrame:
     """The validated manifest of an uploaded CSV, or UploadRejected listing every problem."""
     records = _records(_decode(data, limits))
-    header = _read_header(records)
-    slots, errors = _read_slots(records, header, limits)
+    header, errors = _read_header(records)
+    slots, slot_errors = _read_slots(records, header, limits)
+    errors += slot_errors
     manifest = pd.DataFrame.from_records(slots, columns=MANIFEST_COLUMNS)
     try:
-        manifest = ManifestModel.validate(manifest, lazy=True)
+        manifest = _schema(header.missing).validate(manifest, lazy=True)
     except pa.errors.SchemaErrors as exc:
         errors += _schema_errors(exc.failure_cases, manifest)
     if errors:
@@ -161,6 +162,17 @@ def parse_upload(data: bytes, *, limits: Limits) -> pd.DataFrame:
         unique_errors = list(dict.fromkeys(errors))
         raise UploadRejected(sorted(unique_errors, key=lambda error: (error.row is not None, error.row or 0)))
     return manifest
+
+
+def _schema(missing: tuple[str, ...]) -> pa.DataFrameSchema:
+    """ManifestModel without the checks of the missing columns: their cells read as empty, so every row would fail
+    them, only repeating that the column is missing."""
+    schema = ManifestModel.to_schema()
+    if missing:
+        schema = schema.update_columns({_FIELD_BY_HEADER[header]: {"checks": []} for header in missing})
+        if SERIAL in missing:
+            schema.unique = None  # the duplicate-serial check
+    return schema
 
 
 def _reject(message: str) -> UploadRejected:
@@ -203,17 +215,23 @@ class _Header:
     column_by_field: dict[str, int]
     width: int
 
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The canonical headers of the required columns the header lacks."""
+        return tuple(header for header, field in _FIELD_BY_HEADER.items() if field not in self.column_by_field)
+
     def cell(self, cells: list[str], field: str) -> str:
-        column = self.column_by_field[field]
-        return cells[column] if column < len(cells) else ""
+        column = self.column_by_field.get(field)
+        return cells[column] if column is not None and column < len(cells) else ""
 
     @property
     def urls_spill(self) -> bool:
         """Whether cells past the header are more URLs: only unambiguous when the URL column is the last."""
-        return self.column_by_field["input_url"] == self.width - 1
+        return self.column_by_field.get("input_url") == self.width - 1
 
 
-def _read_header(records: Iterator[tuple[int, list[str]]]) -> _Header:
+def _read_header(records: Iterator[tuple[int, list[str]]]) -> tuple[_Header, list[RowError]]:
+    """The header, and its problems; the rows are still read when some are missing, so that theirs are reported too."""
     for row, cells in records:
         if cells:
             break
@@ -233,14 +251,11 @@ def _read_header(records: Iterator[tuple[int, list[str]]]) -> _Header:
             column_by_field[field] = column
     # The header's own text is not echoed back: a file that is no CSV at all (a secret, a page of HTML) would
     # have its first line published in the request's errors. The columns recognised are named instead.
-    recognised = ", ".join(repr(header) for header, field in _FIELD_BY_HEADER.items() if field in column_by_field)
-    for header, field in _FIELD_BY_HEADER.items():
-        if field not in column_by_field:
-            found = f"the header has {len(cells)} cell(s); recognised: {recognised or 'none'}"
-            errors.append(RowError(None, header, f"column {header!r} is missing ({found})"))
-    if errors:
-        raise UploadRejected(errors)
-    return _Header(column_by_field, width=len(cells))
+    parsed = _Header(column_by_field, width=len(cells))
+    recognised = ", ".join(repr(header) for header in CANONICAL_HEADERS if header not in parsed.missing)
+    found = f"the header has {len(cells)} cell(s); recognised: {recognised or 'none'}"
+    errors += [RowError(None, header, f"column {header!r} is missing ({found})") for header in parsed.missing]
+    return parsed, errors
 
 
 def _read_slots(
@@ -261,7 +276,8 @@ def _read_slots(
             url_cells = cells[header.column_by_field["input_url"] :]
         else:
             url_cells = [header.cell(cells, "input_url")]
-            if len(cells) > header.width:
+            # Without a URL column, cells past the header are most likely its URLs, and it is reported missing.
+            if len(cells) > header.width and INPUT_URLS not in header.missing:
                 errors.append(RowError(
                     row, None,
                     f"row has {len(cells)} cells but the header has {header.width}; quote cells that contain commas",

@@ -7,13 +7,14 @@ operations. Rows come back typed (`imgpipe.status.models`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import pandas as pd
 
@@ -213,6 +214,12 @@ class StatusStore:
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.2)
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Operations of this thread inside share what an operation would otherwise open for itself; each is still
+        its own transaction. Nothing to share here (a server's connections are cheap); see DuckDBStatusStore."""
+        yield
+
     def _ensure_schema(self) -> None:
         key = self._schema_key()
         if key in StatusStore._schema_ready:
@@ -408,7 +415,8 @@ class StatusStore:
         if not results:
             return
         now = utcnow()
-        batch = pd.DataFrame([{**asdict(r), "status": str(r.status), "obtained": r.obtained and str(r.obtained)}
+        # vars, not asdict: asdict deep-copies every field (20 us a result here, against 0.7) for str and int values.
+        batch = pd.DataFrame([{**vars(r), "status": str(r.status), "obtained": r.obtained and str(r.obtained)}
                               for r in results], columns=[f.name for f in fields(ImageResult)]).astype(
             {column: "Int64" for column in ("bytes_in", "bytes_out", "quality_in", "quality_out")})
 
