@@ -43,6 +43,9 @@ _KEY_SHAPES = {REQUESTS: 3, REJECTED: 3, IMAGES: 3, THUMBS: 3, OUTPUTS: 2, CONTE
 PUBLIC_ROOTS = (IMAGES, THUMBS, OUTPUTS)
 # Kept for every request's images: what is served, or can be made again, needs no fsync.
 RECOMPUTABLE_ROOTS = (IMAGES, THUMBS, CONTENT)
+# What users sent, which may hold anything: readable by imgpipe's own user only. Everything else is made by
+# imgpipe to be served, kept outputs included (a request's images are hard links to them, sharing their mode).
+PRIVATE_ROOTS = (REQUESTS, REJECTED)
 IMAGE_EXTENSIONS = ("jpg", "webp", "png", "gif", "bmp", "avif")
 CONTENT_TYPES = {".jpg": "image/jpeg", ".webp": "image/webp", ".png": "image/png", ".gif": "image/gif",
                  ".bmp": "image/bmp", ".avif": "image/avif", ".csv": "text/csv", ".json": "application/json"}
@@ -292,9 +295,8 @@ class LocalStorage(Storage):
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         root = key.split("/", 1)[0]
-        # An fsync for what cannot be recomputed; an image can. An upload is its sender's: readable by
-        # imgpipe's own user only.
-        write_atomically(path, data, durable=root not in RECOMPUTABLE_ROOTS, private=root not in PUBLIC_ROOTS)
+        # An fsync for what cannot be recomputed; an image can.
+        write_atomically(path, data, durable=root not in RECOMPUTABLE_ROOTS, private=root in PRIVATE_ROOTS)
 
     def _get(self, key: str) -> bytes | None:
         try:

@@ -106,10 +106,13 @@ def test_uploads_are_private_on_disk_and_outputs_are_not(tmp_path):
     storage.keep_rejected("r2", "x.csv", BAD, b"{}")
     storage.write_image("r1", "a.jpg", b"x")
     storage.write_output_csv("r1", OUTPUT)
+    storage.keep_content(3, "ab" * 32, ".webp", b"RIFF", b"before", b"after")
+    storage.link_content(3, "ab" * 32, ".webp", "r1", "b")  # a kept output, served as r1's own image
     modes = {key: storage.path(key).stat().st_mode & 0o777 for key in (
-        input_key("r1"), rejected_key("r2", "x.csv"), errors_key("r2"), image_key("r1", "a.jpg"), output_key("r1"))}
+        input_key("r1"), rejected_key("r2", "x.csv"), errors_key("r2"), image_key("r1", "a.jpg"), output_key("r1"),
+        image_key("r1", "b.webp"))}
     assert modes == {input_key("r1"): 0o600, rejected_key("r2", "x.csv"): 0o600, errors_key("r2"): 0o600,
-                     image_key("r1", "a.jpg"): 0o644, output_key("r1"): 0o644}
+                     image_key("r1", "a.jpg"): 0o644, output_key("r1"): 0o644, image_key("r1", "b.webp"): 0o644}
 
 
 def test_missing_keys(storage):
