@@ -173,8 +173,10 @@ def test_webhook_is_retried_after_two_503s_and_delivered_once(stack, image_serve
     receiver.close()
 
 
-def run_workers() -> list[int]:
-    """The run worker processes: what the code server spawned to execute a run."""
+def run_workers(stack: Stack) -> list[int]:
+    """The stack's run worker processes: what its code server spawned to execute a run (another stack's on the
+    same machine, a benchmark's or a second test session's, have another DAGSTER_HOME and are left alone)."""
+    home = f"DAGSTER_HOME={stack.dagster_home}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -183,9 +185,10 @@ def run_workers() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             parent_cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ")
+            environment = (entry / "environ").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue
-        if b"multiprocessing.spawn" in cmdline and b"dagster api grpc" in parent_cmdline:
+        if b"multiprocessing.spawn" in cmdline and b"dagster api grpc" in parent_cmdline and home in environment:
             pids.append(int(entry.name))
     return pids
 
@@ -199,7 +202,7 @@ def test_a_killed_run_ends_failed_and_a_retry_finishes_without_redoing_work(stac
     request_id = stack.request_for("doomed.csv", 30).request_id
     assert wait_for(lambda: stack.store.counts(request_id)["compressed"] == 2, 60), stack.log_tail()
 
-    workers = run_workers()
+    workers = run_workers(stack)
     assert workers, "no run worker found"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
