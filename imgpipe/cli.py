@@ -204,7 +204,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     create_task(app, base=StepTask)
     keep_redis_leases(app, settings.worker_lost_timeout)
     # One step at a time by default: a step already keeps every core busy with one process per image.
-    app.worker_main(["worker", "--loglevel", args.loglevel, "--queues", "dagster", "--prefetch-multiplier", "1",
+    app.worker_main(["worker", "--loglevel", args.loglevel, "--queues", "dagster",
                      "--concurrency", str(args.concurrency), "--hostname", args.name])
     return 0
 

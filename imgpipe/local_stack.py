@@ -38,8 +38,8 @@ from imgpipe.files import write_atomically
 from imgpipe.logs import configure_logging
 from imgpipe.progress import ProgressBoard, tenth
 from imgpipe.report import duration, percent_saved
-from imgpipe.report_links import report_url
 from imgpipe.settings import Settings, dagster_home_dir, process_environment
+from imgpipe.status.document import request_links
 from imgpipe.status.models import RequestRow, RequestStatus
 from imgpipe.status.store import StatusStore, StoreBusy, utcnow
 from imgpipe.storage import Storage, errors_key
@@ -215,12 +215,13 @@ class Watcher:
             summary += f", {counts['failed']} failed"
         if saved:
             summary += f", {saved} saved"
-        csv_url = self.settings.output_csv_url(request_id) if self.storage.has_output_csv(request_id) else None
-        link = report_url(self.settings, request_id)
-        details = ([f"output CSV  {csv_url}"] if csv_url else []) + [f"report      {link}"]
+        links = request_links(self.settings, self.storage, request_id, terminal=True)
+        details = ([f"output CSV  {links['output_csv_url']}"] if "output_csv_url" in links else []) + [
+            f"report      {links['report_url']}"]
         reason = f" ({row.error})" if row.status is RequestStatus.FAILED and row.error else ""
         self.console.say(f"request {request_id} {row.status}{reason}: {summary}{took}", *details,
-                         event=str(row.status), request_id=request_id, output_csv_url=csv_url, report_url=link,
+                         event=str(row.status), request_id=request_id, output_csv_url=links.get("output_csv_url"),
+                         report_url=links["report_url"],
                          counts=counts)
 
 

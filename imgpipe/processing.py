@@ -8,6 +8,7 @@ other.
 from __future__ import annotations
 
 import contextlib
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -34,13 +35,15 @@ def reuse_for(settings: Settings, store: StatusStore, request: RequestRow | None
     if not settings.reuse_enabled or (request and request.fresh):
         return None
     kept: set[str] | None = None
+    listing = threading.Lock()  # a batch's download threads find new images at once; one of them lists
 
     def find_output(sha256: str):
         # One session lists what is kept, once for the batch; only a hash among them costs a session of its own.
         # A session per new image (DuckDB opens in 10-30 ms of CPU, under one lock) cost more than its encode.
         nonlocal kept
-        if kept is None:
-            kept = store.kept_content(POLICY_VERSION)
+        with listing:
+            if kept is None:
+                kept = store.kept_content(POLICY_VERSION)
         return store.content_output(sha256, POLICY_VERSION) if sha256 in kept else None
 
     return Reuse(candidates=store.reuse_candidates([item.input_url for item in items], POLICY_VERSION),

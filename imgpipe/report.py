@@ -67,10 +67,10 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {rest} s" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
 
 
-def render_report(view: RequestView, *, offset: int, limit: int, link_query: str,
+def render_report(view: RequestView, *, offset: int, limit: int, signed: dict[str, str | int],
                   now: datetime | None = None) -> str:
-    """The page of `view` (read with this `offset` and `limit`); `link_query` (`?expires=..&signature=..`, or
-    empty) goes on every link the page makes to itself and its thumbnails."""
+    """The page of `view` (read with this `offset` and `limit`); `signed` (`expires` and `signature` of the link
+    it was opened with, or empty) goes on every link the page makes to itself and its thumbnails."""
     request = view.request
     now = now or datetime.now(timezone.utc).replace(tzinfo=None)
     counts = view.counts
@@ -93,7 +93,7 @@ def render_report(view: RequestView, *, offset: int, limit: int, link_query: str
             "percent_saved": percent_saved(image.bytes_in, image.bytes_out) if compressed else None,
             "obtained": image.obtained, "note": image.note, "error": image.error,
         })
-    signed = dict(pair.split("=", 1) for pair in link_query.lstrip("?").split("&")) if link_query else {}
+    link_query = "?" + urlencode(signed) if signed else ""
 
     def page_link(start: int) -> str:
         return "?" + urlencode({"offset": start, "limit": limit, **signed})

@@ -253,7 +253,7 @@ class Storage:
 
     def delete_content(self, policy_version: int, sha256: str, extension: str) -> None:
         self._delete([content_key(policy_version, f"{sha256}{suffix}")
-                      for suffix in (extension, ".before.jpg", ".after.jpg")])
+                      for suffix in (extension, *(f".{side}.jpg" for side in THUMBNAIL_SIDES))])
 
     # ------------------------------------------------------------------ retention
 

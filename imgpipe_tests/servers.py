@@ -19,7 +19,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-class ImageServer:
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 (connections kept open, as real servers do), and no access log on the test's output."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+
+class LocalServer:
+    """A threading HTTP server on `host`, port chosen by the system, served from a daemon thread; `close` ends it."""
+
+    def _serve(self, handler: type, host: str = "127.0.0.1", poll_interval: float = 0.5) -> None:
+        self.httpd = http.server.ThreadingHTTPServer((host, 0), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://{host}:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": poll_interval},
+                         daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ImageServer(LocalServer):
     """/img/<name> serves a file from root; /status/<code> answers that code; /flaky/<n>/<name> answers 500
     to the first n hits; /slow/<seconds>/<name> pauses first; /redirect?to=<url> answers 302;
     /rawstatus/<code> writes the raw status line `HTTP/1.1 <code> bad<NUL><ESC>[31mred`, a header holding a NUL
@@ -32,12 +57,7 @@ class ImageServer:
         self.lock = threading.Lock()
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 url = urllib.parse.urlparse(self.path)
                 with server.lock:
@@ -81,11 +101,7 @@ class ImageServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.base = f"http://{host}:{self.port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self._serve(Handler, host)
 
     def url(self, path: str) -> str:
         return f"{self.base}/{path.lstrip('/')}"
@@ -93,10 +109,6 @@ class ImageServer:
     def hits_for(self, path: str) -> int:
         with self.lock:
             return self.hits.get("/" + path.lstrip("/"), 0)
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @dataclass
@@ -110,7 +122,7 @@ class Served:
     body_bytes: int = 0  # of the answer
 
 
-class CatalogServer:
+class CatalogServer(LocalServer):
     """A shop's image host, as CDNs are: /img/<name> serves the file `name` under root, /redirect/<name> answers
     302 to /img/<name>.
 
@@ -136,12 +148,7 @@ class CatalogServer:
         self.lock = threading.Lock()
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def setup(self):
                 super().setup()
                 self.counted = True
@@ -212,11 +219,7 @@ class CatalogServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._serve(Handler, poll_interval=0.05)
 
     def url(self, name: str, kind: str = "img") -> str:
         return f"{self.base}/{kind}/{name}"
@@ -225,12 +228,9 @@ class CatalogServer:
         with self.lock:
             return [seen for seen in self.served if seen.path == f"/{kind}/{name}"]
 
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
-class WebhookReceiver:
+class WebhookReceiver(LocalServer):
     """Records every POST; answers from a list of replies (a status code, or a status code with extra
     headers), then 200."""
 
@@ -239,12 +239,7 @@ class WebhookReceiver:
         self.calls: list[dict] = []
         receiver = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 code, headers = receiver.replies.pop(0) if receiver.replies else (200, {})
@@ -256,11 +251,7 @@ class WebhookReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self._serve(Handler)
 
     def url(self, name: str = "hook") -> str:
         return f"{self.base}/{name}"
@@ -268,9 +259,6 @@ class WebhookReceiver:
     def calls_to(self, name: str) -> list[dict]:
         return [c for c in self.calls if c["path"] == f"/{name}"]
 
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def wait_for(predicate, timeout: float = 30.0, step: float = 0.2):

@@ -101,8 +101,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def start_server(host, **attributes):
-    server = ThreadingHTTPServer((host, 0), Handler)
+def start_server(host, handler=Handler, server_class=ThreadingHTTPServer, **attributes):
+    server = server_class((host, 0), handler)
     server.daemon_threads = True
     server.seen = []
     for name, value in attributes.items():
@@ -300,10 +300,7 @@ class CountingServer(ThreadingHTTPServer):
 
 @pytest.fixture
 def keep_alive_server():
-    server = CountingServer(("127.0.0.1", 0), KeepAliveHandler)
-    server.daemon_threads = True
-    server.seen = []
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    server = start_server("127.0.0.1", KeepAliveHandler, CountingServer)
     server.base = f"http://127.0.0.1:{server.server_address[1]}"
     server.allow = AllowList.parse(f"127.0.0.1:{server.server_address[1]}")
     yield server

@@ -18,7 +18,6 @@ import logging
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlencode
 
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -225,15 +224,15 @@ class Api:
         linked = await run_in_threadpool(link_output_csv, document, self.storage, self.settings)
         return JSONResponse(linked.model_dump(mode="json"))
 
-    async def report(self, request: Request, request_id: str, offset: int, limit: int) -> Response:
+    async def report(self, request_id: str, offset: int, limit: int, expires: int | None,
+                     signature: str | None) -> Response:
         """The request's HTML report, a page of `limit` products from `offset`."""
         view = await self.in_store(self.store.request_view, request_id, offset=offset, limit=limit)
         if view is None:
             return await self._gone_or_unknown(request_id)
         # A page opened through a signed link signs its own links (thumbnails, other pages) the same way.
-        signed = {key: request.query_params[key] for key in ("expires", "signature") if key in request.query_params}
-        link_query = ("?" + urlencode(signed)) if len(signed) == 2 else ""
-        html = await run_in_threadpool(render_report, view, offset=offset, limit=limit, link_query=link_query)
+        signed = {"expires": expires, "signature": signature} if expires is not None and signature else {}
+        html = await run_in_threadpool(render_report, view, offset=offset, limit=limit, signed=signed)
         return HTMLResponse(html, headers=REPORT_HEADERS)
 
     async def thumbnail(self, request_id: str, name: str) -> Response:
@@ -352,7 +351,6 @@ def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
                  **signed_link, r404=openapi.error("Unknown request"), r410=openapi.PURGED, r422=openapi.INVALID_PARAMETER),
              openapi_extra=guarded())
     async def report(
-        request: Request,
         request_id: RequestId,
         offset: Annotated[int, Query(ge=0, le=openapi.MAX_OFFSET, description="Products to skip")] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Products on the page")] = PAGE_SIZE,
@@ -361,7 +359,7 @@ def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
         signature: Annotated[str, Query(max_length=128, description=(  # noqa: RUF013
             "Of a signed link (`report_url`): opens this report and its thumbnails without a token"))] = None,
     ) -> Response:
-        return await api.report(request, request_id, offset, limit)
+        return await api.report(request_id, offset, limit, expires, signature)
 
     @app.get("/requests/{request_id}/report/thumbs/{name}", operation_id="getReportThumbnail",
              response_class=Response, summary="A thumbnail of the report: `<stem>.before.jpg` or `<stem>.after.jpg`",

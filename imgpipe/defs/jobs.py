@@ -148,7 +148,7 @@ class FailedRunConfig(Config):
 @op
 def end_failed_request(context: OpExecutionContext, config: FailedRunConfig, imgpipe: ImgpipeResource) -> None:
     """A run that died cannot end its requests itself: their output CSVs, `failed` status and webhooks."""
-    settings, store = imgpipe.settings(), imgpipe.store()
+    settings, store, storage = imgpipe.settings(), imgpipe.store(), imgpipe.storage()
     for request_id in config.request_ids:
         request = store.get_request(request_id)
         # Only the run that holds a request (or never got to) may end it; a later retry may own it by now.
@@ -156,7 +156,7 @@ def end_failed_request(context: OpExecutionContext, config: FailedRunConfig, img
                 request.run_id not in (None, config.run_id) and request.status != "queued"):
             context.log.info(f"request {request_id} is no longer the dead run's to end")
             continue
-        completion = complete_request(settings, store, imgpipe.storage(), request_id, config.run_id,
+        completion = complete_request(settings, store, storage, request_id, config.run_id,
                                       run_failure=config.reason)
         context.log.info(f"request {request_id} ended as failed: {config.reason}")
         if completion.webhook_id:

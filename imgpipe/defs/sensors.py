@@ -21,7 +21,7 @@ from dagster import (
     sensor,
 )
 
-from imgpipe.backends import processing_run_limit
+from imgpipe.backends import open_status_store, open_storage, processing_run_limit
 from imgpipe.defs.assets import requests_partitions
 from imgpipe.defs.jobs import (
     KIND_TAG,
@@ -57,8 +57,9 @@ def build_sensors(settings: Settings, process_job, shared_job) -> list[SensorDef
         tick asks for the same runs and Dagster launches each once, daemon restarts included. New runs are
         started only while fewer than `processing_run_limit` are going: the requests that wait meanwhile are
         grouped into fewer, fuller runs when room comes."""
-        store = imgpipe.store()
-        for result in Inbox(imgpipe.settings(), store, imgpipe.storage()).take():
+        settings = imgpipe.settings()
+        store = open_status_store(settings)
+        for result in Inbox(settings, store, open_storage(settings)).take():
             verdict = "accepted" if result.accepted else f"rejected ({len(result.errors)} problems)"
             context.log.info(f"{result.file_name} -> request {result.request_id}: {verdict}")
         queued = store.queued_requests()
@@ -67,7 +68,7 @@ def build_sensors(settings: Settings, process_job, shared_job) -> list[SensorDef
         going = context.instance.get_runs(RunsFilter(tags={KIND_TAG: "process"}, statuses=RUNS_GOING))
         # Asked for by an earlier tick, not created yet.
         asked = {r.run_key for r in queued if r.run_key} - {run.tags.get(RUN_KEY_TAG) for run in going}
-        room = max(0, processing_run_limit(imgpipe.settings()) - len(going) - len(asked))
+        room = max(0, processing_run_limit(settings) - len(going) - len(asked))
         store.assign_run_keys({request_id: run.run_key
                                for run in plan_runs([r for r in queued if not r.run_key])[:room]
                                for request_id in run.request_ids})

@@ -105,10 +105,16 @@ def link_output_csv(document: RequestDocument | RequestPage | RequestSummary, st
                     settings: Settings) -> RequestDocument | RequestPage | RequestSummary:
     """With its links: `report_url`, and `output_csv_url` once the request has ended with its CSV in the storage
     (a file or an object)."""
-    links = {"report_url": report_url(settings, document.request_id)}
-    if document.status.terminal and storage.has_output_csv(document.request_id):
-        links["output_csv_url"] = settings.output_csv_url(document.request_id)
-    return document.model_copy(update=links)
+    return document.model_copy(update=request_links(settings, storage, document.request_id,
+                                                    document.status.terminal))
+
+
+def request_links(settings: Settings, storage: Storage, request_id: str, terminal: bool) -> dict[str, str]:
+    """`report_url`, and `output_csv_url` once the request has ended with its CSV in the storage."""
+    links = {"report_url": report_url(settings, request_id)}
+    if terminal and storage.has_output_csv(request_id):
+        links["output_csv_url"] = settings.output_csv_url(request_id)
+    return links
 
 
 def stored_document(store: StatusStore, request_id: str, *, view: str = "full", offset: int | None = None,
