@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus import RESULTS, ensure_images  # noqa: E402
+from corpus import RESULTS, ImageServer, ensure_images  # noqa: E402
 from procstat import cpu_times, tree  # noqa: E402
 
 import requests  # noqa: E402
@@ -70,25 +70,6 @@ def per_image_ms(function, count: int) -> float:
     before = own_cpu()
     function()
     return round(1000 * (own_cpu() - before) / count, 2)
-
-
-class Server:
-    """The image folder over HTTP from a process of its own."""
-
-    def __init__(self, folder: Path):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from corpus import ImageServer; "
-             "import time; s = ImageServer({'i': __import__('pathlib').Path(sys.argv[2])}).__enter__(); "
-             "print(s.base, flush=True); time.sleep(10**6)", str(Path(__file__).parent), str(folder)],
-            stdout=subprocess.PIPE, text=True)
-        self.base = self.proc.stdout.readline().strip()
-
-    def urls(self, count: int) -> list[str]:
-        return [f"{self.base}/i/{i:05d}.jpg" for i in range(count)]
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
 
 
 def setup_request(home: Path, request_id: str, urls: list[str]) -> tuple[Settings, DuckDBStatusStore, LocalStorage]:
@@ -309,35 +290,34 @@ def main() -> None:
     os.environ["IMGPIPE_ISOLATION"] = args.isolation
     folder = ensure_images(args.corpus, args.images)
     datas = [(folder / f"{i:05d}.jpg").read_bytes() for i in range(args.images)]
-    server = Server(folder)
     result = {"label": args.label, "images": args.images, "corpus": args.corpus, "isolation": args.isolation,
               "load_1min": [os.getloadavg()[0]]}
-    try:
-        with tempfile.TemporaryDirectory(dir=RESULTS, prefix="breakdown-") as tmp:
-            tmp = Path(tmp)
-            urls = server.urls(args.images)
-            if not args.skip_parts:
-                result["parts_ms"] = parts(urls, datas, tmp / "parts")
-                print(json.dumps(result["parts_ms"], indent=1), flush=True)
-            # Warm the fork server up, then the whole batch, twice (fresh requests: nothing to reuse yet).
-            settings, store, storage = setup_request(tmp / "home", "warm", urls[:8])
-            run_batch(settings, store, storage, "warm", urls[:8], keep=True)
-            for keep, name in ((True, "batch"), (False, "batch_fresh")):
-                batches = []
-                for attempt in range(args.repeat):
-                    home = tmp / f"home-{name}-{attempt}"
-                    settings, store, storage = setup_request(home, f"b{attempt}", urls)
-                    batches.append({"load_1min": os.getloadavg()[0],
-                                    **run_batch(settings, store, storage, f"b{attempt}", urls, keep=keep)})
-                    print(name, json.dumps(batches[-1]), flush=True)
-                    shutil.rmtree(home, ignore_errors=True)
-                result[name] = min(batches, key=lambda b: b["cpu_ms_total"])
-                result[name + "_runs"] = batches
-            if not args.no_profilers:
-                result["profilers"] = profile(tmp, urls, args.label)
-    finally:
-        server.close()
-        compressor._client.close()
+    with ImageServer({"i": folder}) as server:
+        try:
+            with tempfile.TemporaryDirectory(dir=RESULTS, prefix="breakdown-") as tmp:
+                tmp = Path(tmp)
+                urls = server.urls("i", args.images)
+                if not args.skip_parts:
+                    result["parts_ms"] = parts(urls, datas, tmp / "parts")
+                    print(json.dumps(result["parts_ms"], indent=1), flush=True)
+                # Warm the fork server up, then the whole batch, twice (fresh requests: nothing to reuse yet).
+                settings, store, storage = setup_request(tmp / "home", "warm", urls[:8])
+                run_batch(settings, store, storage, "warm", urls[:8], keep=True)
+                for keep, name in ((True, "batch"), (False, "batch_fresh")):
+                    batches = []
+                    for attempt in range(args.repeat):
+                        home = tmp / f"home-{name}-{attempt}"
+                        settings, store, storage = setup_request(home, f"b{attempt}", urls)
+                        batches.append({"load_1min": os.getloadavg()[0],
+                                        **run_batch(settings, store, storage, f"b{attempt}", urls, keep=keep)})
+                        print(name, json.dumps(batches[-1]), flush=True)
+                        shutil.rmtree(home, ignore_errors=True)
+                    result[name] = min(batches, key=lambda b: b["cpu_ms_total"])
+                    result[name + "_runs"] = batches
+                if not args.no_profilers:
+                    result["profilers"] = profile(tmp, urls, args.label)
+        finally:
+            compressor._client.close()
     result["load_1min"].append(os.getloadavg()[0])
     out = RESULTS / f"breakdown-{args.label}.json"
     out.write_text(json.dumps(result, indent=2))

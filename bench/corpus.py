@@ -18,9 +18,11 @@ from __future__ import annotations
 import email.utils
 import functools
 import http.server
+import json
 import multiprocessing
 import os
-import threading
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -129,7 +131,8 @@ def corpus_stats(folder: Path) -> dict:
 
 
 class ImageServer:
-    """Image folders over HTTP on 127.0.0.1, in a thread of this process.
+    """Image folders over HTTP on 127.0.0.1, from a process of its own (a thread of the bench's process would share
+    its GIL with the bench's sampling and polling, and answer later than any real image server would).
 
     `/<name>/<file>` is `folders[name]/<file>`; `/<name>/<tag>/<file>` is the same image with a JPEG comment
     naming the tag inserted after its first marker: the same pixels (imgpipe drops comments) but bytes of their
@@ -139,48 +142,10 @@ class ImageServer:
     file server."""
 
     def __init__(self, folders: dict[str, Path], cycled: dict[str, int] | None = None):
-        folders, cycled = dict(folders), dict(cycled or {})
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                parts = self.path.split("?", 1)[0].strip("/").split("/")
-                found = _resolve(parts, folders, cycled)
-                if found is None:
-                    self.send_error(404)
-                    return
-                path, tag = found
-                stat = path.stat()
-                modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
-                # As nginx makes them (time and size), and the tag too: a tagged copy's bytes are its own.
-                etag = f'"{int(stat.st_mtime):x}-{stat.st_size:x}-{zlib.crc32((tag or "").encode()):x}"'
-                if self.headers.get("If-None-Match") == etag or (
-                        "If-None-Match" not in self.headers and self.headers.get("If-Modified-Since") == modified):
-                    self.send_response(304)
-                    self.send_header("ETag", etag)
-                    self.send_header("Last-Modified", modified)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = path.read_bytes()
-                if tag:
-                    comment = f"imgpipe bench {tag}".encode()
-                    data = data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
-                self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("ETag", etag)
-                self.send_header("Last-Modified", modified)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.folders = {name: str(folder) for name, folder in folders.items()}
+        self.cycled = dict(cycled or {})
+        self.base = ""
+        self._process: subprocess.Popen | None = None
 
     def urls(self, name: str, count: int, start: int = 0, tag: str | None = None) -> list[str]:
         """`count` image URLs of folder `name` from file `start` on; with `tag`, bytes of their own (see above)."""
@@ -188,12 +153,63 @@ class ImageServer:
         return [f"{self.base}/{name}{middle}/{i:05d}.jpg" for i in range(start, start + count)]
 
     def __enter__(self) -> "ImageServer":
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self._process = subprocess.Popen([sys.executable, __file__, json.dumps(self.folders), json.dumps(self.cycled)],
+                                         stdout=subprocess.PIPE, text=True)
+        self.base = self._process.stdout.readline().strip()
+        if not self.base:
+            raise RuntimeError("the image server did not start")
         return self
 
     def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._process.kill()
+        self._process.wait()
+
+
+def serve(folders: dict[str, str], cycled: dict[str, int]) -> None:
+    """ImageServer's process: prints its base URL, then serves until killed."""
+    folders = {name: Path(folder) for name, folder in folders.items()}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            parts = self.path.split("?", 1)[0].strip("/").split("/")
+            found = _resolve(parts, folders, cycled)
+            if found is None:
+                self.send_error(404)
+                return
+            path, tag = found
+            stat = path.stat()
+            modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
+            # As nginx makes them (time and size), and the tag too: a tagged copy's bytes are its own.
+            etag = f'"{int(stat.st_mtime):x}-{stat.st_size:x}-{zlib.crc32((tag or "").encode()):x}"'
+            if self.headers.get("If-None-Match") == etag or (
+                    "If-None-Match" not in self.headers and self.headers.get("If-Modified-Since") == modified):
+                self.send_response(304)
+                self.send_header("ETag", etag)
+                self.send_header("Last-Modified", modified)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            data = path.read_bytes()
+            if tag:
+                comment = f"imgpipe bench {tag}".encode()
+                data = data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", modified)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    print(f"http://127.0.0.1:{httpd.server_address[1]}", flush=True)
+    httpd.serve_forever()
 
 
 def _resolve(parts: list[str], folders: dict[str, Path], cycled: dict[str, int]) -> tuple[Path, str | None] | None:
@@ -208,3 +224,7 @@ def _resolve(parts: list[str], folders: dict[str, Path], cycled: dict[str, int])
         number %= cycled[parts[0]]
     path = folders[parts[0]] / f"{number:05d}.jpg"
     return (path, tag) if path.is_file() else None
+
+
+if __name__ == "__main__":
+    serve(json.loads(sys.argv[1]), json.loads(sys.argv[2]))

@@ -8,7 +8,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests.adapters
 
 from imgpipe.images import fetcher
 from imgpipe.images.fetcher import FetchError, FetchLimits, HostSlots, fetch, post
@@ -388,8 +387,8 @@ def tls_server(certificates, monkeypatch):
     context.load_cert_chain(certificates / "leaf.pem", certificates / "leaf.key")
     context.sni_callback = lambda sock, name, ctx: server.server_names.append(name)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    # Trust the test CA where requests looks for its bundle.
-    monkeypatch.setattr(requests.adapters, "DEFAULT_CA_BUNDLE_PATH", str(certificates / "ca.pem"))
+    # Trust the test CA instead of the public roots.
+    monkeypatch.setattr(fetcher, "CA_BUNDLE", str(certificates / "ca.pem"))
     yield server
     server.shutdown()
     server.server_close()

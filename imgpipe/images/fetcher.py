@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 from urllib.parse import urljoin
 from urllib.request import parse_http_list
 
-import requests
+import certifi
 import urllib3
-from requests.adapters import HTTPAdapter
+from requests.utils import requote_uri
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -46,8 +46,9 @@ BACKOFF_CAP = 8.0  # ... up to this
 MAX_VALIDATOR_LENGTH = 1024
 MAX_POST_RESPONSE_BYTES = 64 * 1024
 _CHUNK_BYTES = 64 * 1024
+CA_BUNDLE = certifi.where()
 # Identity encoding: the byte cap then counts what the server sends, not what a decompressor makes of it.
-_HEADERS = {"User-Agent": "imgpipe", "Accept-Encoding": "identity"}
+_HEADERS = {"User-Agent": "imgpipe", "Accept": "*/*", "Accept-Encoding": "identity"}
 
 
 class FetchError(Exception):
@@ -293,31 +294,22 @@ class _HTTPSPool(_WatchedPool, HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
-class _PinnedAdapter(HTTPAdapter):
-    """Gives requests one connection pool, aimed at the checked address of one hop, keeping up to `kept`
-    connections open for the next call."""
-
-    def __init__(self, target: CheckedTarget, kept: int = 1):
-        super().__init__()
-        ip = str(target.ip)
-        if target.scheme == "https":
-            # SNI and the certificate check use the host name; only the socket uses the checked address.
-            self._pool = _HTTPSPool(ip, target.port, maxsize=kept, server_hostname=target.host)
-        else:
-            self._pool = _HTTPPool(ip, target.port, maxsize=kept)
-
-    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
-        return self._pool
-
-    def close(self) -> None:
-        self._pool.close()
-        super().close()
+def _pool_for(target: CheckedTarget, kept: int = 1) -> HTTPConnectionPool:
+    """A connection pool aimed at the checked address of one hop, keeping up to `kept` connections open for the
+    next call."""
+    ip = str(target.ip)
+    if target.scheme == "https":
+        # SNI and the certificate check use the host name; only the socket uses the checked address. Trusted: the
+        # Mozilla roots certifi ships (what requests trusts), the same on every machine.
+        return _HTTPSPool(ip, target.port, maxsize=kept, server_hostname=target.host, cert_reqs="CERT_REQUIRED",
+                          ca_certs=CA_BUNDLE)
+    return _HTTPPool(ip, target.port, maxsize=kept)
 
 
 class HostSlots:
     """At most `per_host` connections at once to each host (a hop's host:port), shared by one step's threads, and
-    those connections kept open from one download to the next (a new TCP connection, and the pool and adapter
-    around it, cost more than a conditional GET answered 304). `close` ends the kept ones.
+    those connections kept open from one download to the next (a new TCP connection, and the pool around it, cost
+    more than a conditional GET answered 304). `close` ends the kept ones.
 
     A slot is held from connecting until the exchange is over, body included, and never while waiting to try
     again; a host that is busy holds up only the downloads waiting for it. Connections are kept per checked
@@ -329,7 +321,7 @@ class HostSlots:
             raise ValueError(f"per_host must be at least 1, not {per_host}")
         self.per_host = per_host
         self._slots: dict[str, threading.BoundedSemaphore] = {}
-        self._adapters: dict[tuple, _PinnedAdapter] = {}
+        self._pools: dict[tuple, HTTPConnectionPool] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -345,19 +337,19 @@ class HostSlots:
         finally:
             semaphore.release()
 
-    def adapter(self, target: CheckedTarget) -> _PinnedAdapter:
+    def pool(self, target: CheckedTarget) -> HTTPConnectionPool:
         key = (target.scheme, target.ip, target.port, target.host)
         with self._lock:
-            adapter = self._adapters.get(key)
-            if adapter is None:
-                adapter = self._adapters[key] = _PinnedAdapter(target, kept=self.per_host)
-            return adapter
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._pools[key] = _pool_for(target, kept=self.per_host)
+            return pool
 
     def close(self) -> None:
         with self._lock:
-            adapters, self._adapters = list(self._adapters.values()), {}
-        for adapter in adapters:
-            adapter.close()
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
 
 
 def _check(url: str, allow: AllowList, resolver: Resolver) -> CheckedTarget:
@@ -380,31 +372,42 @@ def _exchange(
     body: bytes | None = None,
     headers: dict | None = None,
     hosts: HostSlots | None = None,
-) -> Iterator[requests.Response]:
+) -> Iterator[urllib3.BaseHTTPResponse]:
     """One request to the checked address, on a connection `hosts` keeps (else one for this call alone); any
     failure, reading the body included, becomes a FetchError. A response whose body is read to its end leaves
-    its connection open for the next call."""
+    its connection open for the next call; any other is closed.
+
+    urllib3 itself, not requests: requests prepared each call again (its URL parsed anew, a cookie jar made for
+    every answer), which cost more than the rest of a conditional GET answered 304.
+    """
     deadline.start()
     remaining = deadline.remaining()
     if remaining <= 0:
         raise deadline.error()
-    adapter = hosts.adapter(target) if hosts else _PinnedAdapter(target)
+    pool = hosts.pool(target) if hosts else _pool_for(target)
     _calls.deadline = deadline
+    response = None
     try:
-        request = requests.Request(
-            method, target.url, data=body, headers={**_HEADERS, **(headers or {}), "Host": target.netloc}
-        ).prepare()
-        timeout = (min(connect_timeout, remaining), read_timeout)
-        with adapter.send(request, stream=True, timeout=timeout) as response:
-            if deadline.expired:  # the headers may have been cut short
-                raise deadline.error()
-            yield response
-    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        response = pool.urlopen(
+            method, requote_uri(target.path_and_query), body=body,
+            headers={**_HEADERS, **(headers or {}), "Host": target.netloc,
+                     **({} if body is None else {"Content-Length": str(len(body))})},
+            retries=False, redirect=False, assert_same_host=False, preload_content=False, decode_content=False,
+            timeout=urllib3.Timeout(connect=min(connect_timeout, remaining), read=read_timeout),
+        )
+        if deadline.expired:  # the headers may have been cut short
+            raise deadline.error()
+        yield response
+    except urllib3.exceptions.HTTPError as exc:
         raise _failure(exc, target, deadline, connect_timeout, read_timeout) from exc
     finally:
         _calls.deadline = None
+        if response is not None:
+            if not response.isclosed():  # the body was not read to its end: the connection cannot serve again
+                response.close()
+            response.release_conn()
         if not hosts:
-            adapter.close()
+            pool.close()
 
 
 def _failure(
@@ -415,10 +418,12 @@ def _failure(
     root = exc
     while root.__cause__ or root.__context__:
         root = root.__cause__ or root.__context__
-    if isinstance(exc, requests.ConnectTimeout):
+    # A refused connection is a NewConnectionError, which urllib3 derives from its connect timeout.
+    refused = isinstance(exc, urllib3.exceptions.NewConnectionError)
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError) and not refused:
         return FetchError("timeout", f"connecting to {target.netloc} took longer than {connect_timeout:g} s",
                           retryable=True)
-    if isinstance(exc, requests.Timeout) or isinstance(root, TimeoutError):
+    if (isinstance(exc, urllib3.exceptions.TimeoutError) and not refused) or isinstance(root, TimeoutError):
         return FetchError("timeout", f"{target.netloc} sent nothing for {read_timeout:g} s", retryable=True)
     # A refused, reset or dropped connection, or a body cut short, may go through next time; a status line that
     # does not parse or a certificate for another name will not.
@@ -430,13 +435,15 @@ def _too_large(max_bytes: int) -> FetchError:
     return FetchError("too_large", f"download exceeded {max_bytes} bytes")
 
 
-def _read_capped(response: requests.Response, max_bytes: int) -> bytes:
+def _read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int) -> bytes:
     declared = response.headers.get("Content-Length", "")
     # Past 18 digits it is far over any cap, and past 4300 int() refuses to read it.
     if declared.isdecimal() and (len(declared) > 18 or int(declared) > max_bytes):
         raise _too_large(max_bytes)
     content = bytearray()
-    for chunk in response.iter_content(_CHUNK_BYTES):
+    # Decoded, should a server send gzip although asked for identity: the cap then bounds what a decompressor
+    # makes of it, chunk by chunk.
+    for chunk in response.stream(_CHUNK_BYTES, decode_content=True):
         content += chunk
         if len(content) > max_bytes:
             raise _too_large(max_bytes)
@@ -502,17 +509,17 @@ def _download(
             headers=conditional, hosts=hosts,
         ) as response:
             location = response.headers.get("Location")
-            if response.status_code in REDIRECT_STATUSES and location:
+            if response.status in REDIRECT_STATUSES and location:
                 url = _redirect_target(url, location)
                 continue
-            if response.status_code == 304 and conditional:
-                response.content  # noqa: B018 - empty (a 304 has no body); read, the connection is kept
+            if response.status == 304 and conditional:
+                response.read()  # empty (a 304 has no body); read to its end, the connection is kept
                 result = _result(url, response, b"")
                 result.not_modified = True
                 result.etag = result.etag or _validator(validators.etag)
                 result.last_modified = result.last_modified or _validator(validators.last_modified)
                 return result
-            if not 200 <= response.status_code < 300:
+            if not 200 <= response.status < 300:
                 raise _status_error(response, url)
             content = _read_capped(response, limits.max_bytes)
             if clock.expired:  # a body without Content-Length looks complete when cut short
@@ -534,10 +541,10 @@ def _validator(value: str | None) -> str | None:
     return value if fit else None
 
 
-def _result(url: str, response: requests.Response, content: bytes) -> FetchResult:
+def _result(url: str, response: urllib3.BaseHTTPResponse, content: bytes) -> FetchResult:
     headers = response.headers
     return FetchResult(
-        url, response.status_code, headers.get("Content-Type"), content,
+        url, response.status, headers.get("Content-Type"), content,
         etag=_validator(headers.get("ETag")), last_modified=_validator(headers.get("Last-Modified")),
         no_store=_no_store(headers.get("Cache-Control")),
     )
@@ -550,8 +557,8 @@ def _no_store(cache_control: str | None) -> bool:
     return any(directive.split("=", 1)[0].strip().lower() == "no-store" for directive in directives)
 
 
-def _status_error(response: requests.Response, url: str) -> FetchError:
-    status = response.status_code
+def _status_error(response: urllib3.BaseHTTPResponse, url: str) -> FetchError:
+    status = response.status
     retry_after = None
     if status in RETRY_AFTER_STATUSES:
         retry_after = _retry_after(response.headers.get("Retry-After"))
@@ -628,16 +635,16 @@ def post(
             _drain(response)
             location = response.headers.get("Location")
             return PostResult(
-                response.status_code,
+                response.status,
                 _retry_after(response.headers.get("Retry-After")),
                 None if location is None else printable(location),  # shown, never followed
             )
 
 
-def _drain(response: requests.Response) -> None:
+def _drain(response: urllib3.BaseHTTPResponse) -> None:
     # The status already tells the outcome; a slow or broken body must not turn a delivered call into a failure.
     with contextlib.suppress(urllib3.exceptions.HTTPError, OSError):
-        response.raw.read(MAX_POST_RESPONSE_BYTES)
+        response.read(MAX_POST_RESPONSE_BYTES, decode_content=False)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -58,21 +58,19 @@ def output_rows(store: StatusStore, request_id: str, images: list[ImageRow]) -> 
 
 def complete_request(settings: Settings, store: StatusStore, storage: Storage, request_id: str,
                      run_id: str, run_failure: str | None = None) -> Completion:
+    # One store session throughout (the CSV is written while it is held: a local file, or one object).
     with store.held():
         images = store.images(request_id)
         rows = output_rows(store, request_id, images)
         request = store.get_request(request_id)
-    csv_bytes = render_output_csv(rows)
-    csv_object = storage.write_output_csv(request_id, csv_bytes)
-    counts = image_counts(image.status for image in images)
-    status, error = terminal_status(counts, run_failure)
-    url = (request.webhook_url if request else None) or settings.webhook_url
-    webhook_id = None
-    if url:
-        webhook_id = message_id(request_id, run_id)
-        payload = build_payload(request_id, status, counts, csv_object.url, datetime.now(timezone.utc))
-    with store.held():
+        csv_bytes = render_output_csv(rows)
+        csv_object = storage.write_output_csv(request_id, csv_bytes)
+        counts = image_counts(image.status for image in images)
+        status, error = terminal_status(counts, run_failure)
+        url = (request.webhook_url if request else None) or settings.webhook_url
+        webhook_id = message_id(request_id, run_id) if url else None
         if webhook_id:
+            payload = build_payload(request_id, status, counts, csv_object.url, datetime.now(timezone.utc))
             store.enqueue_webhook(webhook_id=webhook_id, request_id=request_id, url=url,
                                   event_type=event_type(status), payload=payload)
         store.finish_request(request_id, status, error)
