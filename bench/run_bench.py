@@ -19,7 +19,7 @@ from the drop, and from the request's creation (the same without the sensor's 0-
 
 CPU: user + system seconds of the daemon's whole tree per kind of process (daemon, code servers, run worker,
 fork server, image processes), and of the pool's workers, for each timed request: CPU per image beside
-throughput. Memory: peak summed RSS and PSS of the tree, sampled every 0.2 s.
+throughput. Memory: peak summed RSS of the tree, sampled every 0.2 s, and PSS, every 1 s (see procstat).
 
 `--reuse N`: the same N-image catalogue uploaded twice (no `fresh`), `--repeat` times with catalogues of their own: the
 second comes from 304s and kept outputs; each pair's speed-ups and their medians.
