@@ -292,32 +292,32 @@ def main() -> None:
     datas = [(folder / f"{i:05d}.jpg").read_bytes() for i in range(args.images)]
     result = {"label": args.label, "images": args.images, "corpus": args.corpus, "isolation": args.isolation,
               "load_1min": [os.getloadavg()[0]]}
-    with ImageServer({"i": folder}) as server:
-        try:
-            with tempfile.TemporaryDirectory(dir=RESULTS, prefix="breakdown-") as tmp:
-                tmp = Path(tmp)
-                urls = server.urls("i", args.images)
-                if not args.skip_parts:
-                    result["parts_ms"] = parts(urls, datas, tmp / "parts")
-                    print(json.dumps(result["parts_ms"], indent=1), flush=True)
-                # Warm the fork server up, then the whole batch, twice (fresh requests: nothing to reuse yet).
-                settings, store, storage = setup_request(tmp / "home", "warm", urls[:8])
-                run_batch(settings, store, storage, "warm", urls[:8], keep=True)
-                for keep, name in ((True, "batch"), (False, "batch_fresh")):
-                    batches = []
-                    for attempt in range(args.repeat):
-                        home = tmp / f"home-{name}-{attempt}"
-                        settings, store, storage = setup_request(home, f"b{attempt}", urls)
-                        batches.append({"load_1min": os.getloadavg()[0],
-                                        **run_batch(settings, store, storage, f"b{attempt}", urls, keep=keep)})
-                        print(name, json.dumps(batches[-1]), flush=True)
-                        shutil.rmtree(home, ignore_errors=True)
-                    result[name] = min(batches, key=lambda b: b["cpu_ms_total"])
-                    result[name + "_runs"] = batches
-                if not args.no_profilers:
-                    result["profilers"] = profile(tmp, urls, args.label)
-        finally:
-            compressor._client.close()
+    try:
+        with ImageServer({"i": folder}) as server, \
+                tempfile.TemporaryDirectory(dir=RESULTS, prefix="breakdown-") as tmp:
+            tmp = Path(tmp)
+            urls = server.urls("i", args.images)
+            if not args.skip_parts:
+                result["parts_ms"] = parts(urls, datas, tmp / "parts")
+                print(json.dumps(result["parts_ms"], indent=1), flush=True)
+            # Warm the fork server up, then the whole batch, twice (fresh requests: nothing to reuse yet).
+            settings, store, storage = setup_request(tmp / "home", "warm", urls[:8])
+            run_batch(settings, store, storage, "warm", urls[:8], keep=True)
+            for keep, name in ((True, "batch"), (False, "batch_fresh")):
+                batches = []
+                for attempt in range(args.repeat):
+                    home = tmp / f"home-{name}-{attempt}"
+                    settings, store, storage = setup_request(home, f"b{attempt}", urls)
+                    batches.append({"load_1min": os.getloadavg()[0],
+                                    **run_batch(settings, store, storage, f"b{attempt}", urls, keep=keep)})
+                    print(name, json.dumps(batches[-1]), flush=True)
+                    shutil.rmtree(home, ignore_errors=True)
+                result[name] = min(batches, key=lambda b: b["cpu_ms_total"])
+                result[name + "_runs"] = batches
+            if not args.no_profilers:
+                result["profilers"] = profile(tmp, urls, args.label)
+    finally:
+        compressor._client.close()
     result["load_1min"].append(os.getloadavg()[0])
     out = RESULTS / f"breakdown-{args.label}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -366,6 +366,11 @@ def run_mode(isolation: str, pool, workers: list[int], server: ImageServer, corp
     return result
 
 
+# A re-upload's speed-ups over the first upload: (the timing compared, its name in the results).
+REUSE_SPEEDUPS = (("run_s", "speedup_run"), ("created_to_terminal_s", "speedup_from_request"),
+                  ("end_to_end_s", "speedup_from_drop"))
+
+
 def run_reuse(daemon: "Daemon", server: ImageServer, corpus: str, isolation: str, count: int, repeat: int,
               monitor: TreeMonitor) -> dict:
     """The same catalogue twice, as a shop's nightly export, `repeat` times with catalogues of their own: the second
@@ -381,14 +386,13 @@ def run_reuse(daemon: "Daemon", server: ImageServer, corpus: str, isolation: str
             print(f"reuse {rep + 1}/{repeat}, {night} upload of {count}: {pair[night]['end_to_end_s']:.2f} s from "
                   f"the drop, {pair[night]['created_to_terminal_s']:.2f} s from the request, run "
                   f"{pair[night]['run_s']:.2f} s, obtained {pair[night]['obtained']}", flush=True)
-        for key, label in (("run_s", "run"), ("created_to_terminal_s", "from_request"), ("end_to_end_s", "from_drop")):
-            pair[f"speedup_{label}"] = round(pair["first"][key] / pair["second"][key], 2)
+        for key, label in REUSE_SPEEDUPS:
+            pair[label] = round(pair["first"][key] / pair["second"][key], 2)
         print(f"reuse {rep + 1}/{repeat}: second upload {pair['speedup_run']}x faster in the run, "
               f"{pair['speedup_from_request']}x from the request, {pair['speedup_from_drop']}x from the drop",
               flush=True)
         pairs.append(pair)
-    medians = {key: statistics.median(p[key] for p in pairs)
-               for key in ("speedup_run", "speedup_from_request", "speedup_from_drop")}
+    medians = {label: statistics.median(p[label] for p in pairs) for _, label in REUSE_SPEEDUPS}
     print(f"reuse, medians of {repeat}: {medians}", flush=True)
     return {"pairs": pairs, "medians": medians}
 

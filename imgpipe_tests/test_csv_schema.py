@@ -291,33 +291,28 @@ def problems(data: bytes) -> list[tuple]:
     return [(error.row, error.column, error.message) for error in rejection(data)]
 
 
-def test_a_missing_column_is_reported_with_the_problems_of_the_columns_present():
-    """Without a URL column no row is said to lack URLs: the missing column already says so, once."""
-    data = upload("S. No.,Product Name", "1,Shirt", "2,", "1,Hat")
-    assert problems(data) == [
-        (None, U, "column 'Input Image Urls' is missing "
-                  "(the header has 2 cell(s); recognised: 'S. No.', 'Product Name')"),
+def missing(column: str, recognised: str, cells: int) -> tuple:
+    return None, column, f"column {column!r} is missing (the header has {cells} cell(s); recognised: {recognised})"
+
+
+@pytest.mark.parametrize("header, rows, expected", [
+    # Without a URL column no row is said to lack URLs: the missing column already says so, once.
+    pytest.param("S. No.,Product Name", ["1,Shirt", "2,", "1,Hat"], [
+        missing(U, "'S. No.', 'Product Name'", 2),
         (3, P, "product name is empty"),
         (4, S, "serial '1' appears again (first at row 2)"),
-    ]
-
-
-def test_without_a_product_name_column_bad_urls_and_duplicate_serials_are_reported():
-    data = upload("S. No.,Input Image Urls", "1,https://a/1.jpg", "2,ftp://a/2.jpg", "1,https://a/3.jpg")
-    assert problems(data) == [
-        (None, P, "column 'Product Name' is missing "
-                  "(the header has 2 cell(s); recognised: 'S. No.', 'Input Image Urls')"),
+    ], id="no-url-column"),
+    pytest.param("S. No.,Input Image Urls", ["1,https://a/1.jpg", "2,ftp://a/2.jpg", "1,https://a/3.jpg"], [
+        missing(P, "'S. No.', 'Input Image Urls'", 2),
         (3, U, "URL 'ftp://a/2.jpg' is not an absolute http(s) URL"),
         (4, S, "serial '1' appears again (first at row 2)"),
-    ]
-
-
-def test_two_missing_columns_are_both_listed_with_the_problems_of_the_third():
-    """The URLs spilling past the one-cell header are not reported as extra cells: they are the missing column's."""
-    data = upload("Product Name", "Shirt,https://a/1.jpg", ",https://a/2.jpg")
-    found = "(the header has 1 cell(s); recognised: 'Product Name')"
-    assert problems(data) == [
-        (None, S, f"column 'S. No.' is missing {found}"),
-        (None, U, f"column 'Input Image Urls' is missing {found}"),
+    ], id="no-product-name-column"),
+    # The URLs spilling past the one-cell header are not reported as extra cells: they are the missing column's.
+    pytest.param("Product Name", ["Shirt,https://a/1.jpg", ",https://a/2.jpg"], [
+        missing(S, "'Product Name'", 1),
+        missing(U, "'Product Name'", 1),
         (3, P, "product name is empty"),
-    ]
+    ], id="two-missing-columns"),
+])
+def test_missing_columns_are_reported_with_the_problems_of_the_columns_present(header, rows, expected):
+    assert problems(upload(header, *rows)) == expected
