@@ -4,11 +4,16 @@
 `process_requests` takes a shared run's requests from start to end, a few at a time, each ending on its own (its
 output CSV, terminal status and webhook as soon as its own images are done) and a failure of one touching no
 other.
+
+IMGPIPE_REQUEST_DEADLINE counts from the start of the request's processing: the start of its own run (every
+`compress_batch` step of that run, wherever it runs, gets the same instant), or in a shared run the moment the run
+takes the request up. A retry or a re-execution is a run of its own, with a whole deadline for what it redoes.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -53,10 +58,14 @@ def reuse_for(settings: Settings, store: StatusStore, request: RequestRow | None
 
 def compress_images(settings: Settings, store: StatusStore, storage: Storage, request_id: str,
                     items: Sequence[WorkItem] | None = None, hosts: HostSlots | None = None,
-                    request: RequestRow | None = None) -> list[ImageResult]:
+                    request: RequestRow | None = None, started_at: float | None = None) -> list[ImageResult]:
     """Download and compress `items` of the request (None: all it has left), recording results as they come;
     those whose every slot is already compressed (by a step that ran before, on a worker that died) are
-    skipped. `request`: its row, when the caller has read it already."""
+    skipped. `request`: its row, when the caller has read it already. `started_at`: when the request's
+    processing started (time.time(), so that it means the same on every machine; None: now), from which
+    IMGPIPE_REQUEST_DEADLINE counts."""
+    elapsed = 0.0 if started_at is None else time.time() - started_at
+    deadline = time.monotonic() + settings.request_deadline - elapsed
     with store.held():
         unfinished = work_items(store.unfinished_slots(request_id))
         if items is not None:
@@ -65,7 +74,7 @@ def compress_images(settings: Settings, store: StatusStore, storage: Storage, re
         items = unfinished
         store.mark_processing(request_id, [item.input_url for item in items])
         reuse = reuse_for(settings, store, request or store.get_request(request_id), items)
-    runner = BatchRunner(settings, storage, request_id, reuse, hosts)
+    runner = BatchRunner(settings, storage, request_id, reuse, hosts, deadline)
     return runner.run(items, report=lambda done: store.record_results(request_id, done, POLICY_VERSION))
 
 

@@ -1,6 +1,7 @@
 """Retention (contract section 12): whole requests older than a duration are purged, their files or objects,
 their rows in every table and their Dagster partition. A compressed output that a request still kept reuses
-stays; one no kept request uses any more goes with the last request that used it.
+stays; one no kept request uses any more goes with the last request that used it. A request that has not ended is
+refused (contract section 13): its run would write files after the purge, files no later purge could find.
 
 Used by `imgpipe purge` and, when IMGPIPE_RETENTION_DAYS is set, by a daily Dagster schedule.
 """
@@ -12,10 +13,10 @@ from datetime import timedelta
 from typing import Callable, Iterable
 
 from imgpipe.status.models import TERMINAL_STATUSES, RequestRow, RequestStatus
-from imgpipe.status.store import StatusStore, utcnow
+from imgpipe.status.store import NotPurgeable, StatusStore, utcnow
 from imgpipe.storage import Storage
 
-_DURATION = re.compile(r"(\d+)([smhd])")
+_DURATION = re.compile(r"([0-9]+)([smhd])")  # \d would take any Unicode digit
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -45,16 +46,37 @@ class PurgePlan:
     statuses: tuple[RequestStatus, ...]
 
 
+@dataclass(frozen=True)
+class PurgeOutcome:
+    request: RequestRow
+    refused: str | None = None  # why the request was not purged
+
+
 def purge(store: StatusStore, storage: Storage, plan: PurgePlan, *, dry_run: bool = False,
-          forget_partition: Callable[[str], None] | None = None) -> Iterable[RequestRow]:
-    """Yields each request purged (with `dry_run`, each that would be), oldest first. Per request: its files
-    first, then its rows (so that an interrupted purge is simply done again), then the kept outputs nobody uses
-    any more, then its Dagster partition."""
+          forget_partition: Callable[[str], None] | None = None) -> Iterable[PurgeOutcome]:
+    """Yields each request of the plan, oldest first, purged (with `dry_run`, that would be) or refused with the
+    reason. Per request: its ID marked purged, where the store refuses a request that has not ended and from then
+    on any retry of it; its files; its rows (so that an interrupted purge is simply done again); the kept outputs
+    nobody uses any more; its Dagster partition."""
     for request in store.requests_created_before(utcnow() - plan.older_than, plan.statuses):
-        if not dry_run:
-            storage.delete_request(request.request_id)
-            for output in store.purge_request(request.request_id):
-                storage.delete_content(output.policy_version, output.input_sha256, output.extension)
-            if forget_partition is not None:
-                forget_partition(request.request_id)
-        yield request
+        if dry_run:
+            refused = None if request.status.terminal else str(NotPurgeable(request.request_id, request.status))
+        else:
+            refused = _purge_one(store, storage, request.request_id, forget_partition)
+        yield PurgeOutcome(request, refused)
+
+
+def _purge_one(store: StatusStore, storage: Storage, request_id: str,
+               forget_partition: Callable[[str], None] | None) -> str | None:
+    """Purges the request; returns why not when the store refused it (its status is read in the transaction that
+    marks it, so it may have changed since it was listed)."""
+    try:
+        store.mark_purged(request_id)
+    except NotPurgeable as exc:
+        return str(exc)
+    storage.delete_request(request_id)
+    for output in store.purge_request(request_id):
+        storage.delete_content(output.policy_version, output.input_sha256, output.extension)
+    if forget_partition is not None:
+        forget_partition(request_id)
+    return None

@@ -403,3 +403,30 @@ def test_fresh_asks_this_request_to_reuse_nothing(api_server):
     assert (fresh.status_code, usual.status_code) == (202, 202)
     assert server.store.get_request(fresh.json()["request_id"]).fresh is True
     assert server.store.get_request(usual.json()["request_id"]).fresh is False
+
+
+def test_an_authorization_header_sent_twice_is_refused_whichever_comes_first(api_server):
+    """Which of two would count is up to each server and proxy on the way: neither does."""
+    server = api_server(IMGPIPE_API_TOKEN="s3cret")
+    parts = urlsplit(server.url)
+
+    def get(*authorizations: str, path: str = "/requests/unknown") -> tuple[int, dict]:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            connection.putrequest("GET", path)
+            for value in authorizations:
+                connection.putheader("Authorization", value)
+            connection.endheaders()
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    assert get("Bearer s3cret")[0] == 404
+    for pair in (("Bearer s3cret", "Bearer wrong"), ("Bearer wrong", "Bearer s3cret"),
+                 ("Bearer s3cret", "Bearer s3cret"), ("Bearer s3cret", "")):
+        status, body = get(*pair)
+        assert status == 400, (pair, status, body)
+        assert body["error"]["message"] == "the Authorization header is given more than once; send it once"
+    # An open path never looks at it.
+    assert get("Bearer s3cret", "Bearer wrong", path="/healthz") == (200, {"status": "ok"})

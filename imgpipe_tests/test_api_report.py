@@ -5,6 +5,8 @@ test_report_and_metrics.py."""
 from __future__ import annotations
 
 import io
+import json
+import logging
 import re
 import time
 from html.parser import HTMLParser
@@ -254,3 +256,53 @@ def test_the_output_csv_assets_metadata_links_the_report(api_server):
 
     assert link == MetadataValue.url(f"{server.url}/requests/{request_id}/report")
     assert requests.get(link.value, headers=AUTH, timeout=10).status_code == 200
+
+
+# `expires` as it may come in a query: Unicode digits that str.isdigit() takes (int() refuses the first two,
+# takes the Arabic-Indic ones) and the spellings int() reads but a link never has.
+NOT_ASCII_DIGITS = ["%C2%B2", "%E2%91%A0", "%D9%A1%D9%A7%D9%A0%D9%A0", "%EF%BC%91%EF%BC%97", "1_700_000_000",
+                    "+1700000000", "%201700000000", "-1"]
+
+
+@pytest.mark.parametrize("expires", NOT_ASCII_DIGITS)
+def test_an_expiry_that_is_not_ascii_digits_is_refused_with_401_and_no_traceback(api_server, caplog, expires):
+    server = api_server(IMGPIPE_API_TOKEN=TOKEN)
+    # uvicorn logs an application's exception on "uvicorn.error", which does not propagate to the root logger.
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        for path in ("/requests/x/report", "/requests/x/report/thumbs/r1-p1.before.jpg"):
+            status, body = raw_request(server.url, "GET", f"{path}?expires={expires}&signature=x")
+            assert status == 401, (path, body)
+            assert json.loads(body)["error"]["message"] == "the link's expires is not a time in Unix seconds", body
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_signed_link_with_two_expiries_or_signatures_is_refused(api_server):
+    """The middleware checks one pair and the page would link the other: neither is taken."""
+    server = api_server(IMGPIPE_API_TOKEN=TOKEN)
+    request_id = seed_finished_request(server)
+    query = parse_qs(urlsplit(signed_report_url(server, request_id)).query)
+    expires, signature = query["expires"][0], query["signature"][0]
+    other = str(int(expires) + 86400)
+    valid = f"expires={expires}&signature={signature}"
+    report = f"/requests/{request_id}/report"
+    assert raw_request(server.url, "GET", f"{report}?{valid}")[0] == 200
+    for query_string, repeated in (
+            (f"{valid}&expires={other}&signature=forged", "expires, signature"),  # the valid pair first
+            (f"expires={other}&signature=forged&{valid}", "expires, signature"),  # the valid pair last
+            (f"{valid}&signature=forged", "signature"),
+            (f"{valid}&expires={other}", "expires"),
+            (f"{valid}&expire%73={other}", "expires"),  # an encoded name is the same parameter
+            (f"{valid}&signature=", "signature"),
+            (f"{valid}&offset=0&expires={expires}", "expires")):  # even the same value twice
+        for path in (report, f"{report}/thumbs/r1-p1.before.jpg"):
+            status, body = raw_request(server.url, "GET", f"{path}?{query_string}")
+            assert status == 400, (path, query_string, status, body[:300])
+            assert json.loads(body)["error"]["message"] == (
+                f"the query gives {repeated} more than once; send each once"), body
+    # With the token, a repeated expires or signature is just as ambiguous: the page would link one of them.
+    status, body = raw_request(server.url, "GET", f"{report}?{valid}&signature=forged", headers=AUTH)
+    assert status == 400, body

@@ -7,9 +7,6 @@ attack against the API in a process of its own and measures its memory.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from imgpipe.api.uploads import (
     MAX_WEBHOOK_FIELD_BYTES,
     MULTIPART_ENVELOPE_BYTES,
 )
+from imgpipe_tests.api_processes import api_process as running_api
 from imgpipe_tests.test_api import (
     CSV,
     inbox,
@@ -35,7 +33,6 @@ from imgpipe_tests.test_api import (
 MIB = 1024 * 1024
 BOUNDARY = "imgpipe-test-boundary"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def part(headers: list[bytes], content: bytes) -> bytes:
@@ -77,43 +74,14 @@ def memory_kib(pid: int) -> dict[str, int]:
     return figures
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def api_process(tmp_path):
     """`imgpipe api` in a process of its own over a fresh IMGPIPE_HOME; yields (url, pid)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "IMGPIPE_HOME": str(tmp_path / "home"), "IMGPIPE_PUBLIC_BASE_URL": url}
+    env = {**os.environ, "IMGPIPE_HOME": str(tmp_path / "home")}
     env.pop("IMGPIPE_API_TOKEN", None)
-    log_path = tmp_path / "api.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "api", "--port", str(port)], env=env,
-                                   cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (f"the API process exited with {process.returncode}: "
-                                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            assert time.monotonic() < deadline, "the API process did not answer /healthz within 60 s"
-            try:
-                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    env.pop("IMGPIPE_PUBLIC_BASE_URL", None)  # the process's own URL
+    with running_api(env, tmp_path / "api.log") as (url, pid):
+        yield url, pid
 
 
 def hostile_uploads() -> list[tuple[str, bytes]]:

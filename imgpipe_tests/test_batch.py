@@ -128,10 +128,10 @@ def test_an_image_that_cannot_be_stored_fails_alone_and_every_result_is_reported
 class BrokenFor(BatchRunner):
     """A runner with a bug that one URL meets."""
 
-    def process(self, item):
+    def process(self, item, download_over):
         if item.output_stem == "r2-p1":
             raise KeyError("a bug")
-        return super().process(item)
+        return super().process(item, download_over)
 
 
 def test_a_bug_met_by_one_image_fails_that_image_and_the_batch_still_returns(tmp_path, image_server):

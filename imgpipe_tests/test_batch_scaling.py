@@ -28,8 +28,8 @@ def runner(tmp_path) -> BatchRunner:
 def test_every_image_of_a_large_batch_is_reported_once_in_groups_on_the_timer(tmp_path, monkeypatch):
     count = 20_000
     batch = runner(tmp_path)
-    monkeypatch.setattr(batch, "process", lambda item: (time.sleep(0.0002),
-                                                         ImageResult(item.input_url, ImageStatus.COMPRESSED))[1])
+    monkeypatch.setattr(batch, "process", lambda item, download_over: (
+        time.sleep(0.0002), ImageResult(item.input_url, ImageStatus.COMPRESSED))[1])
     reports: list[tuple[float, int]] = []
     reported: list[str] = []
 

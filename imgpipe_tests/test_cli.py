@@ -258,8 +258,27 @@ def test_purge_prints_each_request_it_removes_and_dry_run_removes_nothing(home_s
     assert capsys.readouterr().out.splitlines() == ["r-old"]
     assert home_store.get_request("r-old") is None and home_store.purged_at("r-old") is not None
     assert home_store.get_request("r-new") is not None and home_store.get_request("r-old-running") is not None
-    assert cli.main(["purge", "--older-than", "12h", "--status", "processing"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["r-old-running"]
+
+
+def test_purge_refuses_a_request_that_has_not_ended_and_purges_the_others_asked_for(home_store, capsys):
+    """Its run would write files after the purge deleted them, and no later purge would find them."""
+    seed_finished_request(home_store, "r-ended")
+    seed_processing_request(home_store, "r-running")
+    home_store.record_accepted("r-queued", source="folder", file_name="p.csv", webhook_url=None, manifest=MANIFEST)
+
+    assert cli.main(["purge", "--older-than", "0s", "--status", "processing,queued,completed_with_errors"]) == 2
+    printed = capsys.readouterr()
+    assert printed.out.splitlines() == ["r-ended"]
+    assert [line for line in printed.err.splitlines() if line.startswith("imgpipe purge: ")] == [
+        "imgpipe purge: request r-running is processing: cancel its run first",
+        "imgpipe purge: request r-queued is queued: cancel its run first"]
+    assert home_store.get_request("r-ended") is None
+    for request_id, status in (("r-running", "processing"), ("r-queued", "queued")):
+        assert home_store.get_request(request_id).status == status and home_store.purged_at(request_id) is None
+
+    assert cli.main(["purge", "--older-than", "0s", "--status", "processing", "--dry-run"]) == 2
+    printed = capsys.readouterr()
+    assert (printed.out, printed.err) == ("", "imgpipe purge: request r-running is processing: cancel its run first\n")
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

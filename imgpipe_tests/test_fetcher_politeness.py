@@ -201,6 +201,24 @@ def test_a_wait_for_a_slot_ends_at_the_deadline(catalog):
     assert server.served_for("image-1.bin") == []
 
 
+def test_a_host_is_given_up_after_three_urls_in_a_row_go_unanswered_not_after_one_url_retried(scripted):
+    hosts, once = HostSlots(per_host=2), dataclasses.replace(LIMITS, attempts=1)
+    # `silent`: the connection closed after 1 s without an answer.
+    assert fetch_error(f"{scripted.base}/s/silent/a", hosts=hosts).attempts == 3
+    fetch(f"{scripted.base}/s/ok/b", allow=LOOPBACK, limits=LIMITS, hosts=hosts)  # an answer forgives the host
+    for name in ("c", "d"):
+        fetch_error(f"{scripted.base}/s/silent/{name}", once, hosts=hosts)
+    assert hosts.refusal(scripted.netloc) is None
+
+    last = fetch_error(f"{scripted.base}/s/silent/e", once, hosts=hosts)
+    refused = fetch_error(f"{scripted.base}/s/ok/f", hosts=hosts)
+
+    given_up = f"host {scripted.netloc} did not answer 3 downloads in a row (timeouts or connection failures)"
+    assert last.kind == "network" and hosts.refusal(scripted.netloc) == given_up
+    assert (refused.kind, refused.attempts, str(refused)) == ("host_down", 1, f"{given_up}; not tried")
+    assert scripted.hits("/s/ok/f") == []
+
+
 # ---------------------------------------------------------------------------------------------- retries
 
 def test_503_then_200_is_retried(scripted):

@@ -2,20 +2,22 @@
 names never picked up, no collisions, crash recovery, and one bad file never stopping the others."""
 from __future__ import annotations
 
+import functools
 import json
 import os
-import threading
-import time
 
 import pytest
 
 from imgpipe.intake import inbox as inbox_module
+from imgpipe.intake import intake as intake_module
 from imgpipe.intake.inbox import CLAIM_META, CLAIMED_SIDECAR, CLAIMS, Inbox
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import Source
-from imgpipe.storage import LocalStorage
+from imgpipe.status.postgres_store import PostgresStatusStore
+from imgpipe.storage import LocalStorage, input_key
+from imgpipe_tests.servers import drop_into_inbox
 
 GOOD = "S. No.,Product Name,Input Image Urls\n1,Chair,\"https://img.example/a.jpg, https://img.example/b.jpg\"\n"
 BAD = "S. No.,Product Name\n1,,\n"
@@ -129,6 +131,36 @@ def test_a_file_dropped_again_while_the_first_is_validated_is_its_own_request(se
     assert [p.product_name for p in store.products(second.request_id)] == ["Table"]
 
 
+@pytest.mark.parametrize(("first", "second"), [(GOOD, GOOD.replace("Chair", "Table")), (GOOD, BAD), (BAD, GOOD)],
+                         ids=["valid-by-valid", "valid-by-invalid", "invalid-by-valid"])
+def test_a_file_replaced_while_it_is_validated_is_recorded_as_what_was_validated(setup, monkeypatch, first, second):
+    """The swap race: a file dropped again under the same name while the first is validated must neither be
+    recorded under the first one's request, unvalidated, nor make the first one vanish; it is its own request."""
+    settings, store, inbox = setup
+    drop_into_inbox(settings.home_dir, "nightly.csv", first)
+    real_parse = intake_module.parse_upload
+
+    def drop_again_then_parse(data: bytes, **kwargs):
+        drop_into_inbox(settings.home_dir, "nightly.csv", second)
+        return real_parse(data, **kwargs)
+
+    monkeypatch.setattr(intake_module, "parse_upload", drop_again_then_parse)
+    [taken] = inbox.take()
+    monkeypatch.undo()
+    [next_one] = inbox.take()
+
+    for result, text in ((taken, first), (next_one, second)):
+        assert result.accepted is (text != BAD)
+        if result.accepted:
+            assert (settings.requests_dir / result.request_id / "input.csv").read_text() == text
+            assert len(store.images(result.request_id)) == 2
+            assert store.products(result.request_id)[0].product_name in text
+        else:
+            assert (settings.rejected_dir / result.request_id / "nightly.csv").read_text() == text
+            assert store.get_request(result.request_id).status == "rejected"
+    assert inbox_names(settings) == []
+
+
 def test_a_crash_after_the_claim_is_recorded_once_on_the_next_pass(setup, monkeypatch):
     settings, store, inbox = setup
     (settings.inbox / "crash.json").write_text(json.dumps({"webhook_url": "https://hooks.example/x"}))
@@ -236,30 +268,30 @@ def test_one_pass_takes_a_bounded_number_of_files(setup):
     assert [len(inbox.take()) for _ in range(4)] == [2, 2, 1, 0]
 
 
-class SlowStorage(LocalStorage):
-    def keep_input(self, request_id: str, data: bytes) -> None:
-        time.sleep(1.0)
-        super().keep_input(request_id, data)
-
-
-def test_a_request_is_never_visible_before_its_file_is_stored(tmp_path):
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_a_request_is_seen_queued_only_once_its_file_and_every_slot_are_stored(tmp_path, request, monkeypatch,
+                                                                               backend):
+    """What launches runs (the inbox sensor, the API's launch) lists the queued requests: one it lists must have its
+    input in the storage and every product and image slot recorded, or its run would find less than was accepted.
+    Looked at through another connection after each transaction the intake commits."""
     settings = Settings(home=tmp_path / "home")
-    store = DuckDBStatusStore(settings.db_path)
-    storage = SlowStorage(settings.home_dir, settings.public_base_url)
-    results = []
-    worker = threading.Thread(target=lambda: results.append(take_upload(
-        store, storage, settings, Upload(GOOD.encode(), "slow.csv", Source.API), request_id="20260101-000000-5105")))
-    worker.start()
+    open_store = (functools.partial(DuckDBStatusStore, settings.db_path) if backend == "duckdb"
+                  else functools.partial(PostgresStatusStore, request.getfixturevalue("postgres_url")))
+    store, reader = open_store(), open_store()
+    storage = LocalStorage(settings.home_dir, settings.public_base_url)
     seen = []
-    while worker.is_alive():
-        row = store.get_request("20260101-000000-5105")
-        seen.append(row is not None)
-        if row is not None:  # whoever sees the request can read its input
-            assert storage.read_input(row.request_id) == GOOD.encode()
-        time.sleep(0.05)
-    worker.join()
-    assert results[0].accepted and seen.count(False) >= 5
-    assert store.get_request("20260101-000000-5105").status == "queued"
+    commit = store._transact
+
+    def commit_then_look(work):
+        result = commit(work)
+        seen.extend((storage.exists(input_key(row.request_id)), len(reader.products(row.request_id)),
+                     reader.counts(row.request_id)["total"], row.total_images) for row in reader.queued_requests())
+        return result
+
+    monkeypatch.setattr(store, "_transact", commit_then_look)
+    result = take_upload(store, storage, settings, Upload(GOOD.encode(), "a.csv", Source.API))
+
+    assert result.accepted and seen and set(seen) == {(True, 1, 2, 2)}
 
 
 def test_taking_an_upload_again_under_its_id_changes_nothing(tmp_path):

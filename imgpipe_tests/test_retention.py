@@ -1,6 +1,9 @@
 """Retention on both profiles (folders and DuckDB; a bucket and PostgreSQL): five requests, two of them sharing an
 image through reuse; the three oldest purged. Exactly their files, objects, rows and partitions go; the two
-others still serve every image and their CSV; a purged ID answers 410."""
+others still serve every image and their CSV; a purged ID answers 410. A request that has not ended is refused
+(its run would write files after the purge, which no purge would then find) and purged whole once it has ended;
+a rejected request, and one whose outputs another still uses, are purged too; the daily schedule's job purges
+only requests that have ended."""
 from __future__ import annotations
 
 import json
@@ -12,16 +15,21 @@ from dagster import instance_for_test
 
 from imgpipe.api.app import create_app
 from imgpipe.backends import open_status_store, open_storage
-from imgpipe.defs.schedules import partition_forgetter
+from imgpipe.defs.resources import ImgpipeResource
+from imgpipe.defs.schedules import partition_forgetter, purge_old_requests_job
+from imgpipe.images.batch import work_items
 from imgpipe.images.image_policy import POLICY_VERSION
+from imgpipe.intake.intake import Upload, take_upload
+from imgpipe.output.completion import complete_request
+from imgpipe.processing import compress_images
 from imgpipe.retention import PurgePlan, parse_duration, parse_statuses, purge
 from imgpipe.settings import Settings
-from imgpipe.status.models import Obtained
+from imgpipe.status.models import Obtained, Source
 from imgpipe.status.store import utcnow
-from imgpipe.storage import image_key, input_key, output_key
+from imgpipe.storage import errors_key, image_key, input_key, output_key, thumbnail_key
 from imgpipe_tests.asgi import asgi_get
 from imgpipe_tests.images import save_jpeg
-from imgpipe_tests.pipeline import process_here
+from imgpipe_tests.pipeline import csv_for, process_here
 
 BASE = "http://127.0.0.1:8000"
 
@@ -59,12 +67,12 @@ def test_purge_removes_exactly_the_old_requests_and_keeps_what_the_others_reuse(
 
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("requests", ids)
-        dry = [r.request_id for r in purge(store, storage, plan, dry_run=True)]
+        dry = [o.request.request_id for o in purge(store, storage, plan, dry_run=True)]
         assert dry == old and all(store.get_request(r) for r in ids)
         assert all(storage.exists(input_key(r)) for r in ids)
 
-        purged = [r.request_id for r in purge(store, storage, plan,
-                                              forget_partition=partition_forgetter(instance, delete_runs=False))]
+        forget = partition_forgetter(instance, delete_runs=False)
+        purged = [o.request.request_id for o in purge(store, storage, plan, forget_partition=forget)]
 
         assert purged == old
         assert instance.get_dynamic_partitions("requests") == kept
@@ -91,3 +99,91 @@ def test_purge_removes_exactly_the_old_requests_and_keeps_what_the_others_reuse(
     name = next(i.output_path for i in store.images(kept[0])).rsplit("/", 1)[1]
     assert asgi_get(app, f"/images/{old[2]}/{name}")[0] == 404
     assert not storage.exists(image_key(old[2], name))
+
+
+def served_images(folder, image_root, image_server, *names: str) -> list[str]:
+    for name in names:
+        save_jpeg(image_root / folder / f"{name}.jpg", quality=80, seed=hash(name) % 100)
+    return [image_server.url(f"img/{folder}/{name}.jpg") for name in names]
+
+
+def made_old(store, *request_ids: str) -> None:
+    """Created in 2000, a minute apart, in the order given."""
+    long_ago = utcnow().replace(year=2000)
+    store._run(*[("UPDATE requests SET created_at = ? WHERE request_id = ?", [long_ago.replace(minute=n), r])
+                 for n, r in enumerate(request_ids)])
+
+
+def files_of(store, request_id: str) -> list[str]:
+    """The keys of every file the request's run wrote and of its input."""
+    names = [image.output_path.rsplit("/", 1)[1] for image in store.images(request_id) if image.output_path]
+    return [input_key(request_id), output_key(request_id), *[image_key(request_id, name) for name in names],
+            *[thumbnail_key(request_id, f"{name.rsplit('.', 1)[0]}.{side}.jpg") for name in names
+              for side in ("before", "after")]]
+
+
+def test_a_request_still_processing_is_refused_and_purged_whole_once_its_run_has_ended(backends, image_server,
+                                                                                        image_root):
+    """The audit's case: purged while processing, its run wrote images and thumbnails afterwards that the API
+    served and that no later purge removed (no rows were left to find them)."""
+    settings, store, storage = backends
+    urls = served_images(uuid.uuid4().hex[:8], image_root, image_server, "a", "b")
+    request_id = take_upload(store, storage, settings, Upload(csv_for([urls]).encode(), "running.csv",
+                                                              Source.API)).request_id
+    store.start_processing(request_id, "run-1")
+
+    [refused] = purge(store, storage, PurgePlan(older_than=parse_duration("0s"), statuses=parse_statuses("processing")))
+
+    assert (refused.request.request_id, refused.refused) == (
+        request_id, f"request {request_id} is processing: cancel its run first")
+    assert store.get_request(request_id).status == "processing" and store.purged_at(request_id) is None
+    assert storage.exists(input_key(request_id))
+    # The run goes on, writes its images and thumbnails, and ends.
+    compress_images(settings, store, storage, request_id, work_items(store.unfinished_slots(request_id)))
+    complete_request(settings, store, storage, request_id, "run-1")
+    written = files_of(store, request_id)
+    assert len(written) == 2 + 2 * 3 and all(storage.exists(key) for key in written)
+
+    [purged] = purge(store, storage, PurgePlan(older_than=parse_duration("0s"), statuses=parse_statuses(None)))
+
+    assert (purged.request.request_id, purged.refused) == (request_id, None)
+    assert [key for key in written if storage.exists(key)] == []
+    assert store.get_request(request_id) is None and store.purged_at(request_id) is not None
+
+
+def test_a_rejected_request_and_one_whose_outputs_another_still_uses_are_purged(backends, image_server, image_root):
+    settings, store, storage = backends
+    [url] = served_images(uuid.uuid4().hex[:8], image_root, image_server, "shared")
+    rejected = take_upload(store, storage, settings, Upload(b"S. No.,Product Name\n1,,\n", "bad.csv",
+                                                            Source.API)).request_id
+    first, second = (process_here(settings, store, storage, [[url]], name) for name in ("first.csv", "second.csv"))
+    made_old(store, rejected, first)
+
+    outcomes = list(purge(store, storage, PurgePlan(older_than=parse_duration("30m"), statuses=parse_statuses(None))))
+
+    assert [(o.request.request_id, o.refused) for o in outcomes] == [(rejected, None), (first, None)]
+    assert store.get_request(rejected) is None and not storage.exists(errors_key(rejected))
+    assert [key for key in files_of(store, first) if storage.exists(key)] == []
+    [kept] = store.images(second)
+    assert storage.has_content(POLICY_VERSION, kept.input_sha256, ".jpg")
+
+
+def test_the_retention_schedule_purges_the_old_requests_that_have_ended_and_no_other(backends):
+    settings, store, storage = backends
+    settings = settings.model_copy(update={"retention_days": 1})
+    ended, running, queued = (take_upload(store, storage, settings, Upload(
+        csv_for([["https://e.com/a.jpg"]]).encode(), f"{name}.csv", Source.API)).request_id
+        for name in ("ended", "running", "queued"))
+    for request_id in (ended, running):
+        store.start_processing(request_id, "run-1")
+    store.finish_request(ended, "completed")
+    made_old(store, ended, running, queued)
+
+    with instance_for_test() as instance:
+        result = purge_old_requests_job.execute_in_process(
+            instance=instance, resources={"imgpipe": ImgpipeResource.from_settings(settings, secrets_from_env=False)})
+
+    assert result.success
+    assert store.get_request(ended) is None and not storage.exists(input_key(ended))
+    for request_id, status in ((running, "processing"), (queued, "queued")):
+        assert store.get_request(request_id).status == status and storage.exists(input_key(request_id))

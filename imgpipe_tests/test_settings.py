@@ -96,3 +96,12 @@ def test_distributed_profile_names_each_missing_variable(missing):
 def test_a_malformed_value_is_named_with_its_variable(name, value, message):
     with pytest.raises(ValueError, match=f"{name}={value!r} {message}"):
         Settings.from_env({**DISTRIBUTED, name: value})
+
+
+def test_the_apis_slow_client_bounds_have_defaults_and_are_checked():
+    settings = Settings.from_env({})
+    assert (settings.api_header_timeout, settings.api_keepalive_timeout, settings.api_max_connections) == (10, 5, 1000)
+    for name, value in (("IMGPIPE_API_HEADER_TIMEOUT", "0"), ("IMGPIPE_API_KEEPALIVE_TIMEOUT", "-1"),
+                        ("IMGPIPE_API_MAX_CONNECTIONS", "0"), ("IMGPIPE_API_MAX_CONNECTIONS", "many")):
+        with pytest.raises(ValueError, match=f"^{name}={value!r}: Input should be"):
+            Settings.from_env({name: value})

@@ -1,9 +1,12 @@
 """The status store, on both backends (DuckDB, the default, and PostgreSQL, the distributed profile): the
-contract's schema, every method, plain Python values back, and many writers at once with a reader polling."""
+contract's schema, every method, plain Python values back, and many writers at once with a reader polling; on
+PostgreSQL, which refuses a NUL, a request whose image servers answer status lines of NULs and ANSI escapes."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
+import uuid
 from datetime import datetime, timedelta
 
 import duckdb
@@ -12,11 +15,17 @@ import psycopg2
 import pytest
 
 from imgpipe.backends import open_status_store
+from imgpipe.intake.intake import Upload, take_upload
+from imgpipe.output.completion import complete_request
+from imgpipe.processing import compress_images
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
-from imgpipe.status.models import ImageResult, ImageSlot, ImageStatus, RequestRow, RequestStatus
+from imgpipe.status.models import ImageResult, ImageSlot, ImageStatus, RequestRow, RequestStatus, Source
 from imgpipe.status.postgres_store import PostgresStatusStore
-from imgpipe.status.store import NotRetryable, StatusStore, StoreBusy, utcnow
+from imgpipe.status.store import NotPurgeable, NotRetryable, StatusStore, StoreBusy, utcnow
+from imgpipe.storage import LocalStorage
+from imgpipe_tests.images import save_jpeg
+from imgpipe_tests.pipeline import csv_for
 
 CONTRACT_COLUMNS = {
     "requests": {"request_id": "VARCHAR", "status": "VARCHAR", "source": "VARCHAR", "file_name": "VARCHAR",
@@ -87,7 +96,7 @@ def test_an_accepted_request_is_queued_with_every_slot_and_recorded_once(store_f
     accept(store, "r1", manifest(5, 5), file_name="again.csv")  # an interrupted intake taken again: no-op
     request = store.get_request("r1")
     assert (request.status, request.source, request.file_name, request.total_images) == ("queued", "api", "a.csv", 4)
-    assert store.find_by_idempotency_key("k").request_id == "r1"
+    assert store.claim_idempotency_key("k", "r-again", timedelta(0)) == "r1"
     assert store.counts("r1") == {"total": 4, "pending": 4, "processing": 0, "compressed": 0, "failed": 0}
     assert [(p.serial, p.product_name, p.row_number) for p in store.products("r1")] == [("1", "P1", 1), ("2", "P2", 2)]
     assert store.manifest("r1").equals(manifest(2, 2)[["row_number", "serial", "product_name", "position",
@@ -172,22 +181,46 @@ def test_every_method_and_typed_rows(store_factory):
     assert store.claim_webhook("w1", lease_seconds=0) is None
 
 
+def test_a_request_that_has_not_ended_cannot_be_purged_and_one_being_purged_cannot_be_retried(store_factory):
+    store = store_factory()
+    accept(store, "r1")
+    for status in ("queued", "processing"):
+        with pytest.raises(NotPurgeable, match=f"^request r1 is {status}: cancel its run first$"):
+            store.mark_purged("r1")
+        assert store.purged_at("r1") is None
+        store.start_processing("r1", "run-1")
+    store.finish_request("r1", RequestStatus.FAILED, "its run was cancelled")
+
+    store.mark_purged("r1")  # then its files go, then its rows (purge_request)
+
+    assert store.purged_at("r1") is not None
+    with pytest.raises(NotRetryable, match="request r1 is being purged"):
+        store.requeue_for_retry("r1")
+    assert store.get_request("r1").status == "failed"
+
+
 def test_a_database_of_the_first_release_gets_the_columns_added_since(store_factory):
     first_release = {"requests": "request_id VARCHAR PRIMARY KEY, status VARCHAR NOT NULL, source VARCHAR NOT NULL,"
                                  " file_name VARCHAR, webhook_url VARCHAR, created_at TIMESTAMP NOT NULL,"
                                  " updated_at TIMESTAMP NOT NULL, completed_at TIMESTAMP, total_images INTEGER,"
                                  " error VARCHAR, errors_json VARCHAR, idempotency_key VARCHAR,"
                                  " generation INTEGER NOT NULL DEFAULT 0, run_id VARCHAR"}
-    if store_factory.backend == "duckdb":
-        with duckdb.connect(store_factory.target) as con:
-            con.execute(f"CREATE TABLE requests ({first_release['requests']})")
-    else:
-        with psycopg2.connect(store_factory.target) as con, con.cursor() as cur:
-            cur.execute(f"CREATE TABLE requests ({first_release['requests']})")
+    connect = duckdb.connect if store_factory.backend == "duckdb" else psycopg2.connect
+    with contextlib.closing(connect(store_factory.target)) as connection:
+        con = connection.cursor()
+        con.execute(f"CREATE TABLE requests ({first_release['requests']})")
+        # Two API processes could give one Idempotency-Key two requests before keys had a table of their own.
+        for request_id, minute in (("r-key-first", 1), ("r-key-again", 2)):
+            con.execute("INSERT INTO requests (request_id, status, source, created_at, updated_at, idempotency_key)"
+                        f" VALUES ('{request_id}', 'queued', 'api', TIMESTAMP '2026-01-01 00:0{minute}:00',"
+                        " now(), 'k')")
+        connection.commit()
     store = store_factory()
     accept(store, "r1", fresh=True)
     assert store.get_request("r1").fresh is True
     assert store_factory().get_request("r1").fresh is True  # opened again: nothing added twice
+    # The key names the first of its requests, the one earlier releases replayed, and no new one.
+    assert store.claim_idempotency_key("k", "r-new", timedelta(0)) == "r-key-first"
 
 
 def test_open_status_store_follows_the_profile(tmp_path):
@@ -307,3 +340,33 @@ def test_operations_held_together_open_the_file_once_and_stay_transactions_of_th
 
 def _raise(exc: Exception):
     raise exc
+
+
+def test_status_lines_of_nul_bytes_and_ansi_escapes_end_printable_in_postgresql(tmp_path, postgres_url, image_server,
+                                                                               image_root):
+    """A request through the steps' own calls (intake, compress_images, complete_request) on the PostgreSQL store:
+    servers whose reason phrase, redirect or whole status line holds NUL and ESC bytes fail their images with a
+    printable reason, and the request ends with every result recorded."""
+    settings = Settings(home=tmp_path / "home", allow_private_hosts="127.0.0.1")
+    store, storage = PostgresStatusStore(postgres_url), LocalStorage(tmp_path / "home", settings.public_base_url)
+    folder = uuid.uuid4().hex[:8]
+    save_jpeg(image_root / folder / "good.jpg", quality=80)
+    hostile = [image_server.url(f"rawstatus/{code}") for code in ("500", "302", "99")]
+    rows = [[image_server.url(f"img/{folder}/good.jpg")], hostile]
+    request_id = take_upload(store, storage, settings, Upload(csv_for(rows).encode(), "x.csv", Source.API)).request_id
+    store.start_processing(request_id, "run-1")
+
+    compress_images(settings, store, storage, request_id)
+    complete_request(settings, store, storage, request_id, "run-1")
+
+    assert store.get_request(request_id).status == RequestStatus.COMPLETED_WITH_ERRORS
+    with contextlib.closing(psycopg2.connect(postgres_url)) as con, con.cursor() as cur:
+        cur.execute("SELECT input_url, status, error FROM images WHERE request_id = %s ORDER BY row_number, position",
+                    [request_id])
+        stored = cur.fetchall()
+    assert [status for _, status, _ in stored] == ["compressed", "failed", "failed", "failed"]
+    errors = {url: error for url, _, error in stored[1:]}
+    assert all(error.isprintable() for error in errors.values()), errors
+    assert errors[hostile[0]] == f"download failed: HTTP 500 from {hostile[0]}"  # a reason phrase is never quoted
+    for quoted in hostile[1:]:
+        assert "\\x00\\x1b[31mred" in errors[quoted], errors[quoted]

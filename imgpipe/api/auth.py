@@ -6,12 +6,17 @@ one is refused like a missing token (401), the message saying which.
 
 An ASGI middleware in front of the routing, so that it guards every path, `/openapi.json` and unknown routes
 too (without the token nothing tells which routes exist), and refuses before any body is read.
+
+What it checks is what the route then uses: a request that gives `Authorization`, or a signed link's `expires`
+or `signature`, more than once is refused (400), whichever copy would be valid. Otherwise the check could read
+one copy and the route (or a proxy on the way) another: the report page would link a signature never checked.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
-from urllib.parse import parse_qs
+
+from starlette.datastructures import QueryParams
 
 from imgpipe import report_links
 from imgpipe.api.errors import error_response
@@ -20,6 +25,8 @@ SCHEME_NAME = "bearerAuth"
 SECURITY_SCHEME = {"type": "http", "scheme": "bearer"}
 OPEN_PATHS = ("/healthz",)
 OPEN_PREFIXES = ("/images/",)
+# The query parameters that stand for the token; each may come once at most.
+SIGNED_LINK_PARAMETERS = ("expires", "signature")
 _SPACES = b" \t"
 
 
@@ -49,10 +56,20 @@ class BearerAuth:
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if (scope["type"] != "http" or is_open(path) or path in self.open_paths or self._authorized(scope)):
+        if scope["type"] != "http" or is_open(path) or path in self.open_paths:
             await self.app(scope, receive, send)
             return
-        refused = self._signed_link(scope, path)
+        # Parsed as the route parses it (Starlette's QueryParams), so both see the same parameters.
+        query = QueryParams(scope.get("query_string", b""))
+        authorization = [value for name, value in scope["headers"] if name.lower() == b"authorization"]
+        ambiguous = ambiguity(query, len(authorization))
+        if ambiguous:
+            await error_response(400, ambiguous)(scope, receive, send)
+            return
+        if authorization and self._authorized(authorization[0]):
+            await self.app(scope, receive, send)
+            return
+        refused = self._signed_link(query, path)
         if refused is None:
             await self.app(scope, receive, send)
             return
@@ -60,19 +77,26 @@ class BearerAuth:
                                   headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
 
-    def _signed_link(self, scope, path: str) -> str | None:
+    def _signed_link(self, query: QueryParams, path: str) -> str | None:
         """None when the query signs this report path; "" when it carries no signature (so the token is
         missing); else why the signature is refused."""
         if report_links.signed_scope(path) is None:
             return ""
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         expires, signature = query.get("expires"), query.get("signature")
         if expires is None and signature is None:
             return ""
-        return report_links.check(self.token, path, (expires or [""])[0], (signature or [""])[0])
+        return report_links.check(self.token, path, expires or "", signature or "")
 
-    def _authorized(self, scope) -> bool:
-        # The first Authorization header counts; a repeated one is not looked at.
-        header = next((value for name, value in scope["headers"] if name.lower() == b"authorization"), None)
-        credentials = bearer_credentials(header) if header is not None else None
+    def _authorized(self, header: bytes) -> bool:
+        credentials = bearer_credentials(header)
         return bool(credentials) and token_matches(credentials, self.token)
+
+
+def ambiguity(query: QueryParams, authorizations: int) -> str | None:
+    """Why a request is ambiguous about its credentials (one of them given more than once), or None."""
+    if authorizations > 1:
+        return "the Authorization header is given more than once; send it once"
+    repeated = [name for name in SIGNED_LINK_PARAMETERS if len(query.getlist(name)) > 1]
+    if repeated:
+        return f"the query gives {', '.join(repeated)} more than once; send each once"
+    return None

@@ -79,6 +79,9 @@ def responses(settings: Settings, *, guarded: bool = True, store: bool = True, *
     answers: dict[int | str, dict] = {int(key.removeprefix("r")): value for key, value in by_status.items()}
     if guarded and settings.api_token:
         answers.setdefault(401, error("Missing or wrong `Authorization: Bearer <token>` (IMGPIPE_API_TOKEN is set)"))
+        twice = "the `Authorization` header, or a signed link's `expires` or `signature`, given more than once"
+        answers[400] = (error(twice[0].upper() + twice[1:]) if 400 not in answers else
+                        {**answers[400], "description": f"{answers[400]['description']}; or {twice}"})
     if store:
         answers[503] = error("The status store is busy (with `Retry-After`) or unreadable")
     return dict(sorted(answers.items(), key=lambda item: str(item[0])))

@@ -80,7 +80,8 @@ async def read_upload(request: Request, max_csv_bytes: int) -> ReceivedUpload:
 def refuse_declared_length(request: Request, limit: int) -> None:
     """413 before reading when the client says the body is longer than `limit` (the body may never come)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    # ASCII digits only: str.isdigit() is also true of '²', which int() refuses.
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise too_large("the upload", limit)
 
 

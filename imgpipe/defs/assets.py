@@ -79,8 +79,10 @@ def plan_batches(context: OpExecutionContext, imgpipe: ImgpipeResource):
 def compress_batch(context: OpExecutionContext, batch: list, imgpipe: ImgpipeResource) -> list:
     """A batch of the request's images; a step run again (its worker was lost) leaves out the images that its
     first run finished."""
+    # IMGPIPE_REQUEST_DEADLINE counts from the run's start: one instant for every batch, wherever it runs.
+    run_started = context.instance.get_run_record_by_id(context.run_id).start_time
     results = compress_images(imgpipe.settings(), imgpipe.store(), imgpipe.storage(), context.partition_key,
-                              [WorkItem(**item) for item in batch])
+                              [WorkItem(**item) for item in batch], started_at=run_started)
     failed = [r for r in results if r.status == ImageStatus.FAILED]
     context.log.info(f"{len(results) - len(failed)} compressed, {len(failed)} failed")
     return [(str(r.status), r.bytes_in or 0, r.bytes_out or 0) for r in results]

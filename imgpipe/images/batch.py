@@ -3,7 +3,9 @@
 A Dagster step costs 0.4-1.4 s of orchestration in a process of its own (about 40 ms in the run's process), so a
 step takes a batch of images and the number of steps stays bounded whatever the image count. Inside a step,
 downloads run in threads and overlap with compression, and each image is still decoded and encoded in a fresh
-OS process of its own.
+OS process of its own. A thread takes an image only when its host has room for another download (so a dead or
+busy host holds up no other host's images), and the request's deadline (IMGPIPE_REQUEST_DEADLINE) ends whatever
+is not done by then.
 """
 from __future__ import annotations
 
@@ -12,15 +14,16 @@ import hashlib
 import math
 import queue
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from imgpipe.images.compressor import compress_isolated
-from imgpipe.images.fetcher import FetchError, FetchLimits, FetchResult, HostSlots, Validators, fetch
+from imgpipe.images.fetcher import (FetchError, FetchLimits, FetchResult, HostQueue, HostSlots, Validators, fetch,
+                                    host_of)
 from imgpipe.images.image_policy import POLICY_VERSION
 from imgpipe.images.url_safety import AllowList
-from imgpipe.settings import Settings
+from imgpipe.settings import Settings, env_name
 from imgpipe.status.models import ContentOutput, ImageResult, ImageSlot, ImageStatus, Obtained, ReuseCandidate
 from imgpipe.storage import Storage
 from imgpipe.text import printable
@@ -71,10 +74,13 @@ class BatchRunner:
     With `reuse`, a URL seen before is fetched conditionally (a 304 reuses its kept output: `not_modified`), bytes
     seen before are not encoded again (`same_content`), and a new output is kept by its input's SHA-256 for
     later requests; each request still gets its own files, linked from the kept ones. A source that answers
-    `Cache-Control: no-store` is never reused nor kept."""
+    `Cache-Control: no-store` is never reused nor kept.
+
+    `deadline`, a time.monotonic() instant, is the request's: an image not done by then fails, whether under way
+    or still waiting (None: IMGPIPE_REQUEST_DEADLINE seconds from now)."""
 
     def __init__(self, settings: Settings, storage: Storage, request_id: str, reuse: Reuse | None = None,
-                 hosts: HostSlots | None = None):
+                 hosts: HostSlots | None = None, deadline: float | None = None):
         self.settings = settings
         self.storage = storage
         self.request_id = request_id
@@ -85,30 +91,41 @@ class BatchRunner:
         # are queued and capped at the cores by the compressor itself.) Slots of its own are closed by `run`.
         self.hosts = hosts or HostSlots(settings.per_host_connections)
         self._own_hosts = hosts is None
+        self.deadline = time.monotonic() + settings.request_deadline if deadline is None else deadline
+        self.deadline_reason = f"not done within {env_name('request_deadline')} ({settings.request_deadline:g} s)"
 
     def run(self, items: Sequence[WorkItem], report: Callable[[list[ImageResult]], None],
             report_interval: float = 1.0) -> list[ImageResult]:
         results: list[ImageResult] = []
         unreported: list[ImageResult] = []
         last_report = time.monotonic()
-        # Each image hands its future in as it ends. (`concurrent.futures.wait` over the pending futures costs
-        # time in their number at every wake-up: 36 ms a call with 20,000 of them, the main thread then busy
-        # with the GIL held, a cost per image that grew with the request.)
-        finished: queue.SimpleQueue[tuple[Future, WorkItem]] = queue.SimpleQueue()
-        with ThreadPoolExecutor(max_workers=min(self.settings.download_threads, max(1, len(items)))) as pool, \
+        # Each image hands its result in as it ends. (`concurrent.futures.wait` over pending futures costs time in
+        # their number at every wake-up: 36 ms a call with 20,000 of them, the main thread then busy with the GIL
+        # held, a cost per image that grew with the request.)
+        finished: queue.SimpleQueue[ImageResult] = queue.SimpleQueue()
+        downloads = self.hosts.queue((host_of(item.input_url), item) for item in items)
+        threads = min(self.settings.download_threads, max(1, len(items)))
+        with ThreadPoolExecutor(max_workers=threads) as pool, \
                 contextlib.closing(self.hosts) if self._own_hosts else contextlib.nullcontext():
-            for item in items:
-                pool.submit(self.process, item).add_done_callback(lambda future, item=item: finished.put((future, item)))
+            for _ in range(threads):
+                pool.submit(self._work, downloads, finished)
             pending = len(items)
+            before_deadline = True
             while pending:
-                # Wake at least every interval, so a finished image is reported while slow ones still run.
+                if before_deadline and time.monotonic() >= self.deadline:
+                    before_deadline = False
+                    for item in downloads.close():
+                        finished.put(_failed(item, self.deadline_reason))
+                # Wake at least every interval, so a finished image is reported while slow ones still run, and
+                # at the deadline.
                 wait = report_interval - (time.monotonic() - last_report) if unreported else report_interval
+                if before_deadline:
+                    wait = min(wait, self.deadline - time.monotonic())
                 try:
-                    future, item = finished.get(timeout=max(0.001, wait))
+                    results.append(finished.get(timeout=max(0.001, wait)))
                 except queue.Empty:
                     pass
                 else:
-                    results.append(_outcome(future, item))
                     unreported.append(results[-1])
                     pending -= 1
                 if unreported and (not pending or time.monotonic() - last_report >= report_interval):
@@ -116,9 +133,25 @@ class BatchRunner:
                     unreported, last_report = [], time.monotonic()
         return results
 
-    def process(self, item: WorkItem) -> ImageResult:
+    def _work(self, downloads: HostQueue[WorkItem], finished: queue.SimpleQueue[ImageResult]) -> None:
+        """One download thread: images as their hosts have room for them, until none is left."""
+        while (taken := downloads.take()) is not None:
+            item, turn = taken
+            try:
+                finished.put(self.process(item, turn.end))
+            except Exception as exc:  # noqa: BLE001 - one image's failure, even a bug's, must not lose the others'
+                finished.put(_failed(item, f"processing failed: {_reason(exc)}"))
+            finally:
+                turn.end()
+
+    def process(self, item: WorkItem, download_over: Callable[[], None] | None = None) -> ImageResult:
+        """One image, from its download to its stored output. `download_over`, when the image was handed out by
+        a HostQueue, is called once the download is over, so that the host's next download may start while this
+        one is compressed."""
         started = time.monotonic()
-        deadline = started + self.settings.image_timeout
+        if started >= self.deadline:
+            return _failed(item, self.deadline_reason)
+        deadline = min(started + self.settings.image_timeout, self.deadline)
         candidate = self.reuse.candidates.get(item.input_url) if self.reuse else None
         kept = candidate.output if candidate else None
         try:
@@ -133,9 +166,11 @@ class BatchRunner:
             else:
                 download = self._fetch(item, deadline)
         except FetchError as exc:
-            return _failed(item, f"download failed: {exc}")
+            return self._failed_or_late(item, f"download failed: {exc}")
         except Exception as exc:  # noqa: BLE001 - a bug met by one URL must fail that image, not its batch
             return _failed(item, f"download failed: {type(exc).__name__}: {exc}")
+        if download_over:
+            download_over()
         sha256 = hashlib.sha256(download.content).hexdigest()
         keep = self.reuse is not None and not download.no_store
         if keep:
@@ -146,6 +181,10 @@ class BatchRunner:
                     return reused
         return self._compress(item, download, sha256, keep, started)
 
+    def _failed_or_late(self, item: WorkItem, error: str, bytes_in: int | None = None) -> ImageResult:
+        """`item` failed with `error`, unless the request's deadline had come: then that cut it short."""
+        return _failed(item, self.deadline_reason if time.monotonic() >= self.deadline else error, bytes_in)
+
     def _fetch(self, item: WorkItem, deadline: float, validators: Validators | None = None) -> FetchResult:
         return fetch(item.input_url, allow=self.allow, limits=self.fetch_limits, validators=validators,
                      hosts=self.hosts, deadline=deadline)
@@ -154,9 +193,12 @@ class BatchRunner:
                   started: float) -> ImageResult:
         bytes_in = len(download.content)
         downloaded = time.monotonic()
+        if downloaded >= self.deadline:
+            return _failed(item, self.deadline_reason, bytes_in)
         # The per-image budget covers download and compression, not the wait for a free core: the compressor
-        # counts it from when the image's process starts on it.
-        remaining = max(1.0, self.settings.image_timeout - (downloaded - started))
+        # counts it from when the image's process starts on it. The request's deadline cuts it short, counted the
+        # same way: an image that waits for a core past the deadline still gets what was left of it.
+        remaining = min(max(1.0, self.settings.image_timeout - (downloaded - started)), self.deadline - downloaded)
         # The compressor queues the images of this whole process and runs `compress_slots` at once itself,
         # starting the next the moment one answers, so that no thread of this process (waiting for the GIL
         # behind the downloads) stands between one image and the next.
@@ -167,7 +209,7 @@ class BatchRunner:
                                     recycle=self.settings.pool_recycle)
         compress_seconds = outcome.seconds
         if not outcome.ok:  # the reason may quote the file's own bytes, or a decoder's
-            return _failed(item, outcome.error, bytes_in)
+            return self._failed_or_late(item, outcome.error, bytes_in)
         image = outcome.image
         try:
             if keep:
@@ -215,14 +257,6 @@ def _validators_to_keep(download: FetchResult, kept_extension: str | None) -> di
         return {"etag": None, "last_modified": None, "validated_url": None, "kept_extension": None}
     return {"etag": download.etag, "last_modified": download.last_modified, "validated_url": download.url,
             "kept_extension": kept_extension}
-
-
-def _outcome(future: Future, item: WorkItem) -> ImageResult:
-    """The item's result, also when `process` raised: every item of a batch gets one, and the batch returns."""
-    try:
-        return future.result()
-    except Exception as exc:  # noqa: BLE001 - one image's failure, even a bug's, must not lose the others' results
-        return _failed(item, f"processing failed: {_reason(exc)}")
 
 
 def _failed(item: WorkItem, error: str, bytes_in: int | None = None) -> ImageResult:

@@ -5,13 +5,16 @@ DNS lookup, so no DNS rebinding), while the Host header, TLS SNI and certificate
 
 Downloads are polite (contract section 12): at most `HostSlots.per_host` connections to one host at once,
 transient failures retried with backoff (429 and 503 after their Retry-After), and conditional requests
-(If-None-Match / If-Modified-Since) for a URL fetched before. Webhook POSTs make one attempt: the outbox retries.
+(If-None-Match / If-Modified-Since) for a URL fetched before. A step's downloads are handed to its threads by host
+(`HostQueue`), and a host that stops answering is given up, so that a dead host holds up neither the other hosts'
+images nor, for long, its own. Webhook POSTs make one attempt: the outbox retries.
 """
 # Judged on PyPI: advocate (last release 2020, unmaintained) and requests-hardened (maintained and pins the IP, but
 # never follows redirects, judges only ::ffff: IPv4-in-IPv6, and allows only loopback, not hosts/CIDRs/ports): own code.
 from __future__ import annotations
 
 import contextlib
+import collections
 import email.utils
 import heapq
 import http.client
@@ -21,10 +24,11 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import urljoin
+from typing import Generic, TypeVar
+from urllib.parse import urljoin, urlsplit
 from urllib.request import parse_http_list
 
 import certifi
@@ -35,7 +39,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from imgpipe.settings import Limits
 from imgpipe.text import printable
-from imgpipe.images.url_safety import AllowList, CheckedTarget, Resolver, UnresolvableHost, UnsafeUrl, check_url
+from imgpipe.images.url_safety import (DEFAULT_PORTS, AllowList, CheckedTarget, Resolver, UnresolvableHost, UnsafeUrl,
+                                       check_url)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Contract section 12: these may go through next time; every other status is final at once (500 included).
@@ -43,6 +48,9 @@ RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 BACKOFF_BASE = 0.5  # seconds before the second attempt at most, doubling each time (full jitter) ...
 BACKOFF_CAP = 8.0  # ... up to this
+# A host that leaves this many different URLs in a row without an answer is given up for the rest of its
+# HostSlots (a step, or a shared run). Different URLs: one URL that hangs, retried, must not condemn its host.
+UNANSWERED_IN_A_ROW = 3
 MAX_VALIDATOR_LENGTH = 1024
 MAX_POST_RESPONSE_BYTES = 64 * 1024
 _CHUNK_BYTES = 64 * 1024
@@ -52,7 +60,8 @@ _HEADERS = {"User-Agent": "imgpipe", "Accept": "*/*", "Accept-Encoding": "identi
 
 
 class FetchError(Exception):
-    """A download or call failed. `kind`: blocked, http_status, timeout, too_large, network or redirects.
+    """A download or call failed. `kind`: blocked, http_status, timeout, too_large, network, redirects, or
+    host_down (its host was given up: see HostSlots).
 
     After several attempts, `kind`, `status_code` and `retry_after` are the last attempt's and the message lists
     every attempt. `retryable`: whether another attempt might succeed (later, once fetch has given up).
@@ -70,6 +79,12 @@ class FetchError(Exception):
         self.retry_after = retry_after
         self.attempts = 1
         self.brief = printable(brief or message)  # how a list of attempts shows this one, when not the last
+
+    @property
+    def unanswered(self) -> bool:
+        """The host let the exchange time out or failed the connection: what counts against it in HostSlots.
+        (Not retryable timeouts are the caller's own: a wait for a slot, or a deadline of the image's.)"""
+        return self.retryable and self.kind in ("timeout", "network")
 
 
 @dataclass(frozen=True)
@@ -306,6 +321,23 @@ def _pool_for(target: CheckedTarget, kept: int = 1) -> HTTPConnectionPool:
     return _HTTPPool(ip, target.port, maxsize=kept)
 
 
+T = TypeVar("T")
+
+
+def host_of(url: str) -> str:
+    """The host that `url` names, with its port unless it is the scheme's default, spelled as CheckedTarget.netloc
+    spells a plain host name: the host a download is queued for (`HostQueue`). "" when the URL does not parse
+    (its fetch fails at once)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").rstrip(".")
+    host = f"[{host}]" if ":" in host else host
+    return host if port in (None, DEFAULT_PORTS.get(parts.scheme)) else f"{host}:{port}"
+
+
 class HostSlots:
     """At most `per_host` connections at once to each host (a hop's host:port), shared by one step's threads, and
     those connections kept open from one download to the next (a new TCP connection, and the pool around it, cost
@@ -314,6 +346,13 @@ class HostSlots:
     A slot is held from connecting until the exchange is over, body included, and never while waiting to try
     again; a host that is busy holds up only the downloads waiting for it. Connections are kept per checked
     address (a host name that resolves elsewhere next time gets a connection of its own), at most `per_host`.
+
+    The step's threads take their downloads from `queue`s, which hand one out only when its host has room for it
+    (see HostQueue), so a thread never waits here for a busy or dead host while another host's download waits
+    (but on a redirect to a host other than its URL's, for that host's slots, within its deadline).
+    A host that leaves UNANSWERED_IN_A_ROW different URLs in a row without an answer (a connect or read timeout, a
+    refused or reset connection) is given up for as long as these slots live: its downloads that wait fail at
+    once, without a connection, and those under way are not tried again.
     """
 
     def __init__(self, per_host: int):
@@ -323,6 +362,50 @@ class HostSlots:
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._pools: dict[tuple, HTTPConnectionPool] = {}
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # notified when a download may start that could not
+        self._under_way: collections.Counter[str] = collections.Counter()  # downloads handed out, by host
+        self._unanswered: dict[str, set[str]] = {}  # by host: the URLs left unanswered since its last answer
+        self._given_up: dict[str, str] = {}  # by host: why
+
+    def queue(self, work: Iterable[tuple[str, T]]) -> "HostQueue[T]":
+        """`work`, each item with the `host_of` its URL, waiting to be handed out by host."""
+        return HostQueue(self, work)
+
+    def refusal(self, host: str) -> str | None:
+        """Why `host` was given up; None while it is not."""
+        return self._given_up.get(host)
+
+    def answered(self, host: str) -> None:
+        """An exchange with `host` got an answer: the URLs it left unanswered before are forgiven."""
+        with self._lock:
+            self._unanswered.pop(host, None)
+
+    def unanswered(self, host: str, url: str) -> None:
+        """`url` of `host` got no answer (FetchError.unanswered); the UNANSWERED_IN_A_ROW-th different URL since
+        the host's last answer gives it up."""
+        with self._lock:
+            urls = self._unanswered.setdefault(host, set())
+            urls.add(url)
+            if len(urls) >= UNANSWERED_IN_A_ROW and host not in self._given_up:
+                self._given_up[host] = (f"host {host} did not answer {UNANSWERED_IN_A_ROW} downloads in a row "
+                                        "(timeouts or connection failures)")
+                self._room.notify_all()
+
+    def _may_start(self, host: str) -> bool:
+        return self._under_way[host] < self.per_host or host in self._given_up
+
+    def _start(self, host: str) -> "DownloadTurn":
+        counted = host not in self._given_up  # a given-up host's downloads fail without a connection
+        if counted:
+            self._under_way[host] += 1
+        return DownloadTurn(self, host, counted)
+
+    def _end(self, host: str) -> None:
+        with self._room:
+            self._under_way[host] -= 1
+            if not self._under_way[host]:
+                del self._under_way[host]
+            self._room.notify_all()
 
     @contextlib.contextmanager
     def slot(self, netloc: str, timeout: float) -> Iterator[None]:
@@ -350,6 +433,59 @@ class HostSlots:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+
+
+class DownloadTurn:
+    """A download handed out by a HostQueue, counted against its host until `end` (the first call; later calls do
+    nothing). End it once the download is over, before whatever the caller does with the bytes."""
+
+    def __init__(self, hosts: HostSlots, host: str, counted: bool):
+        self._hosts, self._host, self._counted = hosts, host, counted
+
+    def end(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._hosts._end(self._host)
+
+
+class HostQueue(Generic[T]):
+    """One caller's downloads, waiting by host for their turn in its HostSlots.
+
+    `take` waits until one may start, its host having fewer than `per_host` downloads of the HostSlots under way
+    (whoever's queue they came from) or having been given up, and returns it with its DownloadTurn; the hosts take
+    turns, so that a thousand downloads from one host do not hold up the next host's. It returns None once every
+    download has been taken. `close` takes all that are left at once, for the caller to end them itself.
+    """
+
+    def __init__(self, hosts: HostSlots, work: Iterable[tuple[str, T]]):
+        self._hosts = hosts
+        self._waiting: dict[str, collections.deque[T]] = {}
+        for host, item in work:
+            self._waiting.setdefault(host, collections.deque()).append(item)
+
+    def take(self) -> tuple[T, DownloadTurn] | None:
+        hosts = self._hosts
+        with hosts._room:
+            while self._waiting:
+                host = next((host for host in self._waiting if hosts._may_start(host)), None)
+                if host is None:
+                    hosts._room.wait()
+                    continue
+                items = self._waiting.pop(host)
+                item = items.popleft()
+                if items:
+                    self._waiting[host] = items  # last in line: the next take looks at the other hosts first
+                elif not self._waiting:
+                    hosts._room.notify_all()  # this queue's threads waiting for room have nothing left to take
+                return item, hosts._start(host)
+            return None
+
+    def close(self) -> list[T]:
+        with self._hosts._room:
+            left = [item for items in self._waiting.values() for item in items]
+            self._waiting.clear()
+            self._hosts._room.notify_all()
+        return left
 
 
 def _check(url: str, allow: AllowList, resolver: Resolver) -> CheckedTarget:
@@ -397,9 +533,14 @@ def _exchange(
         )
         if deadline.expired:  # the headers may have been cut short
             raise deadline.error()
+        if hosts:
+            hosts.answered(target.netloc)
         yield response
     except urllib3.exceptions.HTTPError as exc:
-        raise _failure(exc, target, deadline, connect_timeout, read_timeout) from exc
+        failure = _failure(exc, target, deadline, connect_timeout, read_timeout)
+        if hosts and failure.unanswered:
+            hosts.unanswered(target.netloc, target.url)
+        raise failure from exc
     finally:
         _calls.deadline = None
         if response is not None:
@@ -438,7 +579,7 @@ def _too_large(max_bytes: int) -> FetchError:
 def _read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int) -> bytes:
     declared = response.headers.get("Content-Length", "")
     # Past 18 digits it is far over any cap, and past 4300 int() refuses to read it.
-    if declared.isdecimal() and (len(declared) > 18 or int(declared) > max_bytes):
+    if declared.isascii() and declared.isdecimal() and (len(declared) > 18 or int(declared) > max_bytes):
         raise _too_large(max_bytes)
     content = bytearray()
     # Decoded, should a server send gzip although asked for identity: the cap then bounds what a decompressor
@@ -471,6 +612,7 @@ def fetch(
     # Without a deadline of its own, the download deadline bounds the whole call, and its error says just that.
     cut_short = f"download took longer than {limits.deadline:g} s" if deadline is None else (
         "download stopped at the image's deadline")
+    first_host = host_of(url)
     failures: list[FetchError] = []
     while True:
         try:
@@ -481,12 +623,19 @@ def fetch(
         except FetchError as exc:
             failures.append(exc)
             wait, why_not = _next_wait(exc, len(failures), limits.attempts, until)
+            if wait is not None:
+                # The host's other downloads may have it given up, before the wait or during it.
+                given_up = hosts and hosts.refusal(first_host)
+                if not given_up:
+                    time.sleep(wait)  # holding no connection slot: the exchange is over
+                    given_up = hosts and hosts.refusal(first_host)
+                if given_up:
+                    wait, why_not = None, f"not retried: {given_up}"
             if wait is None:
                 error = _gave_up(failures, why_not)
                 if error is exc:
                     raise
                 raise error from exc
-            time.sleep(wait)  # holding no connection slot: the exchange is over
 
 
 def _download(
@@ -503,6 +652,9 @@ def _download(
     for _hop in range(limits.max_redirects + 1):
         target = _check(url, allow, resolver)
         conditional = _conditional_headers(validators) if url == conditional_url else {}
+        refusal = hosts and hosts.refusal(target.netloc)
+        if refusal:
+            raise FetchError("host_down", f"{refusal}; not tried")
         slot = hosts.slot(target.netloc, clock.remaining()) if hosts else contextlib.nullcontext()
         with slot, _exchange(
             "GET", target, clock, connect_timeout=limits.connect_timeout, read_timeout=limits.read_timeout,
@@ -652,7 +804,7 @@ def _retry_after(value: str | None) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdecimal():
+    if value.isascii() and value.isdecimal():  # delta-seconds: ASCII digits only (RFC 9110 10.2.3)
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

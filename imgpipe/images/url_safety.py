@@ -166,7 +166,8 @@ class _AllowEntry:
 
 
 def _parse_port(text: str, entry: str) -> int:
-    if not text.isdecimal() or not 0 < int(text) < 65536:
+    # ASCII digits only: int() would read Arabic-Indic '٨٠' as 80.
+    if not (text.isascii() and text.isdecimal()) or not 0 < int(text) < 65536:
         raise ValueError(f"IMGPIPE_ALLOW_PRIVATE_HOSTS: bad port in {entry!r}")
     return int(text)
 

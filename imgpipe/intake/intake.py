@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from imgpipe.intake.csv_schema import RowError, UploadRejected, parse_upload
 from imgpipe.settings import Limits
-from imgpipe.status.models import Source
+from imgpipe.status.idempotency import KeyTaken
+from imgpipe.status.models import RequestRow, Source
 from imgpipe.status.store import StatusStore
 from imgpipe.storage import ERRORS_NAME, Storage
 from imgpipe.text import printable
@@ -26,6 +28,12 @@ from imgpipe.text import printable
 # Below the 255 bytes most file systems allow in a name.
 MAX_KEPT_NAME_BYTES = 200
 DEFAULT_FILE_NAME = "upload.csv"
+# How long an upload whose Idempotency-Key another upload has claimed waits for that one's request to be recorded:
+# validating, keeping and recording a CSV of the largest size allowed takes a few seconds.
+KEY_WAIT_SECONDS = 10.0
+# A claimed key whose request is still not recorded this long after was left by an intake that died (a killed
+# process): the next upload with the key takes it over.
+KEY_CLAIM_EXPIRY = timedelta(minutes=2)
 
 
 # The webhook URL rule, one pattern for the API's document and for the check of every entry (which adds, with
@@ -93,6 +101,42 @@ def take_upload(store: StatusStore, storage: Storage, limits: Limits, upload: Up
         store.record_accepted(request_id, source=upload.source, file_name=shown_name, webhook_url=upload.webhook_url,
                               manifest=manifest, idempotency_key=upload.idempotency_key, fresh=upload.fresh)
     return IntakeResult(request_id, shown_name, accepted=not errors, errors=tuple(errors))
+
+
+class KeyPending(RuntimeError):
+    """The upload that claimed this Idempotency-Key first has not recorded its request within the wait."""
+
+
+def take_upload_once(store: StatusStore, storage: Storage, limits: Limits, upload: Upload, *,
+                     wait: float = KEY_WAIT_SECONDS, expiry: timedelta = KEY_CLAIM_EXPIRY) -> IntakeResult | RequestRow:
+    """`take_upload` of an upload with an idempotency key, once per key however many processes receive it: the key
+    is claimed in the status store first, and only the upload that claims it is taken (its IntakeResult). Any other
+    gets the key's request (its RequestRow) once it is recorded, waiting up to `wait` seconds for it; KeyPending when
+    it is not recorded by then."""
+    key = upload.idempotency_key
+    request_id = new_request_id()
+    deadline = time.monotonic() + wait
+    pause = 0.02
+    while True:
+        owner = store.claim_idempotency_key(key, request_id, expiry)
+        if owner == request_id:
+            try:
+                return take_upload(store, storage, limits, upload, request_id=request_id)
+            except KeyTaken:
+                # This intake outlived its claim's expiry and another upload took the key over: nothing was
+                # recorded, and what was kept goes; the key's request is the other upload's.
+                storage.delete_request(request_id)
+                continue
+            except BaseException:
+                store.release_idempotency_key(key, request_id)
+                raise
+        recorded = store.get_request(owner)
+        if recorded is not None:
+            return recorded
+        if time.monotonic() >= deadline:
+            raise KeyPending(f"request {owner}, the first with this Idempotency-Key, is still being recorded")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
 
 
 def webhook_url_problems(url: str, max_length: int) -> list[RowError]:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import duckdb
 import pandas as pd
 
-from imgpipe.status.store import EXISTING_COLUMNS, SCHEMA, StatusStore, T, missing_columns
+from imgpipe.status.store import EXISTING_COLUMNS, SCHEMA, StatusStore, T, upgrades
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
@@ -105,7 +105,12 @@ class DuckDBStatusStore(StatusStore):
 
     def _create_schema(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._session() as con:
+
+        def create(con: duckdb.DuckDBPyConnection) -> None:
+            before = set(con.execute(EXISTING_COLUMNS).fetchall())
             con.execute(SCHEMA)
-            for statement in missing_columns(set(con.execute(EXISTING_COLUMNS).fetchall())):
+            for statement in upgrades(before, set(con.execute(EXISTING_COLUMNS).fetchall())):
                 con.execute(statement)
+
+        with self._session() as con:
+            self._in_transaction(con, create)  # an upgrade interrupted half-way is done again whole

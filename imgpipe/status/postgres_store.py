@@ -15,7 +15,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2.extras import execute_values
 
-from imgpipe.status.store import EXISTING_COLUMNS, SCHEMA, StatusStore, T, missing_columns
+from imgpipe.status.store import EXISTING_COLUMNS, SCHEMA, StatusStore, T, upgrades
 
 # SQLSTATEs after which the whole transaction is simply run again: serialization_failure, deadlock_detected.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
@@ -94,7 +94,9 @@ class PostgresStatusStore(StatusStore):
         with contextlib.closing(self._connect()) as con:
             with con, con.cursor() as cur:  # one transaction, committed on leaving
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK_KEY])
+                cur.execute(EXISTING_COLUMNS)
+                before = set(cur.fetchall())
                 cur.execute(SCHEMA)
                 cur.execute(EXISTING_COLUMNS)
-                for statement in missing_columns(set(cur.fetchall())):
+                for statement in upgrades(before, set(cur.fetchall())):
                     cur.execute(statement)

@@ -100,10 +100,10 @@ def verify(secret: str, headers: dict, body: bytes, tolerance: float = 300) -> b
     signatures = lowered.get("webhook-signature")
     if not (msg_id and timestamp and signatures):
         return False
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
+    # Unix seconds in ASCII digits: int() would also read ' 1', '+1', '1_0' and Arabic-Indic digits.
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         return False
+    sent_at = int(timestamp)
     if abs(time.time() - sent_at) > tolerance:
         return False
     # The header as sent, not its parsed value, is what the sender signed.
