@@ -456,7 +456,7 @@ def run_many_small(server: ImageServer, work: Path, corpus: str, count: int, per
         rows = daemon.wait(f"{count} small requests", all_terminal, 600 + 10 * count)
         from dagster import RunsFilter
 
-        from imgpipe.defs.jobs import request_tag
+        from imgpipe.runs.tags import request_tag
         run_ids = {r.dagster_run.run_id for row in rows
                    for r in daemon.instance.get_run_records(RunsFilter(tags={request_tag(row.request_id): "true"}))}
     small_s = max(_utc_epoch(r.completed_at) for r in rows) - first_drop

@@ -58,15 +58,13 @@ def _error_message(response: requests.Response) -> str:
 # Modules are imported only where needed: the API pulls in FastAPI, pandas and pandera, the store DuckDB,
 # which `submit` does without.
 def run_api(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from imgpipe.api.app import create_app
+    from imgpipe.api.server import serve
     from imgpipe.logs import uvicorn_log_config
 
-    # uvicorn's lines and the API's own, in one format (IMGPIPE_LOG_FORMAT).
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
-                log_config=uvicorn_log_config(settings))
-    return 0
+    # uvicorn's lines and the API's own, in one format (IMGPIPE_LOG_FORMAT); slow clients bounded (server.py).
+    started = serve(create_app(settings), settings, args.host, args.port, uvicorn_log_config(settings))
+    return 0 if started else 3  # uvicorn's own exit code when it cannot start
 
 
 def run_stack(args: argparse.Namespace, settings: Settings) -> int:
@@ -136,14 +134,25 @@ def retry(args: argparse.Namespace, settings: Settings) -> int:
     except NotRetryable as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"{todo} image(s) of request {args.request_id} will be processed again; "
-          f"the running daemon starts a run within about {settings.sensor_interval} s")
+    print(f"{todo} image(s) of request {args.request_id} will be processed again; " + launch_retry(
+        settings, store, args.request_id))
     if not args.wait:
         return 0
     storage = open_storage(settings)
     return report_outcome(wait_until_terminal(
         lambda: request_document(store, storage, settings, args.request_id, view="summary").model_dump(mode="json"),
         sys.stderr))
+
+
+def launch_retry(settings: Settings, store, request_id: str) -> str:
+    """Queues the retried request's run for the daemon now; what the person is told of it."""
+    from imgpipe.runs.launch import launcher_at_once
+
+    launcher = launcher_at_once(settings, store, start_here=False)
+    run_id = launcher.launch(request_id) if launcher else None
+    if run_id:
+        return f"run {run_id} is queued for the running daemon"
+    return f"the running daemon starts a run within about {settings.sensor_interval} s"
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
@@ -161,7 +170,8 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def purge(args: argparse.Namespace, settings: Settings) -> int:
-    """Whole requests older than --older-than: their files, rows and Dagster partitions; prints each ID."""
+    """Whole requests older than --older-than: their files, rows and Dagster partitions; prints each ID. A request
+    that has not ended is refused with the reason (exit 2), the others asked for are purged all the same."""
     from dagster import DagsterInstance
 
     from imgpipe.backends import open_status_store, open_storage
@@ -179,10 +189,15 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
     if instance is None and not args.dry_run:
         print(f"note: no Dagster instance at {dagster_home}; partitions are left as they are", file=sys.stderr)
     forget = partition_forgetter(instance, delete_runs=args.runs) if instance is not None else None
-    for request in purge(open_status_store(settings), open_storage(settings), plan, dry_run=args.dry_run,
+    refused = False
+    for outcome in purge(open_status_store(settings), open_storage(settings), plan, dry_run=args.dry_run,
                          forget_partition=forget):
-        print(request.request_id, flush=True)
-    return 0
+        if outcome.refused:
+            print(f"imgpipe purge: {outcome.refused}", file=sys.stderr, flush=True)
+            refused = True
+        else:
+            print(outcome.request.request_id, flush=True)
+    return 2 if refused else 0
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -197,6 +212,13 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.distributed:
         print("imgpipe worker runs the distributed profile's steps: set IMGPIPE_PROFILE=distributed "
               "(see README, Scaling out)", file=sys.stderr)
+        return 2
+    # What a step will need (the Dagster instance's variables too), checked before any step is taken.
+    from imgpipe.instance import refuse, worker_problems
+
+    problems = worker_problems(os.environ)
+    if problems:
+        print(f"imgpipe worker: {refuse(problems)}", file=sys.stderr)
         return 2
     app = make_app(CeleryExecutor.for_cli(**celery_config(settings)).app_args())
     # A step whose run has ended is not run (a message given back by a lost worker, taken after its run
@@ -250,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="by creation time: 90s, 15m, 12h or 30d")
     forget.add_argument("--dry-run", action="store_true", help="list what would be purged, delete nothing")
     forget.add_argument("--status", metavar="S,...",
-                        help="only requests in these statuses (default: every terminal status)")
+                        help="only requests in these statuses (default: every terminal status; a queued or "
+                             "processing request is refused until its run is cancelled)")
     forget.add_argument("--runs", action="store_true", help="delete the requests' Dagster runs too")
     forget.set_defaults(run=purge)
 

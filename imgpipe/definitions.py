@@ -6,7 +6,8 @@ from dagster import Definitions
 
 from imgpipe.backends import io_managers
 from imgpipe.defs.assets import compressed_images, output_csv, upload_manifest, webhook
-from imgpipe.defs.jobs import PROCESS_REQUEST, PROCESS_REQUESTS, jobs_for
+from imgpipe.defs.jobs import jobs_for
+from imgpipe.runs.tags import PROCESS_REQUEST, PROCESS_REQUESTS
 from imgpipe.defs.resources import ImgpipeResource
 from imgpipe.defs.schedules import purge_old_requests_job, schedules_for
 from imgpipe.defs.sensors import build_sensors

@@ -45,6 +45,8 @@ class Limits(BaseModel):
     max_url_length: int = Field(2048, ge=1, description="Characters an image URL may have.")
     per_host_connections: int = Field(4, ge=1, description="Connections one step opens to one image host at once.")
     fetch_attempts: int = Field(3, ge=1, description="Attempts per image download (network errors, 408, 429, 5xx).")
+    request_deadline: float = Field(
+        3600.0, gt=0, description="Seconds a request's processing may take as a whole, from its run's start.")
 
     @property
     def process_memory_bytes(self) -> int:
@@ -91,6 +93,14 @@ class Settings(Limits):
         None, ge=1, description="Processing runs at once; unset: derived from the CPU count and the memory.")
     retention_days: Optional[int] = Field(
         None, ge=1, description="Requests older than this many days are purged daily; unset: kept forever.")
+    api_header_timeout: float = Field(
+        10.0, gt=0, description="REST API: seconds a connection has for a request's headers, from its opening (the "
+                                "first request) or the request's first byte (a later one); then it is closed.")
+    api_keepalive_timeout: float = Field(
+        5.0, gt=0, description="REST API: seconds an idle connection is kept open after an answer.")
+    api_max_connections: int = Field(
+        1000, ge=1, description="REST API: connections open at once; past it the one waiting longest for a "
+                                "request is closed.")
 
     @field_validator("home", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import boto3
 import psycopg2
@@ -163,9 +164,12 @@ class DistributedStack:
     # ------------------------------------------------------------------ what they did
 
     def instance(self) -> DagsterInstance:
-        """The shared Dagster instance, as this test's own process loads it (its own DAGSTER_HOME and TMPDIR)."""
+        """The shared Dagster instance, as this test's own process loads it (its own DAGSTER_HOME and TMPDIR). It
+        checks, as it loads, that the environment has every variable of the distributed profile: this process's
+        own settings are the embedded profile's, so the stack's are lent to it meanwhile."""
         env = self.env_of("test")
-        return DagsterInstance.from_config(env["DAGSTER_HOME"])
+        with mock.patch.dict(os.environ, env):
+            return DagsterInstance.from_config(env["DAGSTER_HOME"])
 
     def post(self, rows: list[list[str]], hook: str) -> str:
         answer = requests.post(f"{self.api}/requests", files={"file": ("dist.csv", csv_for(rows), "text/csv")},

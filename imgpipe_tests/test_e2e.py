@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,67 +18,10 @@ from dagster import DagsterInstance, RunsFilter
 from PIL import Image
 from standardwebhooks import Webhook
 
-from imgpipe.defs.jobs import request_tag
-from imgpipe.status.duckdb_store import DuckDBStatusStore
-from imgpipe.status.models import RequestRow
+from imgpipe.runs.tags import request_tag
 from imgpipe_tests.images import save_jpeg
-from imgpipe_tests.servers import REPO, IsolatedHome, WebhookReceiver, drop_into_inbox, free_port, product_csv, wait_for
-
-BIN = Path(sys.executable).parent
-TERMINAL = {"completed", "completed_with_errors", "failed", "rejected"}
-
-
-class Stack:
-    def __init__(self, root: Path):
-        self.api_port = free_port()
-        self.api = f"http://127.0.0.1:{self.api_port}"
-        isolated = IsolatedHome.create(root, public_base_url=self.api)
-        self.home, self.dagster_home, self.env = isolated.home, isolated.dagster_home, isolated.env
-        self.env["IMGPIPE_WEBHOOK_RETRY_DELAYS"] = "1,2,30"
-        self.store = DuckDBStatusStore(self.home / "imgpipe.duckdb")
-        self.logs = root
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self):
-        for name, cmd in (("daemon", [BIN / "dagster-daemon", "run", "-w", "workspace.yaml"]),
-                          ("api", [BIN / "imgpipe", "api", "--port", str(self.api_port)])):
-            self.procs.append(subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=self.env,
-                                               stdout=open(self.logs / f"{name}.log", "wb"),
-                                               stderr=subprocess.STDOUT, start_new_session=True))
-        assert wait_for(self._healthy, 60), "the API did not come up"
-
-    def _healthy(self) -> bool:
-        try:
-            return requests.get(f"{self.api}/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def stop(self):
-        for proc in self.procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-    def drop(self, name: str, text: str) -> None:
-        drop_into_inbox(self.home, name, text)
-
-    def request_for(self, file_name: str, timeout: float) -> RequestRow:
-        found = wait_for(lambda: self.store.latest_request_for_file(file_name), timeout)
-        assert found, f"no request for {file_name}; daemon log: {self.log_tail()}"
-        return found
-
-    def wait_terminal(self, request_id: str, timeout: float) -> RequestRow:
-        request = wait_for(lambda: (r := self.store.get_request(request_id)) and r.status in TERMINAL and r,
-                           timeout)
-        assert request, f"{request_id} not terminal: {self.store.get_request(request_id)}; {self.log_tail()}"
-        return request
-
-    def log_tail(self) -> str:
-        return (self.logs / "daemon.log").read_text(errors="replace")[-1500:]
-
+from imgpipe_tests.servers import REPO, WebhookReceiver, product_csv, wait_for
+from imgpipe_tests.stack import BIN, TERMINAL, Stack, run_workers
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
@@ -171,26 +113,6 @@ def test_webhook_is_retried_after_two_503s_and_delivered_once(stack, image_serve
     assert len({c["headers"]["webhook-id"] for c in receiver.calls}) == 1
     assert [c["code"] for c in receiver.calls] == [503, 503, 200]
     receiver.close()
-
-
-def run_workers(stack: Stack) -> list[int]:
-    """The stack's run worker processes: what its code server spawned to execute a run (another stack's on the
-    same machine, a benchmark's or a second test session's, have another DAGSTER_HOME and are left alone)."""
-    home = f"DAGSTER_HOME={stack.dagster_home}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            parent_cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ")
-            environment = (entry / "environ").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"multiprocessing.spawn" in cmdline and b"dagster api grpc" in parent_cmdline and home in environment:
-            pids.append(int(entry.name))
-    return pids
 
 
 def test_a_killed_run_ends_failed_and_a_retry_finishes_without_redoing_work(stack, image_server, image_root):

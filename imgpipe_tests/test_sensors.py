@@ -2,12 +2,23 @@
 its own, shared runs, room for runs), partitions, webhook retries."""
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import duckdb
 import pytest
-from dagster import build_sensor_context, instance_for_test
+from dagster import DagsterRun, DagsterRunStatus, RunsFilter, build_sensor_context, instance_for_test
+from dagster._core.utils import make_new_run_id
+
+from imgpipe.backends import open_storage
+from imgpipe.intake.intake import Upload, take_upload
+from imgpipe.runs.launch import RunLauncherAtOnce
+from imgpipe.status.models import Source
 
 from imgpipe.definitions import build_defs
 from imgpipe.settings import Settings
-from imgpipe.defs.jobs import request_tag
+from imgpipe.runs.tags import request_tag
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.store import utcnow
 from imgpipe_tests.servers import drop_into_inbox, product_csv
@@ -20,7 +31,9 @@ def home(tmp_path):
     """Definitions, a store and a Dagster instance over a home of the test's own."""
     settings = Settings(home=tmp_path / "home", max_runs=2)
     defs = build_defs(settings, secrets_from_env=False)
-    with instance_for_test() as instance:
+    # Runs submitted are queued (as in dagster.yaml), not started: these tests look at what is asked for.
+    with instance_for_test(overrides={"run_coordinator": {
+            "module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}}) as instance:
         yield settings, defs, DuckDBStatusStore(settings.db_path), instance
 
 
@@ -30,18 +43,36 @@ def evaluate(home, name: str = "inbox_sensor"):
         return defs.resolve_sensor_def(name)(context)
 
 
+def settle_run_keys(settings: Settings) -> None:
+    """As if DIRECT_LAUNCH_GRACE had passed since every run key was given."""
+    with duckdb.connect(str(settings.db_path)) as con:
+        con.execute("UPDATE requests SET run_key_at = run_key_at - INTERVAL 61 SECOND")
+
+
 def test_a_dropped_file_becomes_a_partition_and_one_run_request(home):
     settings, _, store, _ = home
     drop_into_inbox(settings.home_dir, "chairs.csv", GOOD)
     result = evaluate(home)
     request_id = store.latest_request_for_file("chairs.csv").request_id
     [run] = result.run_requests
-    assert (run.run_key, run.partition_key, run.job_name) == (f"{request_id}:0", request_id, "process_request")
+    # A small request alone: the one-step job, which records the partition's materializations.
+    assert (run.run_key, run.job_name) == (f"{request_id}:0", "process_requests_job")
+    assert run.run_config == {"ops": {"process_requests": {"config": {"request_ids": [request_id]}}}}
     assert run.tags["imgpipe/request_id"] == request_id and run.tags["imgpipe/file_name"] == "chairs.csv"
     [add] = result.dynamic_partitions_requests
     assert add.partition_keys == [request_id] and add.partitions_def_name == "requests"
-    again = evaluate(home)  # the next tick asks for the same run: Dagster launches it once
+    assert evaluate(home).run_requests == []  # asked for once; its launcher has DIRECT_LAUNCH_GRACE to create it
+    settle_run_keys(settings)
+    again = evaluate(home)  # then asked for again, the same run: Dagster launches it once
     assert [r.run_key for r in again.run_requests] == [run.run_key]
+
+
+def test_a_large_request_alone_runs_its_partition_of_the_asset_job(home):
+    settings, _, store, _ = home
+    drop_into_inbox(settings.home_dir, "big.csv", product_csv([[f"https://img.example/{i}.jpg"] for i in range(500)]))
+    [run] = evaluate(home).run_requests
+    request_id = store.latest_request_for_file("big.csv").request_id
+    assert (run.run_key, run.partition_key, run.job_name) == (f"{request_id}:0", request_id, "process_request")
 
 
 def test_a_rejected_file_launches_nothing(home):
@@ -75,6 +106,7 @@ def test_new_runs_wait_while_the_machine_has_no_room_and_then_group(home):
     assert len(first.run_requests) == 2  # each large request alone: the two runs fill the room (max_runs=2)
     drop_into_inbox(settings.home_dir, "small-1.csv", GOOD)
     drop_into_inbox(settings.home_dir, "small-2.csv", GOOD)
+    settle_run_keys(settings)
     waiting = evaluate(home)
     assert {r.run_key for r in waiting.run_requests} == {r.run_key for r in first.run_requests}
     small = [store.latest_request_for_file(f"small-{i}.csv") for i in (1, 2)]
@@ -110,3 +142,57 @@ def test_a_webhook_attempt_that_falls_due_gets_one_run_of_its_own(home):
     [run] = evaluate(home, "webhook_retry_sensor")
     assert run.run_key == "msg_1:1"  # one run per attempt, however many ticks see it due
     assert run.run_config == {"ops": {"attempt_webhook": {"config": {"webhook_id": "msg_1"}}}}
+
+
+def test_a_processing_request_whose_run_failed_unseen_is_ended_by_the_backstop(home):
+    settings, _, store, instance = home
+    drop_into_inbox(settings.home_dir, "cut.csv", GOOD)
+    evaluate(home)
+    request_id = store.latest_request_for_file("cut.csv").request_id
+    run = instance.add_run(DagsterRun(job_name="process_requests_job", run_id=make_new_run_id(),
+                                      status=DagsterRunStatus.FAILURE))
+    store.start_processing(request_id, run.run_id)
+    [end] = evaluate(home, "ended_run_sensor")
+    assert end.run_key == run.run_id
+    assert end.run_config["ops"]["end_failed_request"]["config"]["request_ids"] == [request_id]
+    store.finish_request(request_id, "failed", "ended")
+    assert "no processing request" in str(evaluate(home, "ended_run_sensor"))
+
+
+def test_a_request_launched_at_once_is_never_also_asked_for_by_the_sensor(home):
+    """Many uploads, each launched at once from its own thread while the inbox sensor ticks over and over: every
+    request is launched by exactly one of the two, and gets exactly one run."""
+    settings, _, store, instance = home
+    settings = settings.model_copy(update={"max_runs": 100})
+    launcher = RunLauncherAtOnce(settings, store, instance, start_here=False)
+    storage = open_storage(settings)
+
+    def upload_and_launch(index: int) -> tuple[str, str | None]:  # as the API does
+        upload = Upload(GOOD.replace("Chair", f"Chair {index}").encode(), f"u{index}.csv", Source.API)
+        request_id = take_upload(store, storage, settings, upload).request_id
+        time.sleep(index % 4 * 0.4)  # some launches come late: the sensor's tick takes those first
+        return request_id, launcher.launch(request_id)
+
+    asked_by_sensor: list[str] = []
+    stop = threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            for run in evaluate((settings, *home[1:])).run_requests:
+                asked_by_sensor.extend(run.run_config["ops"]["process_requests"]["config"]["request_ids"])
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    with ThreadPoolExecutor(4) as pool:
+        launched = dict(pool.map(upload_and_launch, range(16)))
+    stop.set()
+    ticker.join()
+    request_ids = list(launched)
+    for run in evaluate((settings, *home[1:])).run_requests:  # the sensor's tick after the last upload
+        asked_by_sensor.extend(run.run_config["ops"]["process_requests"]["config"]["request_ids"])
+    at_once = {request_id for request_id, run_id in launched.items() if run_id}
+    assert at_once and asked_by_sensor and not at_once & set(asked_by_sensor)
+    assert at_once | set(asked_by_sensor) == set(request_ids)
+    for request_id in at_once:
+        [run] = instance.get_runs(RunsFilter(tags={request_tag(request_id): "true"}))
+        assert run.tags["dagster/sensor_name"] == "inbox_sensor" and run.tags["dagster/run_key"] == f"{request_id}:0"

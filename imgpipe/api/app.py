@@ -7,11 +7,13 @@ or `rejected`. Status is read from the store (`GET /requests/{id}` whole, paged 
 reads the environment: `imgpipe.cli` passes the settings in.
 
 Modules: `uploads` (the body, streamed through python-multipart under limits), `auth` (the bearer token),
-`models` (request and response bodies), `errors` (the one error shape), `openapi` (what FastAPI cannot infer).
+`models` (request and response bodies), `errors` (the one error shape), `openapi` (what FastAPI cannot infer),
+`server` (how `imgpipe api` serves the app: uvicorn with deadlines and a bound for slow clients).
 """
 
-import asyncio
+import contextlib
 import functools
+import json
 import threading
 from datetime import timezone
 import logging
@@ -22,10 +24,12 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.background import BackgroundTask
 
 from imgpipe.api import openapi
 from imgpipe.api.auth import BearerAuth
 from imgpipe.api.errors import EXCEPTION_HANDLERS, ApiError
+from imgpipe.api.launching import LaunchAtOnce
 from imgpipe.api.models import Accepted, Health, Purged
 from imgpipe.api.uploads import ReceivedUpload, read_upload
 from imgpipe.backends import open_status_store, open_storage
@@ -33,9 +37,11 @@ from imgpipe.intake.csv_schema import RowError, UploadRejected, parse_upload
 from imgpipe.intake.intake import (
     WEBHOOK_URL_PATTERN,
     IntakeResult,
+    KeyPending,
     Upload,
     kept_name,
     take_upload,
+    take_upload_once,
     webhook_url_problems,
 )
 from imgpipe.logs import current_request_id, request_context
@@ -100,8 +106,12 @@ class Api:
         self.health_store: StatusStore = SerializedStore(
             open_status_store(settings, lock_timeout=HEALTH_LOCK_TIMEOUT), self.store_lock)
         self.storage = storage or open_storage(settings)
-        # Makes "look up the Idempotency-Key, else take the upload" atomic within this process.
-        self.intake_lock = asyncio.Lock()
+        self.launcher = LaunchAtOnce(settings, self.store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI):
+        self.launcher.start()
+        yield
 
     async def in_store(self, function: Callable[..., T], *args, **kwargs) -> T:
         """`function` in the threadpool, holding the store lock throughout (it reads the store only)."""
@@ -126,14 +136,12 @@ class Api:
         # The form's field and file name win over the query's; an empty webhook URL means none.
         upload = Upload(content=received.content, file_name=received.file_name or file_name or "", source=Source.API,
                         webhook_url=received.webhook_url or webhook_url or None, idempotency_key=key, fresh=fresh)
-        if key is None:
+        try:
             result = await self._take(upload)
-        else:
-            async with self.intake_lock:
-                existing = await self.in_store(self.store.find_by_idempotency_key, key)
-                if existing is not None:
-                    return await self._replay(existing, upload)
-                result = await self._take(upload)
+        except KeyPending as exc:
+            raise ApiError(503, f"{exc}; send the upload again in a moment", headers={"Retry-After": "1"}) from exc
+        if isinstance(result, RequestRow):  # the key's request, taken before or at the same time by another call
+            return await self._replay(result, upload)
         # This call's later log lines (uvicorn's access line too: same task) are about this request.
         current_request_id.set(result.request_id)
         if not result.accepted:
@@ -163,10 +171,12 @@ class Api:
             return list(exc.errors)
         return []
 
-    async def _take(self, upload: Upload) -> IntakeResult:
+    async def _take(self, upload: Upload) -> IntakeResult | RequestRow:
         # In the threadpool without the store lock: parsing the CSV and writing the storage need not hold up
-        # other requests; each store call inside takes the lock (SerializedStore).
-        return await run_in_threadpool(take_upload, self.store, self.storage, self.settings, upload)
+        # other requests; each store call inside takes the lock (SerializedStore). An upload with an
+        # Idempotency-Key is taken once per key, whichever API process sharing the store receives it first.
+        take = take_upload if upload.idempotency_key is None else take_upload_once
+        return await run_in_threadpool(take, self.store, self.storage, self.settings, upload)
 
     def _accepted(self, request_id: str, replayed: bool = False) -> JSONResponse:
         status_url = self.settings.status_url(request_id)
@@ -300,7 +310,8 @@ def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
     # /docs and /redoc are off: /openapi.json (guarded like the rest) is the description. No redirect from
     # `/requests/` to `/requests`: a path is either a route or a 404 in the one error shape.
     app = FastAPI(title="imgpipe", version="1", description=openapi.DESCRIPTION, openapi_url=None, docs_url=None,
-                  redoc_url=None, redirect_slashes=False, exception_handlers=EXCEPTION_HANDLERS)
+                  redoc_url=None, redirect_slashes=False, exception_handlers=EXCEPTION_HANDLERS,
+                  lifespan=api.lifespan)
     app.state.api = api
     guarded = functools.partial(openapi.security, settings, True)
     errors = functools.partial(openapi.responses, settings)
@@ -323,7 +334,10 @@ def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
         fresh: Annotated[bool, Query(
             description="true: fetch and encode every image again, whatever earlier requests left")] = False,
     ) -> JSONResponse:
-        return await api.create_request(request, idempotency_key, webhook_url, file_name, fresh)
+        response = await api.create_request(request, idempotency_key, webhook_url, file_name, fresh)
+        if response.status_code == 202 and "Idempotent-Replayed" not in response.headers:
+            response.background = BackgroundTask(api.launcher.launch, json.loads(response.body)["request_id"])
+        return response
 
     @app.get("/requests/{request_id}", operation_id="getRequest",
              response_model=RequestDocument | RequestPage | RequestSummary,

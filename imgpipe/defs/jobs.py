@@ -33,23 +33,11 @@ from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.intake.launchpad import read_csv_source
 from imgpipe.output.completion import complete_request
 from imgpipe.processing import process_requests as process_requests_here
+from imgpipe.runs.launch import RunLauncherAtOnce
+from imgpipe.runs.tags import KIND_TAG, PROCESS_REQUEST, PROCESS_REQUESTS
 from imgpipe.settings import Settings
 from imgpipe.status.models import Source
 from imgpipe.webhooks.delivery import deliver
-
-PROCESS_REQUEST = "process_request"
-PROCESS_REQUESTS = "process_requests_job"
-RUN_KEY_TAG = "imgpipe/run_key"
-
-
-def request_tag(request_id: str) -> str:
-    """A tag of every processing run that holds the request, its own or shared: the Runs page filters by it."""
-    return f"imgpipe-request/{request_id}"  # one "/" only: Dagster deprecates keys of more sections
-# Tags the run coordinator and the Runs page sort by: processing runs are limited to what the machine can
-# take at once, the short jobs that end requests and deliver webhooks never wait behind them.
-KIND_TAG = "imgpipe/kind"
-REQUEST_TAG = "imgpipe/request_id"
-
 
 def process_request_job(settings: Settings):
     """An asset job (resolved against the assets when `Definitions` is built)."""
@@ -74,16 +62,19 @@ class SubmitCsvConfig(Config):
 
 @op
 def submit_csv(context: OpExecutionContext, config: SubmitCsvConfig, imgpipe: ImgpipeResource) -> str:
-    """Takes the CSV in, the same intake as every other upload; the inbox sensor launches its run."""
-    settings = imgpipe.settings()
+    """Takes the CSV in, the same intake as every other upload, and queues its run at once."""
+    settings, store = imgpipe.settings(), imgpipe.store()
     data, file_name = read_csv_source(settings, config.csv)
-    result = take_upload(imgpipe.store(), imgpipe.storage(), settings,
+    result = take_upload(store, imgpipe.storage(), settings,
                          Upload(data, file_name, Source.FOLDER, webhook_url=config.webhook_url, fresh=config.fresh))
     metadata = {"request_id": result.request_id, "file_name": result.file_name,
                 "status_url": MetadataValue.url(settings.status_url(result.request_id))}
     if not result.accepted:
         raise Failure(description=f"{file_name} was rejected with {len(result.errors)} problem(s)", metadata={
             **metadata, "errors": MetadataValue.md("\n".join(f"- {error}" for error in result.errors))})
+    run_id = RunLauncherAtOnce(settings, store, context.instance, start_here=False).launch(result.request_id)
+    if run_id:
+        metadata["run_id"] = run_id
     context.add_output_metadata(metadata)
     return result.request_id
 

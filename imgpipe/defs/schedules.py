@@ -11,7 +11,7 @@ from dagster import (
 )
 
 from imgpipe.defs.assets import requests_partitions
-from imgpipe.defs.jobs import KIND_TAG, REQUEST_TAG
+from imgpipe.runs.tags import KIND_TAG, REQUEST_TAG
 from imgpipe.defs.resources import ImgpipeResource
 from imgpipe.retention import PurgePlan, parse_statuses, purge
 from imgpipe.settings import Settings
@@ -33,9 +33,15 @@ def partition_forgetter(instance: DagsterInstance, delete_runs: bool):
 @op
 def purge_old_requests(context: OpExecutionContext, imgpipe: ImgpipeResource) -> None:
     settings = imgpipe.settings()
+    # Only requests that have ended; one that a retry queued again since it was listed is refused by the store.
     plan = PurgePlan(older_than=settings.retention_period, statuses=parse_statuses(None))
-    purged = [r.request_id for r in purge(imgpipe.store(), imgpipe.storage(), plan,
-                                          forget_partition=partition_forgetter(context.instance, delete_runs=False))]
+    purged = []
+    for outcome in purge(imgpipe.store(), imgpipe.storage(), plan,
+                         forget_partition=partition_forgetter(context.instance, delete_runs=False)):
+        if outcome.refused:
+            context.log.warning(f"not purged: {outcome.refused}")
+        else:
+            purged.append(outcome.request.request_id)
     context.log.info(f"purged {len(purged)} request(s) older than {settings.retention_days} day(s): "
                      + ", ".join(purged))
 

@@ -11,7 +11,6 @@ from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
-    RunsFilter,
     RunStatusSensorContext,
     SensorDefinition,
     SensorEvaluationContext,
@@ -23,40 +22,38 @@ from dagster import (
 
 from imgpipe.backends import open_status_store, open_storage, processing_run_limit
 from imgpipe.defs.assets import requests_partitions
-from imgpipe.defs.jobs import (
-    KIND_TAG,
-    REQUEST_TAG,
-    RUN_KEY_TAG,
-    request_tag,
-    deliver_webhook_job,
-    end_failed_run_job,
-)
+from imgpipe.defs.jobs import deliver_webhook_job, end_failed_run_job
 from imgpipe.defs.resources import ImgpipeResource
 from imgpipe.intake.inbox import Inbox
-from imgpipe.run_plan import plan_runs, single_run_key
+from imgpipe.run_plan import plan_runs
+from imgpipe.runs.launch import DIRECT_LAUNCH_GRACE, INBOX_SENSOR, processing_runs_going, run_request
+from imgpipe.runs.tags import KIND_TAG, REQUEST_TAG, RUN_KEY_TAG
 from imgpipe.status.models import RequestRow
+from imgpipe.status.store import utcnow
 from imgpipe.settings import Settings
 
 # A queued webhook that no run attempted within this many seconds lost its run; the retry sensor takes it.
 FIRST_ATTEMPT_GRACE_SECONDS = 90
+# How often processing requests are checked for a run that ended without them.
+ENDED_RUN_CHECK_SECONDS = 15
 # The short jobs go before queued processing runs.
 URGENT = {"dagster/priority": "10"}
-RUNS_GOING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
-              DagsterRunStatus.STARTED]
 
 
 def build_sensors(settings: Settings, process_job, shared_job) -> list[SensorDefinition]:
     """`process_job`: a request's own run (its partition's asset job); `shared_job`: small requests together."""
-    @sensor(jobs=[process_job, shared_job], minimum_interval_seconds=settings.sensor_interval,
+    @sensor(name=INBOX_SENSOR, jobs=[process_job, shared_job], minimum_interval_seconds=settings.sensor_interval,
             default_status=DefaultSensorStatus.RUNNING)
     def inbox_sensor(context: SensorEvaluationContext, imgpipe: ImgpipeResource) -> SensorResult:
-        """Takes new CSVs from the inbox, then launches the runs of the queued requests: a large request in a run
-        of its own (the partition's asset job), small ones queued together in shared runs.
+        """Takes new CSVs from the inbox, then launches the runs of the queued requests that no launch at once took
+        (folder drops; requests that came while every run slot was taken): a large request in a run of its own
+        (the partition's asset job), small ones queued together in shared runs.
 
         Each request is given its run key once (kept in the status store until it is queued again), so every
-        tick asks for the same runs and Dagster launches each once, daemon restarts included. New runs are
+        later ask is for the same run and Dagster launches each once, daemon restarts included. New runs are
         started only while fewer than `processing_run_limit` are going: the requests that wait meanwhile are
-        grouped into fewer, fuller runs when room comes."""
+        grouped into fewer, fuller runs when room comes. A key given by a launch at once is left to its
+        launcher for DIRECT_LAUNCH_GRACE (`imgpipe.runs.launch`)."""
         settings = imgpipe.settings()
         store = open_status_store(settings)
         for result in Inbox(settings, store, open_storage(settings)).take():
@@ -65,14 +62,16 @@ def build_sensors(settings: Settings, process_job, shared_job) -> list[SensorDef
         queued = store.queued_requests()
         if not queued:
             return SensorResult(run_requests=[])
-        going = context.instance.get_runs(RunsFilter(tags={KIND_TAG: "process"}, statuses=RUNS_GOING))
-        # Asked for by an earlier tick, not created yet.
+        going = processing_runs_going(context.instance)
+        # Asked for earlier, not created yet.
         asked = {r.run_key for r in queued if r.run_key} - {run.tags.get(RUN_KEY_TAG) for run in going}
         room = max(0, processing_run_limit(settings) - len(going) - len(asked))
-        store.assign_run_keys({request_id: run.run_key
-                               for run in plan_runs([r for r in queued if not r.run_key])[:room]
-                               for request_id in run.request_ids})
-        queued = [r for r in store.queued_requests() if r.run_key]
+        keyed_now = store.assign_run_keys({request_id: run.run_key
+                                           for run in plan_runs([r for r in queued if not r.run_key])[:room]
+                                           for request_id in run.request_ids})
+        settled = utcnow() - DIRECT_LAUNCH_GRACE
+        queued = [r for r in store.queued_requests() if r.run_key and (
+            r.request_id in keyed_now or r.run_key_at is None or r.run_key_at <= settled)]
         if not queued:
             return SensorResult(run_requests=[])
         known = set(context.instance.get_dynamic_partitions(requests_partitions.name))
@@ -81,22 +80,9 @@ def build_sensors(settings: Settings, process_job, shared_job) -> list[SensorDef
         for request in queued:
             runs.setdefault(request.run_key, []).append(request)
         return SensorResult(
-            run_requests=[run_request(run_key, requests) for run_key, requests in runs.items()],
+            run_requests=[run_request(settings, run_key, requests) for run_key, requests in runs.items()],
             dynamic_partitions_requests=[requests_partitions.build_add_request(new_keys)] if new_keys else [],
         )
-
-    def run_request(run_key: str, requests: list[RequestRow]) -> RunRequest:
-        if len(requests) == 1 and run_key == single_run_key(requests[0]):
-            request = requests[0]
-            return RunRequest(run_key=run_key, partition_key=request.request_id, job_name=process_job.name,
-                              tags={REQUEST_TAG: request.request_id, RUN_KEY_TAG: run_key,
-                                    request_tag(request.request_id): "true", "imgpipe/source": request.source,
-                                    "imgpipe/file_name": (request.file_name or "")[:200]})
-        return RunRequest(run_key=run_key, job_name=shared_job.name,
-                          run_config={"ops": {"process_requests": {"config": {
-                              "request_ids": [r.request_id for r in requests]}}}},
-                          tags={RUN_KEY_TAG: run_key, "imgpipe/requests": str(len(requests)),
-                                **{request_tag(r.request_id): "true" for r in requests}})
 
     def end_requests(context: RunStatusSensorContext, imgpipe: ImgpipeResource, reason: str):
         run = context.dagster_run
@@ -105,12 +91,24 @@ def build_sensors(settings: Settings, process_job, shared_job) -> list[SensorDef
         request_ids = request_ids or [i for i in [run.tags.get(REQUEST_TAG) or run.tags.get("dagster/partition")] if i]
         if not request_ids:
             return SkipReason(f"run {run.run_id} has no request")
-        return RunRequest(
-            run_key=run.run_id,
-            run_config={"ops": {"end_failed_request": {"config": {
-                "request_ids": request_ids, "run_id": run.run_id, "reason": reason}}}},
-            tags={**({REQUEST_TAG: request_ids[0]} if len(request_ids) == 1 else {}), **URGENT},
-        )
+        return end_run_request(run.run_id, request_ids, reason)
+
+    @sensor(job=end_failed_run_job, minimum_interval_seconds=ENDED_RUN_CHECK_SECONDS,
+            default_status=DefaultSensorStatus.RUNNING)
+    def ended_run_sensor(context: SensorEvaluationContext, imgpipe: ImgpipeResource):
+        """The backstop of the two run-status sensors below, which see only the events after their first tick: a
+        request still processing whose run has failed or was canceled (a stack killed before those sensors ever
+        ran, say) is ended the same way. Ending twice is harmless: the end job skips ended requests, and the
+        webhook's ID is the request's and the run's."""
+        ended: dict[str, list[str]] = {}
+        for request in imgpipe.store().processing_requests():
+            run = context.instance.get_run_by_id(request.run_id) if request.run_id else None
+            if run is not None and run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+                ended.setdefault(run.run_id, []).append(request.request_id)
+        if not ended:
+            return SkipReason("no processing request has lost its run")
+        return [end_run_request(run_id, request_ids, f"run {run_id} ended without ending its request")
+                for run_id, request_ids in ended.items()]
 
     @run_status_sensor(run_status=DagsterRunStatus.FAILURE, monitored_jobs=[process_job, shared_job],
                        request_job=end_failed_run_job, default_status=DefaultSensorStatus.RUNNING,
@@ -136,4 +134,14 @@ def build_sensors(settings: Settings, process_job, shared_job) -> list[SensorDef
                            run_config={"ops": {"attempt_webhook": {"config": {"webhook_id": webhook_id}}}})
                 for webhook_id, attempts in due]
 
-    return [inbox_sensor, failed_run_sensor, canceled_run_sensor, webhook_retry_sensor]
+    return [inbox_sensor, ended_run_sensor, failed_run_sensor, canceled_run_sensor, webhook_retry_sensor]
+
+
+def end_run_request(run_id: str, request_ids: list[str], reason: str) -> RunRequest:
+    """The run that ends the requests a dead run held; one per dead run (its run key)."""
+    return RunRequest(
+        run_key=run_id,
+        run_config={"ops": {"end_failed_request": {"config": {
+            "request_ids": request_ids, "run_id": run_id, "reason": reason}}}},
+        tags={**({REQUEST_TAG: request_ids[0]} if len(request_ids) == 1 else {}), **URGENT},
+    )

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Iterable
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as both stores' TIMESTAMP columns keep it."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 class RequestStatus(StrEnum):
@@ -79,6 +84,7 @@ class RequestRow(_Row):
     run_id: str | None = None
     fresh: bool | None = False
     run_key: str | None = None  # the run it is launched under, while queued
+    run_key_at: datetime | None = None  # when that key was given
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", RequestStatus(self.status))

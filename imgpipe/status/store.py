@@ -13,11 +13,12 @@ import random
 import threading
 import time
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import pandas as pd
 
+from imgpipe.status.idempotency import KEYS_FROM_REQUESTS, KEYS_TABLE, IdempotencyKeys
 from imgpipe.status.models import (
     ContentOutput,
     DeliveryRow,
@@ -30,6 +31,7 @@ from imgpipe.status.models import (
     RequestStatus,
     ReuseCandidate,
     image_counts,
+    utcnow,
 )
 
 T = TypeVar("T")
@@ -125,7 +127,7 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     first_attempt_at TIMESTAMP,
     next_attempt_at TIMESTAMP NOT NULL
 );
-"""
+""" + KEYS_TABLE
 # Columns added after the first release, as (table, column, type): a database made before them gets them when
 # first opened. Only the missing ones are added: an ALTER TABLE locks the table even when it changes nothing,
 # which in PostgreSQL deadlocks with other processes' writes.
@@ -137,20 +139,20 @@ ADDED_COLUMNS = (
     ("images", "download_seconds", "REAL"),
     ("images", "compress_seconds", "REAL"),
     ("requests", "run_key", "VARCHAR"),
+    ("requests", "run_key_at", "TIMESTAMP"),
 )
+# Idempotent: a purge interrupted after its first step is done again whole.
+_REMEMBER_PURGED = "INSERT INTO purged_requests VALUES (?, ?) ON CONFLICT DO NOTHING"
 EXISTING_COLUMNS = ("SELECT table_name, column_name FROM information_schema.columns"
                     " WHERE table_schema = current_schema()")
 
 
-def missing_columns(existing: set[tuple[str, str]]) -> list[str]:
-    """The ALTER TABLE statements that add what `existing` (table, column) pairs lack."""
-    return [f"ALTER TABLE {table} ADD COLUMN {column} {kind}" for table, column, kind in ADDED_COLUMNS
-            if (table, column) not in existing]
-
-
-def utcnow() -> datetime:
-    """Naive UTC, as both stores' TIMESTAMP columns keep it."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+def upgrades(before: set[tuple[str, str]], after: set[tuple[str, str]]) -> list[str]:
+    """What a database made by an earlier release lacks, given its (table, column) pairs `before` SCHEMA ran and
+    `after`: the columns added since (ALTER TABLE), and the keys of its requests in the idempotency table."""
+    added = [f"ALTER TABLE {table} ADD COLUMN {column} {kind}" for table, column, kind in ADDED_COLUMNS
+             if (table, column) not in after]
+    return added + ([KEYS_FROM_REQUESTS] if ("idempotency_keys", "idempotency_key") not in before else [])
 
 
 class StoreBusy(RuntimeError):
@@ -162,7 +164,15 @@ class NotRetryable(ValueError):
     """A retry was asked for a request that cannot take one now; the message says why."""
 
 
-class StatusStore:
+class NotPurgeable(ValueError):
+    """A purge was asked for a request that has not ended: its run would write files after the purge deleted the
+    request's, files that no purge would find any more."""
+
+    def __init__(self, request_id: str, status: str):
+        super().__init__(f"request {request_id} is {status}: cancel its run first")
+
+
+class StatusStore(IdempotencyKeys):
     """Every statement and public method of the status store, written once with `?` placeholders.
 
     A backend supplies `_transact` (run a function inside one transaction on a fresh connection, retrying
@@ -255,6 +265,8 @@ class StatusStore:
         slots = manifest[["serial", "product_name", "row_number", "position", "input_url"]]
 
         def work(con) -> None:
+            if idempotency_key is not None:
+                self._hold_idempotency_key(con, idempotency_key, request_id, now)
             inserted = self._execute(
                 con,
                 "INSERT INTO requests (request_id, status, source, file_name, webhook_url, created_at, updated_at,"
@@ -284,21 +296,22 @@ class StatusStore:
                         webhook_url: str | None, errors: list[dict], idempotency_key: str | None = None) -> None:
         now = utcnow()
         summary = f"{len(errors)} problem(s): " + "; ".join(e["message"] for e in errors[:3])
-        self._run((
-            "INSERT INTO requests (request_id, status, source, file_name, webhook_url, created_at,"
-            " updated_at, completed_at, total_images, error, errors_json, idempotency_key)"
-            " VALUES (?, 'rejected', ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [request_id, str(source), file_name, webhook_url, now, now, now, summary, json.dumps(errors),
-             idempotency_key],
-        ))
+
+        def work(con) -> None:
+            if idempotency_key is not None:
+                self._hold_idempotency_key(con, idempotency_key, request_id, now)
+            self._execute(
+                con,
+                "INSERT INTO requests (request_id, status, source, file_name, webhook_url, created_at,"
+                " updated_at, completed_at, total_images, error, errors_json, idempotency_key)"
+                " VALUES (?, 'rejected', ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [request_id, str(source), file_name, webhook_url, now, now, now, summary, json.dumps(errors),
+                 idempotency_key])
+
+        self._transact(work)
 
     def get_request(self, request_id: str) -> RequestRow | None:
         rows = self._typed(RequestRow, "SELECT * FROM requests WHERE request_id = ?", [request_id])
-        return rows[0] if rows else None
-
-    def find_by_idempotency_key(self, key: str) -> RequestRow | None:
-        rows = self._typed(RequestRow, "SELECT * FROM requests WHERE idempotency_key = ? ORDER BY created_at LIMIT 1",
-                           [key])
         return rows[0] if rows else None
 
     def latest_request_for_file(self, file_name: str) -> RequestRow | None:
@@ -313,16 +326,26 @@ class StatusStore:
         rows = self._rows("SELECT request_id FROM requests WHERE request_id IN (SELECT unnest(?))", [wanted])
         return {r["request_id"] for r in rows}
 
+    def processing_requests(self) -> list[RequestRow]:
+        return self._typed(RequestRow, "SELECT * FROM requests WHERE status = 'processing' ORDER BY created_at")
+
     def queued_requests(self) -> list[RequestRow]:
         return self._typed(RequestRow, "SELECT * FROM requests WHERE status = 'queued' ORDER BY created_at")
 
-    def assign_run_keys(self, run_keys: dict[str, str]) -> None:
+    def assign_run_keys(self, run_keys: dict[str, str]) -> set[str]:
         """The run key each queued request (by ID) is launched under, once: a request keeps its key until it is
-        queued again (a retry), so that every later tick asks for the same run."""
+        queued again (a retry), so that every later launch asks for the same run. Returns the requests this call
+        gave a key; one already keyed (by another launcher, however close in time) is left as it is."""
         if not run_keys:
-            return
-        self._run(*[("UPDATE requests SET run_key = ? WHERE request_id = ? AND status = 'queued' AND run_key IS NULL",
-                     [run_key, request_id]) for request_id, run_key in run_keys.items()])
+            return set()
+        now = utcnow()
+
+        def work(con) -> set[str]:
+            return {row[0] for request_id, run_key in run_keys.items() for row in self._execute(
+                con, "UPDATE requests SET run_key = ?, run_key_at = ? WHERE request_id = ? AND status = 'queued'"
+                     " AND run_key IS NULL RETURNING request_id", [run_key, now, request_id]).fetchall()}
+
+        return self._transact(work)
 
     def requests_of_run(self, run_key: str) -> list[str]:
         return [r["request_id"] for r in self._rows(
@@ -359,6 +382,8 @@ class StatusStore:
             status = RequestStatus(row[0])
             if status is RequestStatus.REJECTED:
                 raise NotRetryable(f"request {request_id} was rejected; fix the CSV and upload it again")
+            if self._execute(con, "SELECT 1 FROM purged_requests WHERE request_id = ?", [request_id]).fetchone():
+                raise NotRetryable(f"request {request_id} is being purged")
             if not status.terminal:
                 raise NotRetryable(f"request {request_id} is {status}; retry it once it has ended")
             self._execute(
@@ -370,7 +395,7 @@ class StatusStore:
             self._execute(
                 con,
                 "UPDATE requests SET status = 'queued', generation = generation + 1, updated_at = ?,"
-                " completed_at = NULL, error = NULL, run_key = NULL WHERE request_id = ?",
+                " completed_at = NULL, error = NULL, run_key = NULL, run_key_at = NULL WHERE request_id = ?",
                 [now, request_id],
             )
             (todo,) = self._execute(
@@ -507,6 +532,22 @@ class StatusStore:
         return self._typed(RequestRow, "SELECT * FROM requests WHERE created_at < ? AND status IN (SELECT unnest(?))"
                                        " ORDER BY created_at", [moment, [str(s) for s in statuses]])
 
+    def mark_purged(self, request_id: str) -> None:
+        """A purge's first step, before the request's files are deleted: its ID remembered as purged, which refuses
+        any retry of it from then on (`requeue_for_retry`). NotPurgeable, and nothing marked, when it has not ended;
+        read in the same transaction, so no run can start it in between."""
+        now = utcnow()
+
+        def work(con) -> None:
+            row = self._execute(con, "SELECT status FROM requests WHERE request_id = ?", [request_id]).fetchone()
+            if row is None:  # purged meanwhile, or never recorded
+                return
+            if not RequestStatus(row[0]).terminal:
+                raise NotPurgeable(request_id, row[0])
+            self._execute(con, _REMEMBER_PURGED, [request_id, now])
+
+        self._transact(work)
+
     def purge_request(self, request_id: str) -> list[ContentOutput]:
         """Every row of the request gone, its ID remembered as purged; returns the kept outputs that no request
         left uses any more (their rows gone too: their files are the caller's to delete)."""
@@ -516,16 +557,20 @@ class StatusStore:
             used = [row[0] for row in self._execute(
                 con, "SELECT DISTINCT input_sha256 FROM images WHERE request_id = ? AND input_sha256 IS NOT NULL",
                 [request_id]).fetchall()]
-            for table in ("images", "products", "webhook_deliveries", "webhook_outbox", "requests"):
+            for table in ("images", "products", "webhook_deliveries", "webhook_outbox", "idempotency_keys",
+                          "requests"):
                 self._execute(con, f"DELETE FROM {table} WHERE request_id = ?", [request_id])
-            self._execute(con, "INSERT INTO purged_requests VALUES (?, ?) ON CONFLICT DO NOTHING", [request_id, now])
+            self._execute(con, _REMEMBER_PURGED, [request_id, now])
+            if not used:  # PostgreSQL cannot type an empty array (`unnest('{}')` is ambiguous)
+                return []
             orphans = [ContentOutput.from_mapping(row) for row in _dicts(self._execute(
                 con,
                 "SELECT * FROM content_outputs WHERE input_sha256 IN (SELECT unnest(?)) AND input_sha256 NOT IN"
                 " (SELECT input_sha256 FROM images WHERE input_sha256 IS NOT NULL)",
                 [used]))]
-            self._execute(con, "DELETE FROM content_outputs WHERE input_sha256 IN (SELECT unnest(?))",
-                          [[o.input_sha256 for o in orphans]])
+            if orphans:
+                self._execute(con, "DELETE FROM content_outputs WHERE input_sha256 IN (SELECT unnest(?))",
+                              [[o.input_sha256 for o in orphans]])
             return orphans
 
         return self._transact(work)

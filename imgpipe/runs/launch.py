@@ -1,0 +1,203 @@
+"""A queued request's run, asked for the same way by every launcher: the inbox sensor (folder drops, and the
+backstop for any queued request without a run) and the launch at once of a request accepted through the REST
+API, `imgpipe submit`, the Launchpad or `imgpipe retry`.
+
+One request never gets two runs, whatever the timing:
+
+- its run key is given once, by one conditional update in the status store (`assign_run_keys`): whoever gives it
+  launches the run, and nobody else does;
+- a run launched at once carries the inbox sensor's name and the run key in its tags, exactly as the sensor's
+  own run would, so Dagster's run-key check skips it should the sensor ask for it too;
+- the sensor asks for the run of a key given at once only after DIRECT_LAUNCH_GRACE (the launching process may
+  have died between the key and the run), and a launch at once that took longer than half of that gives up
+  before submitting, leaving it to the sensor.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Sequence
+
+from dagster import DagsterInstance, DagsterRunStatus, RunRequest, RunsFilter
+
+from imgpipe.backends import processing_run_limit
+from imgpipe.runs.tags import KIND_TAG, PROCESS_REQUEST, PROCESS_REQUESTS, REQUEST_TAG, RUN_KEY_TAG, request_tag
+from imgpipe.run_plan import OWN_RUN_IMAGES, single_run_key
+from imgpipe.settings import Settings
+from imgpipe.status.models import RequestRow, RequestStatus
+from imgpipe.status.store import StatusStore
+
+# The location's name in workspace.yaml: runs created here must name the location the daemon launches from.
+CODE_LOCATION_NAME = "imgpipe.definitions"
+INBOX_SENSOR = "inbox_sensor"
+DIRECT_LAUNCH_GRACE = timedelta(seconds=60)
+RUNS_GOING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+              DagsterRunStatus.STARTED]
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def asset_job_from(settings: Settings) -> int:
+    """The size (images) from which a request alone runs its partition of the asset job. On one machine a batch
+    step gains nothing over the one-step job but costs its events, so only large requests take it; on Celery
+    workers every request alone does, its images spread over the workers."""
+    return 1 if settings.distributed else OWN_RUN_IMAGES
+
+
+def run_request(settings: Settings, run_key: str, requests: Sequence[RequestRow]) -> RunRequest:
+    """The run of `requests` under `run_key`: a request alone, from `asset_job_from` images, its partition's asset
+    job (its images spread over batch steps, each asset a step in the UI); otherwise the one-step job that
+    processes and ends each request on its own and records the same partitions' materializations, at a fraction
+    of the steps' events."""
+    tags = {RUN_KEY_TAG: run_key, **{request_tag(r.request_id): "true" for r in requests}}
+    if len(requests) == 1:
+        request = requests[0]
+        tags |= {REQUEST_TAG: request.request_id, "imgpipe/source": request.source,
+                 "imgpipe/file_name": (request.file_name or "")[:200]}
+        if run_key == single_run_key(request) and (request.total_images or 0) >= asset_job_from(settings):
+            return RunRequest(run_key=run_key, partition_key=request.request_id, job_name=PROCESS_REQUEST, tags=tags)
+    return RunRequest(run_key=run_key, job_name=PROCESS_REQUESTS, tags={**tags, "imgpipe/requests": str(len(requests))},
+                      run_config={"ops": {"process_requests": {"config": {
+                          "request_ids": [r.request_id for r in requests]}}}})
+
+
+def processing_runs_going(instance: DagsterInstance) -> list:
+    return list(instance.get_runs(RunsFilter(tags={KIND_TAG: "process"}, statuses=RUNS_GOING)))
+
+
+class RunLauncherAtOnce:
+    """Creates and submits request runs from this process, as the inbox sensor would ask for them. Holds the code
+    location in-process (loaded on first use) for the jobs' snapshots and execution plans."""
+
+    def __init__(self, settings: Settings, store: StatusStore, instance: DagsterInstance, *, start_here: bool):
+        """`start_here`: a long-lived process on the stack's machine (the API of the embedded profile) starts the
+        run from its own warm run server, without the run queue's wait; any other process (the CLI, a
+        Launchpad run, a distributed API) puts it in the queue, which the daemon's launcher takes within a
+        second."""
+        self.settings, self.store, self.instance = settings, store, instance
+        self.start_here = start_here and not settings.distributed
+        self._location = None
+
+    def launch(self, request_id: str) -> str | None:
+        """The run ID of the request's run, launched now; None when it is not this call's to launch (not queued,
+        already keyed, or no run slot free: the inbox sensor then launches it, grouped with others)."""
+        request = self.store.get_request(request_id)
+        if request is None or request.status is not RequestStatus.QUEUED or request.run_key:
+            return None
+        if len(processing_runs_going(self.instance)) >= processing_run_limit(self.settings):
+            return None
+        run_key = single_run_key(request)
+        started = time.monotonic()
+        if request_id not in self.store.assign_run_keys({request_id: run_key}):
+            return None
+        run_id = self._create_run(run_request(self.settings, run_key, [request]), request_id)
+        if time.monotonic() - started > DIRECT_LAUNCH_GRACE.total_seconds() / 2:
+            # The sensor may ask for this key any moment now: its run-key check finds this run (its tags are the
+            # sensor's) and submits it if it is still NOT_STARTED; submitting here too could start it twice.
+            return None
+        if self.start_here:
+            self.instance.launch_run(run_id, workspace=None)
+        else:
+            self.instance.submit_run(run_id, workspace=None)
+        return run_id
+
+    def _create_run(self, request: RunRequest, partition: str) -> str:
+        from dagster._core.storage.tags import RUN_KEY_TAG as DAGSTER_RUN_KEY_TAG, SENSOR_NAME_TAG
+
+        location = self._code_location()
+        repository = location.get_repository(next(iter(location.get_repository_names())))
+        remote_job = repository.get_full_job(request.job_name)
+        self.instance.add_dynamic_partitions("requests", [partition])
+        if request.partition_key is not None:
+            job_def = self._job_definition(request.job_name)
+            request = request.with_resolved_tags_and_config(
+                target_definition=job_def, dynamic_partitions_requests=[], dynamic_partitions_store=self.instance)
+        plan = location.get_execution_plan(remote_job, request.run_config, step_keys_to_execute=None,
+                                           known_state=None, instance=self.instance)
+        tags = {**(remote_job.run_tags or {}), **request.tags, SENSOR_NAME_TAG: INBOX_SENSOR,
+                DAGSTER_RUN_KEY_TAG: request.run_key}
+        run = self.instance.create_run(
+            job_name=remote_job.name, run_id=None, run_config=request.run_config,
+            resolved_op_selection=remote_job.resolved_op_selection, step_keys_to_execute=None,
+            status=DagsterRunStatus.NOT_STARTED, op_selection=None, root_run_id=None, parent_run_id=None,
+            tags=tags, job_snapshot=remote_job.job_snapshot, execution_plan_snapshot=plan.execution_plan_snapshot,
+            parent_job_snapshot=remote_job.parent_job_snapshot, remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(), asset_selection=None, asset_check_selection=None,
+            asset_graph=repository.asset_graph)
+        return run.run_id
+
+    def warm_up(self) -> None:
+        """Loads the code location (and, on one machine, starts the warm run server) now rather than on the first
+        launch."""
+        self._code_location()
+        if self.start_here and hasattr(self.instance.run_launcher, "warm_up"):
+            self.instance.run_launcher.warm_up()
+
+    def _code_location(self):
+        if self._location is None:
+            from dagster._core.remote_origin import InProcessCodeLocationOrigin
+            from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+            origin = InProcessCodeLocationOrigin(
+                LoadableTargetOrigin(executable_path=sys.executable, module_name=CODE_LOCATION_NAME,
+                                     working_directory=str(REPO_ROOT)),
+                location_name=CODE_LOCATION_NAME)
+            self._location = origin.create_location(self.instance)
+        return self._location
+
+    @staticmethod
+    def _job_definition(job_name: str):
+        import importlib
+
+        return importlib.import_module(CODE_LOCATION_NAME).defs.resolve_job_def(job_name)
+
+
+def launcher_at_once(settings: Settings, store: StatusStore, *, start_here: bool,
+                     wait_for_storage: float = 0.0) -> "SerialLauncher | None":
+    """This process's launcher at once, over the Dagster instance in DAGSTER_HOME; None where this process has
+    no instance configured (a distributed API without DAGSTER_HOME: the inbox sensor launches its requests), or
+    where the instance's SQLite storage has not been made after `wait_for_storage` seconds."""
+    from imgpipe.settings import dagster_home_dir
+
+    home = dagster_home_dir(settings)
+    if not (home / "dagster.yaml").is_file():
+        return None
+    deadline = time.monotonic() + wait_for_storage
+    while not _storage_made(home):
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.5)
+    instance = DagsterInstance.from_config(str(home))
+    return SerialLauncher(RunLauncherAtOnce(settings, store, instance, start_here=start_here))
+
+
+def _storage_made(home: Path) -> bool:
+    """Whether the instance's storage exists. An instance on SQLite (the embedded default, no `storage:` in
+    dagster.yaml) is made by the first process that opens it, and two processes making it at once stamp its
+    schema twice (alembic then finds two heads, and the instance is unusable): so only the daemon makes it,
+    and the others open it once it is there."""
+    import yaml
+
+    config = yaml.safe_load((home / "dagster.yaml").read_text()) or {}
+    if config.get("storage") and "sqlite" not in config["storage"]:
+        return True
+    return (home / "history" / "runs.db").is_file() and (home / "schedules" / "schedules.db").is_file()
+
+
+class SerialLauncher:
+    """One launch at a time from the threads of a process (the API's threadpool): the in-process code location
+    is loaded once, and a launch takes tens of milliseconds."""
+
+    def __init__(self, launcher: RunLauncherAtOnce):
+        self._launcher = launcher
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        with self._lock:
+            self._launcher.warm_up()
+
+    def launch(self, request_id: str) -> str | None:
+        with self._lock:
+            return self._launcher.launch(request_id)

@@ -1,0 +1,15 @@
+"""The names runs are known by: the jobs that process requests, and the tags the run coordinator, the sensors and
+the Runs page find runs by. Apart from the jobs' definitions, so that launchers and jobs can both name them."""
+
+PROCESS_REQUEST = "process_request"
+PROCESS_REQUESTS = "process_requests_job"
+RUN_KEY_TAG = "imgpipe/run_key"
+# Processing runs are limited to what the machine can take at once; the short jobs that end requests and
+# deliver webhooks never wait behind them.
+KIND_TAG = "imgpipe/kind"
+REQUEST_TAG = "imgpipe/request_id"
+
+
+def request_tag(request_id: str) -> str:
+    """A tag of every processing run that holds the request, its own or shared: the Runs page filters by it."""
+    return f"imgpipe-request/{request_id}"  # one "/" only: Dagster deprecates keys of more sections

@@ -1,0 +1,125 @@
+"""The warm run server: `python -m imgpipe.runs.warm_server`, started and fed by `WarmRunLauncher`.
+
+A run still gets an OS process of its own, but not a fresh interpreter: this server imports Dagster, pandas,
+pandera, the image policy and the code location once, resolves every job, freezes its heap, and then forks a run
+worker per run. The worker starts with all of that in place and goes straight to the run (Dagster's own
+`dagster api execute_run` spends 2-3 s importing the same modules first).
+
+Lifetimes: the server dies with the process that started it (PR_SET_PDEATHSIG), and each worker with the server,
+so that stopping or killing a stack leaves no run worker behind; a run whose worker died that way is found by run
+monitoring (`WarmRunLauncher.check_run_worker_health`) and marked failed.
+
+Protocol, over the server's stdin and stdout, a line each way per run: in, the run's `ExecuteRunArgs` serialized
+by Dagster's serdes (JSON, no newline); out, `{"pid": ...}` of the worker that took it, or `{"error": ...}`.
+EOF on stdin stops the server.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import signal
+import sys
+import traceback
+
+PR_SET_PDEATHSIG = 1
+CODE_LOCATION_MODULE = "imgpipe.definitions"
+
+
+def die_with_parent(expected_parent: int) -> None:
+    """SIGKILL when the parent goes; if it went before this call, now."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def warm_up() -> None:
+    """Everything a run imports and resolves before its first event, done once here for every worker."""
+    import importlib
+
+    from dagster._core.execution.api import execute_run_iterator  # noqa: F401  the run's machinery
+
+    definitions = importlib.import_module(CODE_LOCATION_MODULE)
+    repository = definitions.defs.get_repository_def()
+    for job in repository.get_all_jobs():
+        repository.get_job(job.name)
+
+
+class Instances:
+    """The Dagster instance of each ref the launcher sends (one, in practice), made once in the server: its storages
+    hold engines, not connections, so a worker inherits them ready, schema checks done."""
+
+    def __init__(self):
+        self._by_ref: dict[str, object] = {}
+
+    def of(self, args) -> object:
+        from dagster import DagsterInstance
+        from dagster._serdes import serialize_value
+
+        key = serialize_value(args.instance_ref)
+        if key not in self._by_ref:
+            self._by_ref[key] = DagsterInstance.from_ref(args.instance_ref)
+        return self._by_ref[key]
+
+
+def run_worker(args, instance) -> int:
+    """The body of a forked worker: the run, as Dagster's run worker executes it."""
+    from dagster._utils.interrupts import capture_interrupts
+
+    from imgpipe.runs.launcher import execute_run, worker_identity
+
+    with capture_interrupts():
+        return execute_run(instance, args.run_id, worker_identity(os.getpid()))
+
+
+def _fork_worker(line: str, server_pid: int, instances: Instances) -> int:
+    from dagster._grpc.types import ExecuteRunArgs
+    from dagster._serdes import deserialize_value
+
+    args = deserialize_value(line, ExecuteRunArgs)
+    instance = instances.of(args)
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server's SIG_IGN would break the run's waitpid
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        die_with_parent(server_pid)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(2, 1)  # the protocol's pipe is the server's: the run prints to the log the server writes to
+        code = run_worker(args, instance)
+    except BaseException:  # noqa: BLE001  a worker reports and exits; it never returns into the server's loop
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(parent: int) -> None:
+    die_with_parent(parent)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the terminal is the stack's to handle
+    warm_up()
+    gc.collect()
+    gc.freeze()  # a worker's collector then never touches (and so copies) the pages it shares with the server
+    server_pid = os.getpid()
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints go to the log, never into the protocol
+    instances = Instances()
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            answer = {"pid": _fork_worker(line, server_pid, instances)}
+        except Exception as exc:  # noqa: BLE001  the launcher reports it on the run; the server serves on
+            answer = {"error": f"could not start a run worker: {type(exc).__name__}: {exc}"}
+        answers.write(json.dumps(answer) + "\n")
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))
