@@ -1,6 +1,7 @@
 """The image policy of contract section 9, per input format and mode, on images generated here."""
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import shutil
@@ -10,7 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageCms, ImageFile, JpegImagePlugin, features
+from PIL import Image, ImageChops, ImageCms, ImageFile, ImageStat, JpegImagePlugin, features
 
 from imgpipe.images.image_policy import CompressedImage, ImageRejected, compress_image
 from imgpipe.images.quality import estimate_jpeg_quality
@@ -510,3 +511,83 @@ def test_thumbnails_of_before_and_after_are_small_jpegs():
     for thumbnail in (result.thumbnail_before, result.thumbnail_after):
         with Image.open(io.BytesIO(thumbnail)) as image:
             assert image.format == "JPEG" and max(image.size) <= 160 and image.size[0] > image.size[1]
+
+
+def test_thumbnails_of_a_photograph_are_its_pixels_and_its_encode_at_one_eighth_resized():
+    result = compress_image(encode(photo_like(1632, 1224, seed=3), "JPEG", quality=90), **LIMITS)
+    with Image.open(io.BytesIO(result.thumbnail_before)) as before, \
+            Image.open(io.BytesIO(result.thumbnail_after)) as after:
+        assert before.size == after.size == (160, 120)
+        difference = ImageStat.Stat(ImageChops.difference(before, after)).mean
+    assert max(difference) < 4  # the same picture, the encode's losses aside
+
+
+@pytest.mark.parametrize("make", [_small_logo_png, _camera_jpeg], ids=["png-logo", "camera-jpeg"])
+def test_an_input_kept_as_the_output_has_one_thumbnail_for_before_and_after(make):
+    result = compress_image(make(), **LIMITS)
+    assert result.note.startswith("kept the input")
+    assert result.thumbnail_after == result.thumbnail_before
+
+
+# ---- Outputs unchanged ----------------------------------------------------------------------------------
+
+
+def _grain(size: tuple[int, int], seed: int, mode: str = "RGB") -> Image.Image:
+    """Gradients under seeded noise: the same pixels in every run (Pillow's own noise is not seeded)."""
+    noise = Image.frombytes("L", size, random.Random(seed).randbytes(size[0] * size[1]))
+    gradients = Image.merge("RGB", (Image.linear_gradient("L").resize(size), Image.radial_gradient("L").resize(size),
+                                    Image.linear_gradient("L").rotate(90).resize(size)))
+    return Image.blend(gradients, Image.merge("RGB", (noise,) * 3), 0.2).convert(mode)
+
+
+def _rotated_camera_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turned 90 degrees
+    exif[0x010F] = "Camera"
+    exif.get_ifd(0x8825)[2] = (48.0, 51.0, 30.0)  # GPSLatitude
+    return exif.tobytes()
+
+
+def _with_alpha_gradient(image: Image.Image) -> Image.Image:
+    image.putalpha(Image.linear_gradient("L").resize(image.size))
+    return image
+
+
+OUTPUT_CASES = {
+    "jpeg-rotated": lambda: encode(_grain((640, 480), 1), "JPEG", quality=85, exif=_rotated_camera_exif()),
+    "jpeg-grey-progressive": lambda: encode(_grain((500, 400), 2, "L"), "JPEG", quality=70, progressive=True),
+    "jpeg-444": lambda: encode(_grain((480, 360), 3), "JPEG", quality=95, subsampling=0),
+    "jpeg-other-encoder": lambda: encode(_grain((480, 360), 4), "JPEG", qtables=[
+        [3 + i // 4 for i in range(64)], [5 + i // 3 for i in range(64)]]),
+    "jpeg-kept": _camera_jpeg,
+    "png": lambda: encode(_grain((300, 200), 6), "PNG"),
+    "png-alpha": lambda: encode(_with_alpha_gradient(_grain((300, 200), 7)), "PNG"),
+    "png-kept": _small_logo_png,
+    "gif-animated": lambda: encode(_grain((120, 90), 8, "P"), "GIF", save_all=True, duration=100, loop=0,
+                                   append_images=[_grain((120, 90), seed, "P") for seed in (9, 10)]),
+}
+# Format, quality in and out, the first 16 hex digits of the output's SHA-256, and whether the input was kept.
+# Recorded with POLICY_VERSION 2 and unchanged by version 3, which changed only the thumbnails. A change here is a
+# change of policy (bump POLICY_VERSION, so that no output of the old one is reused, and record these again) or
+# of the codecs' builds.
+RECORDED_OUTPUTS = {
+    "jpeg-rotated": ("JPEG", 85, 42, "0753f706a1f78432", False),
+    "jpeg-grey-progressive": ("JPEG", 70, 35, "eafae000c6f9ec8f", False),
+    "jpeg-444": ("JPEG", 95, 48, "1aa5da43b2325ad0", False),
+    "jpeg-other-encoder": ("JPEG", 92, 46, "7cc62b7867e4af62", False),
+    "jpeg-kept": ("JPEG", 90, 45, "41b6a988bfe76eb0", True),
+    "png": ("JPEG", 100, 50, "1530006b8e6a130c", False),
+    "png-alpha": ("WEBP", 100, 50, "909db3a198163553", False),
+    "png-kept": ("PNG", 100, 50, "7f8407066fda2fc9", True),
+    "gif-animated": ("WEBP", 100, 50, "9c56e2ee3602de54", False),
+}
+RECORDED_WITH_CODECS = {"libjpeg_turbo": "3.2.0", "webp": "1.6.0"}
+
+
+@pytest.mark.skipif(any(features.version(codec) != version for codec, version in RECORDED_WITH_CODECS.items()),
+                    reason=f"outputs recorded with {RECORDED_WITH_CODECS}; other builds may encode otherwise")
+@pytest.mark.parametrize("name", list(OUTPUT_CASES))
+def test_outputs_are_byte_for_byte_the_recorded_ones(name):
+    result = compress_image(OUTPUT_CASES[name](), **LIMITS)
+    assert (result.format, result.quality_in, result.quality_out, hashlib.sha256(result.data).hexdigest()[:16],
+            result.note is not None) == RECORDED_OUTPUTS[name]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import random
 
 import pytest
 from PIL import Image
@@ -56,6 +57,51 @@ def test_non_ijg_tables_give_the_closest_quality():
     tweaked = {0: [v + (1 if i % 3 == 0 else 0) for i, v in enumerate(luminance)], 1: list(chrominance)}
     assert tweaked[0] not in [list(ijg_tables(q)[0]) for q in range(1, 101)]
     assert estimate_jpeg_quality(tweaked) == 75
+
+
+def least_squares_quality(quantization: dict[int, list[int]]) -> int:
+    """The rule written out plainly, to hold the estimate's table lookup and its vectorised search to it: the
+    quality whose IJG tables have the least squared error, the lowest of equals."""
+    def error(quality: int) -> int:
+        return sum((actual - expected) ** 2
+                   for table_id, expected_table in enumerate(ijg_tables(quality)) if table_id in quantization
+                   for actual, expected in zip(quantization[table_id], expected_table, strict=True))
+    return min(range(1, 101), key=error)
+
+
+@pytest.mark.parametrize("grayscale", [False, True], ids=["colour", "grayscale"])
+def test_every_ijg_quality_is_looked_up_as_the_least_squares_rule_finds_it(grayscale):
+    for quality in range(1, 101):
+        luminance, chrominance = ijg_tables(quality)
+        tables = {0: list(luminance)} if grayscale else {0: list(luminance), 1: list(chrominance)}
+        assert estimate_jpeg_quality(tables) == least_squares_quality(tables) == quality
+
+
+def test_tables_of_other_encoders_get_the_least_squares_quality():
+    rng = random.Random(27)
+    for case in range(150):
+        luminance, chrominance = ijg_tables(rng.randint(1, 100))
+        spread = rng.choice([1, 3, 20])
+        tables = {0: [max(1, value + rng.randint(-spread, spread)) for value in luminance],
+                  1: [max(1, value + rng.randint(-spread, spread)) for value in chrominance]}
+        if case % 4 == 0:
+            del tables[1]  # grayscale
+        if case % 10 == 0:
+            tables[0] = [rng.randint(1, 65535) for _ in range(64)]  # 16-bit tables, far from any IJG one
+        assert estimate_jpeg_quality(tables) == least_squares_quality(tables), tables
+
+
+def test_of_two_equally_close_qualities_the_lower_is_taken():
+    # A grayscale table as far from quality 57's as from 58's: its first 47 entries are 58's, the rest 57's.
+    between = ijg_tables(58)[0][:47] + ijg_tables(57)[0][47:]
+    assert least_squares_quality({0: list(between)}) == 57
+    assert estimate_jpeg_quality({0: list(between)}) == 57
+
+
+@pytest.mark.parametrize("length", [63, 65])
+def test_a_table_without_64_entries_is_refused(length):
+    with pytest.raises(ValueError, match="64 entries"):
+        estimate_jpeg_quality({0: [16] * length})
 
 
 def test_tables_without_luminance_are_refused():

@@ -12,7 +12,7 @@ caller's side (threads waiting for the GIL) stands between one image and the nex
 - it queues the images it is sent and runs at most `slots` at once (the cores), starting the next one the moment
   an image's answer is in, before that process has even exited;
 - it keeps processes forked ahead of need ("spares", blocked reading their job), so that a fork is never on the
-  way from an answer to the next image; a spare is given its job (the request's own frame, forwarded unread)
+  way from an answer to the next image; a spare is given its job (the request's own frames, forwarded unread)
   through a pipe of its own;
 - an answer is the child's own pickle, forwarded to the caller behind a small header, never unpickled and
   pickled again on the way.
@@ -24,11 +24,12 @@ killed, and only its image fails; one that failed in any way but a rejected imag
 replaced.
 
 Protocol over the server's stdin and stdout, and over each child's two pipes: frames of a 4-byte big-endian
-length and a payload. A request's payload is a pickle of (job_id, work, data, max_pixels, max_frames, timeout,
-memory_bytes, slots, recycle), sent on to the child as it came; a child answers with one byte (1: it exits after
-this answer) and a pickle of its result (a `CompressedImage` or the reason the image failed); the server answers
-the caller with (job_id, pid, seconds at work) packed as "!QId" and the child's pickle. An answer from a process
-that is leaving is sent on once that process has been reaped.
+length and a payload, each read straight into bytes of its own. A request is two frames: a pickle of (job_id,
+work, max_pixels, max_frames, timeout, memory_bytes, slots, recycle), then the image's bytes as they are, both
+sent on to the child as they came (nobody on the way unpickles or copies the image); a child answers with one
+byte (1: it exits after this answer) and a pickle of its result (a `CompressedImage` or the reason the image
+failed); the server answers the caller with (job_id, pid, seconds at work) packed as "!QId" and the child's
+pickle. An answer from a process that is leaving is sent on once that process has been reaped.
 """
 from __future__ import annotations
 
@@ -70,8 +71,15 @@ _GLIBC_TUNABLES = "glibc.malloc.hugetlb=1"
 _PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
-# Set in the server before its first fork: the C library's prctl, for children to die with the server.
-_prctl = None
+# A child's codec buffers (a decoded photograph, an encoder's coefficients: megabytes each) come from the top of
+# the heap, which malloc grows in 2 MiB steps advised for transparent huge pages, rather than from mmap regions of
+# their own, which are not 2 MiB-aligned and so fault in mostly one 4 KiB page at a time; and what a child frees
+# stays in its heap for the next buffer (a pool worker's next image) instead of going back to the kernel.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
+_HEAP_BUFFERS_UP_TO = 32 * MIB  # glibc's largest mmap threshold
+_HEAP_KEPT_FREE = 64 * MIB
+# Set in the server before its first fork: the C library, for prctl (children die with the server) and mallopt.
+_libc = None
 
 
 @dataclass(frozen=True)
@@ -102,26 +110,39 @@ def _widen(fd: int) -> None:
 
 
 class _FrameReader:
-    """Collects bytes from a file descriptor and cuts them into frames (payload bytes, not unpickled)."""
+    """Reads frames from a file descriptor, one read at a time (so that a reader woken by select never blocks):
+    a frame's length, then its payload straight into bytes of that size, joined from parts only when it arrived in
+    several reads."""
 
     def __init__(self, fd: int):
         self.fd = fd
-        self.buffer = bytearray()
+        self._length = b""
+        self._missing = 0  # bytes of the payload not read yet
+        self._parts: list[bytes] = []
+        self._done: collections.deque[bytes] = collections.deque()
 
     def read_available(self) -> bool:
         """One read; False at end of file."""
-        chunk = os.read(self.fd, _PIPE_BYTES)
-        self.buffer += chunk
+        if not self._missing:
+            chunk = os.read(self.fd, _LENGTH.size - len(self._length))
+            self._length += chunk
+            if len(self._length) == _LENGTH.size:
+                (self._missing,) = _LENGTH.unpack(self._length)
+                self._length = b""
+                if not self._missing:
+                    self._done.append(b"")
+            return bool(chunk)
+        chunk = os.read(self.fd, self._missing)
+        self._parts.append(chunk)
+        self._missing -= len(chunk)
+        if not self._missing:
+            self._done.append(self._parts[0] if len(self._parts) == 1 else b"".join(self._parts))
+            self._parts = []
         return bool(chunk)
 
     def frames(self):
-        while len(self.buffer) >= _LENGTH.size:
-            (size,) = _LENGTH.unpack_from(self.buffer)
-            if len(self.buffer) < _LENGTH.size + size:
-                return
-            payload = bytes(memoryview(self.buffer)[_LENGTH.size:_LENGTH.size + size])
-            del self.buffer[:_LENGTH.size + size]
-            yield payload
+        while self._done:
+            yield self._done.popleft()
 
 
 # ---------------------------------------------------------------- the caller's side
@@ -149,18 +170,17 @@ class ForkServerClient:
             if not self._pending:
                 self._progress = time.monotonic()
             self._pending[job_id] = (answer, timeout)
-        payload = pickle.dumps((job_id, work, data, max_pixels, max_frames, timeout, memory_bytes,
-                                slots or os.cpu_count() or 2, recycle), protocol=pickle.HIGHEST_PROTOCOL)
+        header = pickle.dumps((job_id, work, max_pixels, max_frames, timeout, memory_bytes,
+                               slots or os.cpu_count() or 2, recycle), protocol=pickle.HIGHEST_PROTOCOL)
         # Not under `_lock`, which the reader thread needs for every answer: a request larger than the pipe
         # waits for the server to read it, and the server may first be waiting for its answers to be read.
         with self._send_lock:
             try:
-                _write_all(process.stdin.fileno(), _LENGTH.pack(len(payload)), payload)
+                _write_all(process.stdin.fileno(), _LENGTH.pack(len(header)), header, _LENGTH.pack(len(data)), data)
             except OSError:
                 with self._lock:
                     self._pending.pop(job_id, None)
                 return CompressionOutcome(False, "compression server stopped", None, 0)
-        del payload
         while True:
             try:
                 pid, result, seconds = answer.result(timeout=1.0)
@@ -234,7 +254,9 @@ def _server_environment() -> dict[str, str]:
     from imgpipe.settings import process_environment
 
     configured = process_environment().get("GLIBC_TUNABLES")
-    return process_environment(GLIBC_TUNABLES=f"{configured}:{_GLIBC_TUNABLES}" if configured else _GLIBC_TUNABLES)
+    # numpy's BLAS would start a thread of its own in the server, which must stay single-threaded to fork.
+    return process_environment(GLIBC_TUNABLES=f"{configured}:{_GLIBC_TUNABLES}" if configured else _GLIBC_TUNABLES,
+                               OPENBLAS_NUM_THREADS="1")
 
 
 _client = ForkServerClient()
@@ -264,7 +286,9 @@ class _Job:
     timeout: float
     slots: int
     recycle: int
-    payload: bytes  # the request as it came, for the child to unpickle
+    # The request's two frames as they came, for the child.
+    header: bytes
+    data: bytes
 
 
 @dataclass
@@ -287,6 +311,7 @@ class _Server:
         self.requests_fd = requests_fd
         self.answers_fd = answers_fd
         self.requests = _FrameReader(requests_fd)
+        self.request_header: bytes | None = None  # a request's first frame, until its second (the image) is in
         self.queue: collections.deque[_Job] = collections.deque()
         self.workers: dict[int, _Worker] = {}  # by the read end of the worker's answer pipe
         self.works: dict[str, Callable] = {}
@@ -307,8 +332,12 @@ class _Server:
                 if self.requests_fd in ready:
                     if not self.requests.read_available():
                         return  # the caller went away
-                    for payload in self.requests.frames():
-                        self._enqueue(payload)
+                    for frame in self.requests.frames():
+                        if self.request_header is None:
+                            self.request_header = frame
+                        else:
+                            self._enqueue(self.request_header, frame)
+                            self.request_header = None
                 for fd in ready:
                     if fd in self.workers:
                         self._read_worker(self.workers[fd])
@@ -319,8 +348,8 @@ class _Server:
             for worker in list(self.workers.values()):
                 self._kill(worker)
 
-    def _enqueue(self, payload: bytes) -> None:
-        job_id, work, _, _, _, timeout, _, slots, recycle = pickle.loads(payload)
+    def _enqueue(self, header: bytes, data: bytes) -> None:
+        job_id, work, _, _, timeout, _, slots, recycle = pickle.loads(header)
         if work not in self.works:
             try:
                 self.works[work] = _import(work)
@@ -329,7 +358,7 @@ class _Server:
                 return
         self.slots = max(1, slots)
         self.spares_wanted = self.slots if recycle == 1 else 0
-        self.queue.append(_Job(job_id, work, timeout, self.slots, recycle, payload))
+        self.queue.append(_Job(job_id, work, timeout, self.slots, recycle, header, data))
 
     def _start_queued(self) -> None:
         lost = 0
@@ -340,7 +369,8 @@ class _Server:
                 return
             worker = self._idle_worker_for(job) or self._fork_worker()
             try:
-                _write_all(worker.job_fd, _LENGTH.pack(len(job.payload)), job.payload)
+                _write_all(worker.job_fd, _LENGTH.pack(len(job.header)), job.header, _LENGTH.pack(len(job.data)),
+                           job.data)
             except OSError as exc:  # the worker died before its job: another takes it, twice at most
                 self._reap(worker)
                 lost += 1
@@ -461,22 +491,22 @@ def _worker_main(job_fd: int, answer_fd: int, inherited: list[int], works: dict[
         os.dup2(devnull, 1)
         os.close(devnull)
         _die_with(server)
+        _buffers_from_the_heap()
         empty_size = _address_space()
         jobs = _FrameReader(job_fd)
         done, limit = 0, 1
         while done < limit:
-            payload = _next_frame(jobs)
-            if payload is None:
+            header, data = _next_frame(jobs), _next_frame(jobs)
+            if data is None:
                 break  # the server went away
-            _, work, data, max_pixels, max_frames, _, memory_bytes, _, recycle = pickle.loads(payload)
+            _, work, max_pixels, max_frames, _, memory_bytes, _, recycle = pickle.loads(header)
             if done == 0:
                 limit = recycle
                 if limit == 1:
                     gc.disable()  # one image: no cycle worth collecting, and no shared page touched by the collector
             # What it may add to its size with its job in hand; for a pool worker, to its size as a spare (with
             # this job), so that memory kept from earlier images counts too and the same cap holds for all.
-            _limit_address_space(min(_address_space(), empty_size + 3 * len(payload)) + memory_bytes)
-            del payload
+            _limit_address_space(min(_address_space(), empty_size + 3 * len(data)) + memory_bytes)
             function = works.get(work) or works.setdefault(work, _import(work))
             result, healthy = _compress_or_explain(function, data, max_pixels, max_frames, memory_bytes)
             del data
@@ -526,10 +556,16 @@ def _limit_address_space(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+def _buffers_from_the_heap() -> None:
+    if _libc is not None:
+        _libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_BUFFERS_UP_TO)
+        _libc.mallopt(_M_TRIM_THRESHOLD, _HEAP_KEPT_FREE)
+
+
 def _die_with(server: int) -> None:
     """SIGKILL when the server dies, so that no spare or runaway image outlives it."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != server:  # it died before that took effect
         os._exit(1)
 
@@ -544,10 +580,10 @@ def main() -> None:
     os.dup2(2, 1)
     _widen(answers_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the caller, whose exit ends this server
-    global _prctl
+    global _libc
     try:
-        _prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+        _libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
         pass
     # Everything imported so far is shared with every child; frozen, no collection in a child touches (and so
     # copies) those pages, and none here walks them again.

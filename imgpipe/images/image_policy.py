@@ -9,6 +9,7 @@ import io
 import struct
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
@@ -27,7 +28,7 @@ ANIMATION_FORMATS = frozenset({"GIF", "PNG", "WEBP", "AVIF"})
 ASSUMED_QUALITY = 100
 # Outputs are kept by the SHA-256 of their input and this version, and reused for the same input bytes: bump it
 # whenever a change here would make a different output, so that no output of the old policy is reused.
-POLICY_VERSION = 2
+POLICY_VERSION = 3
 # The longer side of the before and after thumbnails of the request's report.
 THUMBNAIL_SIZE = 160
 # What an input kept as the output (never larger) is served as.
@@ -113,25 +114,34 @@ def _compress(data: bytes, source: ImageFile.ImageFile, max_pixels: int, max_fra
         image, out_format, extension = frames[0], "WEBP", ".webp"
         loop = source.info.get("loop", 1)  # a GIF without a loop count plays once
         output = _encode_webp(frames, durations, loop, quality_out, _profile_for("RGB", icc_profile))
-    output, out_format, extension, note = _smallest(data, source, output, out_format, extension, quality_out)
+    chosen = _smallest(data, source, output, out_format, extension, quality_out)
+    thumbnail_before = _thumbnail(image)
 
     return CompressedImage(
-        data=output,
-        format=out_format,
-        extension=extension,
+        data=chosen.data,
+        format=chosen.format,
+        extension=chosen.extension,
         quality_in=quality_in,
         quality_out=quality_out,
         width=image.width,
         height=image.height,
         input_format=source.format,
-        thumbnail_before=_thumbnail(image),
-        thumbnail_after=_thumbnail(_reopened(output, image)),
-        note=note,
+        thumbnail_before=thumbnail_before,
+        thumbnail_after=thumbnail_before if chosen.input_pixels else _thumbnail_of_encoded(chosen.data, image),
+        note=chosen.note,
     )
 
 
+class _Output(NamedTuple):
+    data: bytes
+    format: str
+    extension: str
+    note: str | None = None
+    input_pixels: bool = False  # the input's own compressed pixels (without its metadata): it looks as it did
+
+
 def _smallest(data: bytes, source: ImageFile.ImageFile, encoded: bytes, encoded_format: str, encoded_extension: str,
-              quality_out: int) -> tuple[bytes, str, str, str | None]:
+              quality_out: int) -> _Output:
     """The smaller of the half-quality encode and the input without its EXIF and XMP (removed losslessly, ICC
     kept), so that an output is never larger than its input; on a tie, the encode. An AVIF's metadata cannot be
     removed losslessly here: when its encode is larger, an AVIF without any is kept as it is, one with some is
@@ -144,32 +154,39 @@ def _smallest(data: bytes, source: ImageFile.ImageFile, encoded: bytes, encoded_
         stripped = None
     if stripped is not None and len(stripped) < len(encoded):
         kept_format, kept_extension = KEPT_FORMATS[source.format]
-        return stripped, kept_format, kept_extension, (
+        return _Output(stripped, kept_format, kept_extension, (
             f"kept the input without EXIF/XMP ({len(stripped):,} bytes): the half-quality encode was "
-            f"{len(encoded):,} bytes")
+            f"{len(encoded):,} bytes"), input_pixels=True)
     if len(encoded) <= len(data):
-        return encoded, encoded_format, encoded_extension, None
+        return _Output(encoded, encoded_format, encoded_extension)
     if source.format == "AVIF" and not source.getexif() and not source.info.get("xmp"):
-        return data, "AVIF", ".avif", (
+        return _Output(data, "AVIF", ".avif", (
             f"kept the input, which carries no EXIF/XMP: the half-quality encode was {len(encoded):,} bytes, more "
-            f"than the input's {len(data):,}")
+            f"than the input's {len(data):,}"), input_pixels=True)
     if source.format == "AVIF":
         own = io.BytesIO()
         source.seek(0)
         source.save(own, "AVIF", quality=quality_out, exif=b"", xmp=b"")
         if own.tell() <= len(data):
-            return own.getvalue(), "AVIF", ".avif", (
+            return _Output(own.getvalue(), "AVIF", ".avif", (
                 f"encoded as AVIF ({own.tell():,} bytes): the half-quality JPEG or WebP was {len(encoded):,} bytes, "
-                f"more than the input's {len(data):,}")
+                f"more than the input's {len(data):,}"))
     raise ImageRejected(
         f"the half-quality encode ({len(encoded):,} bytes) is larger than the input ({len(data):,} bytes), and a "
         f"{source.format} cannot be kept without its metadata losslessly")
 
 
+def _reduction(size: tuple[int, int]) -> int:
+    """The factor a thumbnail starts from: the largest of JPEG's DCT scalings (1/8, 1/4, 1/2) that leaves the
+    longer side at least the thumbnail's."""
+    return next((factor for factor in (8, 4, 2) if max(size) >= factor * THUMBNAIL_SIZE), 1)
+
+
 def _thumbnail(image: Image.Image) -> bytes:
-    """A small JPEG of `image`; reduced by an integer factor first, which is fast, then resized smoothly."""
-    factor = max(1, min(image.size) // (2 * THUMBNAIL_SIZE))
-    small = image.reduce(factor) if factor > 1 else image.copy()
+    """A small JPEG of `image`: reduced by `_reduction` (a box filter over the pixels, as JPEG's DCT scaling
+    averages each block), then resized smoothly to the thumbnail's size."""
+    reduction = _reduction(image.size)
+    small = image.reduce(reduction) if reduction > 1 else image.copy()
     small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     if small.mode not in ("RGB", "L"):
         small = _on_white(small)
@@ -178,15 +195,17 @@ def _thumbnail(image: Image.Image) -> bytes:
     return output.getvalue()
 
 
-def _reopened(output: bytes, fallback: Image.Image) -> Image.Image:
-    """The output as a viewer decodes it (a JPEG at 1/8 scale: fast); its first frame for animations."""
+def _thumbnail_of_encoded(encoded: bytes, fallback: Image.Image) -> bytes:
+    """The thumbnail of the encode as a viewer decodes it (its first frame for animations). A JPEG is decoded at
+    `_reduction` already, through its DCT scaling: at 1/8, a fraction of a full decode."""
     try:
-        with Image.open(io.BytesIO(output)) as image:
-            image.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        with Image.open(io.BytesIO(encoded)) as image:
+            reduction = _reduction(image.size)
+            image.draft(None, (max(1, image.width // reduction), max(1, image.height // reduction)))
             image.load()
-            return image.copy()
+            return _thumbnail(image)
     except _DECODE_ERRORS:
-        return fallback
+        return _thumbnail(fallback)
 
 
 def _on_white(image: Image.Image) -> Image.Image:

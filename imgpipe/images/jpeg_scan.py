@@ -75,7 +75,7 @@ class _Scan:
     spectral_end: int
     refines: bool  # a successive-approximation refinement (Ah > 0)
     every_component: bool
-    intervals: tuple[bytes, ...] = ()  # the entropy-coded data of each restart interval, unstuffed
+    intervals: tuple[tuple[int, int], ...] = ()  # where the entropy-coded data of each restart interval lies
 
     def interval_sizes(self) -> list[int]:
         """The MCUs in each restart interval."""
@@ -85,8 +85,12 @@ class _Scan:
 
 @dataclass(frozen=True)
 class ScanData:
+    data: bytes  # the whole file, as stuffed: an interval is unstuffed only when its codes are read
     frame: _Frame
     scans: list[_Scan]
+
+    def unstuffed(self, interval: tuple[int, int]) -> bytes:
+        return _unstuffed(self.data[interval[0]:interval[1]])
 
 
 def check_scan_lengths(scan_data: ScanData) -> None:
@@ -96,8 +100,12 @@ def check_scan_lengths(scan_data: ScanData) -> None:
         sizes = scan.interval_sizes()
         if len(scan.intervals) < len(sizes):  # a file cut and closed with a marker lacks the intervals after the cut
             raise _ends_early()
-        for mcus, interval in zip(sizes, scan.intervals):
-            if len(interval) * 8 < _fewest_bits(scan_data.frame, scan, mcus):
+        for mcus, (start, end) in zip(sizes, scan.intervals):
+            fewest = _fewest_bits(scan_data.frame, scan, mcus)
+            # Unstuffing removes at most one byte per FF, so the raw length less its FFs is a lower bound, and
+            # enough for any real image; only an interval that falls short of it is unstuffed and measured.
+            if ((end - start - scan_data.data.count(b"\xff", start, end)) * 8 < fewest
+                    and len(scan_data.unstuffed((start, end))) * 8 < fewest):
                 raise _ends_early()
 
 
@@ -106,8 +114,8 @@ def check_where_it_ends(scan_data: ScanData, image: Image.Image) -> None:
     ends, holds the codes of every one of its MCUs."""
     frame, last = scan_data.frame, scan_data.scans[-1]
     sizes = last.interval_sizes()
-    if sizes and _worth_decoding(frame, last, image) and not _codes_fit(frame, last, sizes[-1],
-                                                                        last.intervals[len(sizes) - 1]):
+    if sizes and _worth_decoding(frame, last, image) and not _codes_fit(
+            frame, last, sizes[-1], scan_data.unstuffed(last.intervals[len(sizes) - 1])):
         raise _ends_early()
 
 
@@ -133,7 +141,7 @@ def read_scan_data(data: bytes) -> ScanData | None:
                 marker = None
             segment, position = data[position + 2:position + length], position + length
         if marker is None or marker == _EOI:
-            return ScanData(frame, scans) if frame is not None and scans else None
+            return ScanData(data, frame, scans) if frame is not None and scans else None
         if marker in _SOF_UNCHECKED:
             return None
         if marker in _SOF_SEQUENTIAL or marker == _SOF_PROGRESSIVE:
@@ -156,16 +164,16 @@ def _next_marker(data: bytes, position: int) -> tuple[int | None, int]:
     return (data[marker.end() - 1], marker.end()) if marker else (None, len(data))
 
 
-def _entropy_coded_data(data: bytes, position: int) -> tuple[tuple[bytes, ...], int]:
-    """One scan's data from `position`, split at its restart markers and unstuffed, and where the marker that ends
+def _entropy_coded_data(data: bytes, position: int) -> tuple[tuple[tuple[int, int], ...], int]:
+    """Where one scan's data from `position` lies, split at its restart markers, and where the marker that ends
     it starts."""
     intervals = []
     for marker in _MARKER.finditer(data, position):
-        intervals.append(_unstuffed(data[position:marker.start()]))
+        intervals.append((position, marker.start()))
         if not 0xD0 <= data[marker.end() - 1] <= 0xD7:  # not RSTn, which starts the next restart interval
             return tuple(intervals), marker.start()
         position = marker.end()
-    intervals.append(_unstuffed(data[position:]))
+    intervals.append((position, len(data)))
     return tuple(intervals), len(data)
 
 

@@ -6,6 +6,8 @@ tables is its quality. IJG-made files match one quality exactly; other encoders 
 """
 from __future__ import annotations
 
+import numpy as np
+
 # ITU-T T.81 Annex K, tables K.1 (luminance) and K.2 (chrominance), in natural (row-major) order, the order
 # Pillow uses for `Image.quantization`.
 LUMINANCE_TABLE = (
@@ -45,15 +47,25 @@ def ijg_tables(quality: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return _scale(LUMINANCE_TABLE, quality), _scale(CHROMINANCE_TABLE, quality)
 
 
-_TABLES_BY_QUALITY = {quality: ijg_tables(quality) for quality in QUALITIES}
+def _qualities_by_tables() -> dict[tuple[int, ...], int]:
+    """Each quality's two tables together, and its luminance table alone (for grayscale) -> the quality that
+    writes them; where several do, the lowest, as the least-squares rule picks."""
+    found = {}
+    for quality in reversed(QUALITIES):
+        luminance, chrominance = ijg_tables(quality)
+        found[luminance] = found[luminance + chrominance] = quality
+    return found
 
 
-def _squared_error(actual: list[int], expected: tuple[int, ...]) -> int:
-    return sum((a - e) ** 2 for a, e in zip(actual, expected, strict=True))
+_QUALITY_BY_TABLES = _qualities_by_tables()
+# The same tables as rows (one a quality), for the tables of other encoders.
+_LUMINANCE_ROWS, _CHROMINANCE_ROWS = (np.array([ijg_tables(quality)[which] for quality in QUALITIES], dtype=np.int64)
+                                      for which in (0, 1))
 
 
 def estimate_jpeg_quality(quantization: dict[int, list[int]]) -> int:
-    """The quality (1..100) whose IJG tables are closest, by squared error, to `quantization`.
+    """The quality (1..100) whose IJG tables are closest, by squared error, to `quantization`; of several equally
+    close, the lowest.
 
     `quantization` is Pillow's `Image.quantization`: table id -> 64 entries in natural order. Table 0 is
     compared with the luminance table and, when present, table 1 with the chrominance table (a grayscale
@@ -61,16 +73,15 @@ def estimate_jpeg_quality(quantization: dict[int, list[int]]) -> int:
     """
     if 0 not in quantization:
         raise ValueError("a JPEG needs a luminance quantization table (id 0) to estimate its quality")
-    luminance, chrominance = quantization[0], quantization.get(1)
-
-    def error(quality: int) -> int:
-        expected_luminance, expected_chrominance = _TABLES_BY_QUALITY[quality]
-        total = _squared_error(luminance, expected_luminance)
-        if chrominance is not None:
-            total += _squared_error(chrominance, expected_chrominance)
-        return total
-
-    return min(QUALITIES, key=error)
+    tables = [tuple(quantization[0])] + ([tuple(quantization[1])] if 1 in quantization else [])
+    if any(len(table) != 64 for table in tables):
+        raise ValueError("a JPEG quantization table has 64 entries")
+    exact = _QUALITY_BY_TABLES.get(sum(tables, ()))
+    if exact is not None:
+        return exact
+    errors = sum(((rows - np.array(table, dtype=np.int64)) ** 2).sum(axis=1)
+                 for rows, table in zip((_LUMINANCE_ROWS, _CHROMINANCE_ROWS), tables))
+    return QUALITIES[int(errors.argmin())]
 
 
 def output_quality(quality_in: int) -> int:
