@@ -84,19 +84,24 @@ class Stack:
 
 
 
-def stack_processes(dagster_home: Path) -> list[int]:
-    """Every process of the stacks over `dagster_home`: another stack's on the same machine, a benchmark's or a
-    second test session's, have another DAGSTER_HOME and are left alone."""
-    home = f"DAGSTER_HOME={dagster_home}".encode()
+def processes_with(variable: str, value: object) -> list[int]:
+    """Every process (this one aside) whose environment sets `variable` to `value`."""
+    marker = f"{variable}={value}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if home in (entry / "environ").read_bytes().split(b"\0"):
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
                     pids.append(int(entry.name))
             except OSError:
                 continue
     return pids
+
+
+def stack_processes(dagster_home: Path) -> list[int]:
+    """Every process of the stacks over `dagster_home`: another stack's on the same machine, a benchmark's or a
+    second test session's, have another DAGSTER_HOME and are left alone."""
+    return processes_with("DAGSTER_HOME", dagster_home)
 
 
 def run_workers(stack: Stack) -> list[int]:

@@ -127,6 +127,16 @@ class Prober:
         return time.monotonic() - start, status
 
 
+
+def ask_health(connection: socket.socket) -> float:
+    """GET /healthz on a kept-alive connection, read to its end; when its answer was in."""
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b'{"status":"ok"}'):
+        answer += connection.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    return time.monotonic()
+
 def test_2000_half_open_connections_are_closed_within_30_s_and_healthz_answers_throughout(tmp_path):
     raise_file_limit(4096)
     with running_api(tmp_path) as (url, _), Prober(url) as prober:
@@ -174,12 +184,7 @@ def test_a_slow_or_idle_client_is_closed_by_the_header_and_keep_alive_timeouts(t
 
         # A kept-alive connection: its first request answered, then idle: closed after the keep-alive timeout.
         idle = socket.create_connection((parts.hostname, parts.port), timeout=10)
-        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        answer = b""
-        while not answer.endswith(b'{"status":"ok"}'):
-            answer += idle.recv(4096)
-        assert answer.startswith(b"HTTP/1.1 200 ")
-        answered = time.monotonic()
+        answered = ask_health(idle)
         idle.settimeout(10)
         assert idle.recv(4096) == b""
         assert time.monotonic() - answered < 3
@@ -188,12 +193,7 @@ def test_a_slow_or_idle_client_is_closed_by_the_header_and_keep_alive_timeouts(t
         # Kept alive, then the start of a second request that never ends: the header deadline again, counted
         # from that request's first byte (which stops the keep-alive timer).
         again = socket.create_connection((parts.hostname, parts.port), timeout=10)
-        again.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        first = b""
-        while not first.endswith(b'{"status":"ok"}'):
-            first += again.recv(4096)
-        assert first.startswith(b"HTTP/1.1 200 ")
-        answered = time.monotonic()
+        answered = ask_health(again)
         again.sendall(b"GET /healthz HTTP/1.1\r\n")
         again.settimeout(10)
         rest = b""
@@ -210,12 +210,7 @@ def test_a_kept_alive_connection_idles_for_its_keep_alive_timeout_even_past_the_
         parts = urlsplit(url)
         idle = socket.create_connection((parts.hostname, parts.port), timeout=10)
         for _ in range(2):  # two requests, the second after 2.5 s of idling
-            idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            answer = b""
-            while not answer.endswith(b'{"status":"ok"}'):
-                answer += idle.recv(4096)
-            assert answer.startswith(b"HTTP/1.1 200 ")
-            answered = time.monotonic()
+            answered = ask_health(idle)
             time.sleep(2.5)
         assert idle.recv(4096) == b""
         assert 3.5 < time.monotonic() - answered < 6

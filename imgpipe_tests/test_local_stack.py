@@ -25,6 +25,7 @@ from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus, Source
 from imgpipe.status.store import utcnow
 from imgpipe_tests.servers import IsolatedHome, drop_into_inbox, free_port, wait_for
+from imgpipe_tests.stack import processes_with
 
 pytestmark = pytest.mark.e2e
 
@@ -54,16 +55,7 @@ class Captured:
 
 def processes_over(home: Path) -> list[int]:
     """Processes whose environment names this IMGPIPE_HOME: what `imgpipe up` started, at any depth."""
-    marker = f"IMGPIPE_HOME={home}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    return processes_with("IMGPIPE_HOME", home)
 
 
 def test_imgpipe_up_speaks_to_a_person_logs_to_files_and_stops_within_10_s(tmp_path):
