@@ -20,7 +20,8 @@ from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.servers import REPO, WebhookReceiver, free_port, product_csv, wait_for
 from imgpipe_tests.stack import BIN, TERMINAL, Stack, stack_processes
 
-pytestmark = pytest.mark.e2e
+# Three restarts, each with a run monitoring finds dead and a retry: minutes, not the suite's 300 s per test.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 RESTARTS = 3
 ENDED_WITHIN = 120  # seconds from the restart to the cut request's terminal status
 
