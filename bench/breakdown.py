@@ -44,7 +44,7 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import RESULTS, ImageServer, ensure_images  # noqa: E402
-from procstat import cpu_times, tree  # noqa: E402
+from procstat import cpu_times, this_process_cpu, tree  # noqa: E402
 
 import requests  # noqa: E402
 
@@ -62,15 +62,10 @@ from imgpipe.storage import LocalStorage  # noqa: E402
 LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}
 
 
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def per_image_ms(function, count: int) -> float:
-    before = own_cpu()
+    before = this_process_cpu()
     function()
-    return round(1000 * (own_cpu() - before) / count, 2)
+    return round(1000 * (this_process_cpu() - before) / count, 2)
 
 
 def setup_request(home: Path, request_id: str, urls: list[str]) -> tuple[Settings, DuckDBStatusStore, LocalStorage]:

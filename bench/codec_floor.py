@@ -24,7 +24,6 @@ import io
 import json
 import os
 import platform
-import resource
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,7 @@ from PIL import Image, JpegImagePlugin
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import CPUS, RESULTS, corpus_stats, ensure_images  # noqa: E402
-from procstat import cpu_times, tree  # noqa: E402
+from procstat import TreeMonitor, this_process_cpu, tree  # noqa: E402
 
 from imgpipe.images import compressor, image_policy, jpeg_scan, metadata, quality  # noqa: E402
 
@@ -56,16 +55,11 @@ def keep_freed_memory() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def ms_per_image(work: Callable[[bytes], object], datas: list[bytes]) -> float:
-    started = cpu_seconds()
+    started = this_process_cpu()
     for data in datas:
         work(data)
-    return 1000 * (cpu_seconds() - started) / len(datas)
+    return 1000 * (this_process_cpu() - started) / len(datas)
 
 
 def half_quality(data: bytes) -> int:
@@ -133,38 +127,6 @@ def in_process(policy: Policy) -> dict[str, float]:
     return found
 
 
-def _server_tree() -> dict[tuple[int, int], tuple]:
-    """The fork server and its children, each by (pid, start time): its `procstat.cpu_times`."""
-    server = compressor._client.server_pid()
-    found = {}
-    for pid in tree(server):
-        times = cpu_times(pid)
-        if times:
-            found[(pid, times[4])] = times
-    return found
-
-
-def _tree_delta(before: dict, after: dict, server: int) -> dict[str, float]:
-    """CPU seconds and minor faults of the server and of its children between two `_server_tree`s: a child
-    reaped meanwhile counts through the server's children times, less what it had used before."""
-    cpu = {"fork server": 0.0, "image processes": 0.0}
-    faults = 0
-    for key, now in after.items():
-        then = before.get(key)
-        if key[0] == server:
-            cpu["fork server"] += now[0] - then[0]
-            cpu["image processes"] += now[1] - then[1]
-            faults += now[3] - then[3]
-        else:
-            cpu["image processes"] += now[0] - (then[0] if then else 0)
-            faults += now[2] - (then[2] if then else 0)
-    for key, then in before.items():
-        if key not in after and key[0] != server:
-            cpu["image processes"] -= then[0]
-            faults -= then[2]
-    return {**cpu, "image process faults": faults}
-
-
 def isolated(datas: list[bytes], isolation: str) -> dict[str, float]:
     """CPU ms and faults per image through the fork server, `2 * CPUS` threads sending (at most CPUS at work)."""
 
@@ -175,16 +137,17 @@ def isolated(datas: list[bytes], isolation: str) -> dict[str, float]:
 
     with ThreadPoolExecutor(2 * CPUS) as threads:
         list(threads.map(compress, datas[:2 * CPUS]))  # the server up, its spares or workers forked
-        server = compressor._client.server_pid()
-        tree_before, caller_before = _server_tree(), cpu_seconds()
+        server_tree = TreeMonitor(lambda: tree(compressor._client.server_pid()))
+        server_tree.start_cpu()
+        caller_before = this_process_cpu()
         list(threads.map(compress, datas))
-        caller = cpu_seconds() - caller_before
-        delta = _tree_delta(tree_before, _server_tree(), server)
+        caller = this_process_cpu() - caller_before
+        taken = server_tree.take_cpu()
     n = len(datas)
-    found = {"caller (pickling, pipes)": 1000 * caller / n, "fork server": 1000 * delta["fork server"] / n,
-             "image processes": 1000 * delta["image processes"] / n}
+    found = {"caller (pickling, pipes)": 1000 * caller / n,
+             **{what: 1000 * taken["cpu_s"].get(what, 0.0) / n for what in ("fork server", "image processes")}}
     found["total"] = sum(found.values())
-    found["minor faults per image"] = delta["image process faults"] / n
+    found["minor faults per image"] = taken["minor_faults"]["image processes"] / n
     return found
 
 

@@ -8,6 +8,7 @@ read from its parent, the fork server, whose cutime/cstime grow by each child's 
 from __future__ import annotations
 
 import os
+import resource
 import threading
 from pathlib import Path
 from typing import Callable
@@ -61,15 +62,19 @@ def kind(pid: int, parent_kind: str | None) -> str:
     """What a process of the daemon's tree is, by its command line (or its parent's kind)."""
     if parent_kind in ("fork server", "image processes"):
         return "image processes"
+    if parent_kind == "warm run server":  # a run worker is forked, so it has its server's command line
+        return "run worker (steps)"
     text = command(pid)
     if "imgpipe.images.compressor" in text:
         return "fork server"
+    if "imgpipe.runs.warm_server" in text:
+        return "warm run server"
     if "dagster-daemon" in text:
         return "daemon"
     if "api grpc" in text or "code-server" in text:
         return "code server"
     if "execute_run" in text or "execute_step" in text or "spawn_main" in text:
-        return "run worker (steps)"  # the code server starts a run's process through multiprocessing's spawn
+        return "run worker (steps)"  # a step process of the multiprocess executor
     if text.startswith("tail ") or "dagster/_core/execution/scr" in text:
         return "compute log capture"
     if "imgpipe" in text and " api" in text:
@@ -197,6 +202,12 @@ class TreeMonitor:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def this_process_cpu() -> float:
+    """User + system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def own_cpu_seconds(pids) -> float:

@@ -127,7 +127,8 @@ class DistributedInstance(DagsterInstance):
 
 
 def temporary_folder() -> str:
-    """This process's temporary folder: $TMPDIR as the environment has it now, else the system's."""
+    """This process's temporary folder: $TMPDIR as the environment has it now (tempfile.gettempdir() keeps what it
+    found the first time it was asked), else the system's."""
     return os.environ.get("TMPDIR", "").strip() or tempfile.gettempdir()
 
 

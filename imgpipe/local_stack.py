@@ -35,6 +35,7 @@ from typing import TextIO
 
 from imgpipe.backends import open_status_store, open_storage
 from imgpipe.files import write_atomically
+from imgpipe.lifetime import die_with_parent
 from imgpipe.logs import configure_logging
 from imgpipe.progress import ProgressBoard, tenth
 from imgpipe.report import duration, percent_saved
@@ -285,8 +286,12 @@ def _start(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> sub
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} imgpipe up: {' '.join(command)}\n".encode())
         out.flush()
+        # A group of its own, so that Ctrl-C reaches `imgpipe up` alone and it stops the children in order; and
+        # the same stop signal when `imgpipe up` dies outright (kill -9 of it or of `make run`), so that the
+        # stack stops all the same (`dagster dev` then stops its webserver, daemon and code servers itself).
         return subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=functools.partial(die_with_parent, os.getpid(), _stop_signal(command)))
 
 
 def _serve(settings: Settings, console: Console, children: list[subprocess.Popen], samples_port: int,
@@ -329,6 +334,11 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _stop_signal(command: list[str]) -> int:
+    """`dagster dev` shuts its webserver, daemon and code servers down on SIGINT; the API stops on SIGTERM."""
+    return signal.SIGINT if "dev" in command else signal.SIGTERM
+
+
 def _stop(children: list[subprocess.Popen]) -> None:
     """Each child leads a process group of its own: asked to stop (`dagster dev` shuts its webserver, daemon and
     code servers down on SIGINT), then whatever of the groups is left after STOP_SECONDS is killed, so no
@@ -336,7 +346,7 @@ def _stop(children: list[subprocess.Popen]) -> None:
     for child in children:
         if child.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGINT if "dev" in child.args else signal.SIGTERM)
+                child.send_signal(_stop_signal(child.args))
     deadline = time.monotonic() + STOP_SECONDS
     for child in children:
         with contextlib.suppress(subprocess.TimeoutExpired):

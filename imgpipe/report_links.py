@@ -20,6 +20,7 @@ import re
 import time
 
 from imgpipe.settings import Settings
+from imgpipe.text import ascii_int
 
 LINK_DAYS = 7
 DAY = 86_400
@@ -27,9 +28,6 @@ DAY = 86_400
 KEY_PURPOSE = b"imgpipe report links v1"
 # A report page and the thumbnails under it; group 1 is the report's own path.
 _SIGNABLE = re.compile(r"(/requests/[0-9A-Za-z_-]{1,64}/report)(/thumbs/[^/]+)?")
-# An expiry as links carry it: ASCII digits only. str.isdigit() is true of '²' (which int() refuses) and of
-# Arabic-Indic or fullwidth digits (which int() reads), and int() also takes signs, spaces and underscores.
-_EXPIRES = re.compile(r"[0-9]{1,12}")
 
 
 def report_path(request_id: str) -> str:
@@ -73,12 +71,13 @@ def check(token: str, path: str, expires: str | None, given: str | None, now: fl
         return "this path takes no signed link"
     if not expires or not given:
         return "the link needs both expires and signature"
-    if not _EXPIRES.fullmatch(expires):
+    expires_at = ascii_int(expires, max_digits=12)  # Unix seconds
+    if expires_at is None:
         return "the link's expires is not a time in Unix seconds"
-    if not hmac.compare_digest(signature(token, scope, int(expires)).encode(), given.encode("utf-8", "replace")):
+    if not hmac.compare_digest(signature(token, scope, expires_at).encode(), given.encode("utf-8", "replace")):
         return "the link's signature does not match; ask for the request's report_url again"
-    if int(expires) <= (time.time() if now is None else now):
-        return ("the link expired at " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(expires)))
+    if expires_at <= (time.time() if now is None else now):
+        return ("the link expired at " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires_at))
                 + "; ask for the request's report_url again")
     return None
 

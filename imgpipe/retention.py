@@ -18,6 +18,7 @@ from imgpipe.storage import Storage
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")  # \d would take any Unicode digit
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+MAX_AGE = timedelta(days=1000 * 365)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -25,7 +26,13 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.fullmatch(text.strip())
     if not match:
         raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 12h or 30d")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        duration = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        duration = MAX_AGE + MAX_AGE
+    if duration > MAX_AGE:  # "older than" it would reach back before the calendar's first year
+        raise ValueError(f"{text!r} is longer than {MAX_AGE.days:,} days")
+    return duration
 
 
 def parse_statuses(text: str | None) -> tuple[RequestStatus, ...]:

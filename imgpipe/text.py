@@ -9,6 +9,22 @@ Shown in Markdown, such text is also escaped there.
 from __future__ import annotations
 
 ELLIPSIS = "…"
+# Past 18 digits a count is far over any bound imgpipe sets, and past 4300 int() refuses to read it.
+COUNT_DIGITS = 18
+
+
+def ascii_int(text: str, max_digits: int = COUNT_DIGITS) -> int | None:
+    """`text` as a whole number when it is 1 to `max_digits` ASCII digits, else None. str.isdigit() is also true of
+    '²' (which int() refuses) and of Arabic-Indic or fullwidth digits (which int() reads), and int() takes signs,
+    spaces and underscores too: none of these is a number in a header, a query or a setting."""
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+def declares_over(length: str, limit: int) -> bool:
+    """Whether a Content-Length header says more than `limit` bytes (a longer number than we read says so)."""
+    return (length.isascii() and length.isdigit() and len(length) > COUNT_DIGITS) or (ascii_int(length) or 0) > limit
 
 
 def printable(text: str, limit: int = 500) -> str:

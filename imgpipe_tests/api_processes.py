@@ -3,6 +3,7 @@ several of them sharing one status store."""
 from __future__ import annotations
 
 import contextlib
+import resource
 import subprocess
 import sys
 import time
@@ -15,15 +16,19 @@ from imgpipe_tests.servers import REPO, free_port
 
 
 @contextlib.contextmanager
-def api_process(env: dict[str, str], log_path: Path, start_timeout: float = 60) -> Iterator[tuple[str, int]]:
+def api_process(env: dict[str, str], log_path: Path, start_timeout: float = 60,
+                file_limit: int | None = None) -> Iterator[tuple[str, int]]:
     """`imgpipe api` on a free port with exactly `env` (IMGPIPE_PUBLIC_BASE_URL set to its own URL unless given),
-    its output in `log_path`; yields (URL, pid) once /healthz answers, and stops it afterwards."""
+    its output in `log_path`, started with a soft limit of `file_limit` open files if given (as systemd would);
+    yields (URL, pid) once /healthz answers, and stops it afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {"IMGPIPE_PUBLIC_BASE_URL": url, **env}
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "api", "--port", str(port)], env=env,
-                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=None if file_limit is None else lambda: resource.setrlimit(
+                                       resource.RLIMIT_NOFILE, (file_limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
     try:
         deadline = time.monotonic() + start_timeout
         while True:

@@ -119,3 +119,27 @@ def postgres_url():
         except PostgresUnavailable as exc:
             pytest.fail(str(exc), pytrace=False)
         yield url
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def store_factory(request, tmp_path):
+    """A picklable callable (keyword `lock_timeout` optional) opening the same status store, for this process and
+    for spawned ones, once on each backend; `.backend` and `.target` (the file or URL) say which."""
+    import functools
+
+    from imgpipe.status.postgres_store import PostgresStatusStore
+
+    if request.param == "duckdb":
+        target = str(tmp_path / "s.duckdb")
+        factory = functools.partial(DuckDBStatusStore, target)
+    else:
+        target = request.getfixturevalue("postgres_url")
+        factory = functools.partial(PostgresStatusStore, target)
+    factory.backend, factory.target = request.param, target  # partial objects take attributes
+    return factory
+
+
+@pytest.fixture
+def store(store_factory):
+    """An empty status store, once on each backend."""
+    return store_factory()

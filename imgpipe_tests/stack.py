@@ -46,15 +46,12 @@ class Stack:
         except requests.ConnectionError:
             return False
 
-    def kill(self) -> list[int]:
-        """SIGKILL to every process group of the stack, as a lost machine or `kill -9` would; the pids that were
-        the stack's."""
-        pids = stack_processes(self.dagster_home)
+    def kill(self) -> None:
+        """SIGKILL to every process group of the stack, as a lost machine or `kill -9` would."""
         for proc in self.procs:
             os.killpg(proc.pid, signal.SIGKILL)
         for proc in self.procs:
             proc.wait(timeout=20)
-        return pids
 
     def stop(self):
         for proc in self.procs:

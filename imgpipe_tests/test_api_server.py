@@ -39,12 +39,12 @@ def raise_file_limit(needed: int) -> None:
 
 
 @contextlib.contextmanager
-def running_api(tmp_path: Path, **env: str):
+def running_api(tmp_path: Path, file_limit: int | None = None, **env: str):
     """`imgpipe api` over a fresh home with the token set and `env` (IMGPIPE_* overrides); yields (URL, pid)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("IMGPIPE_API_")}
     base.pop("IMGPIPE_PUBLIC_BASE_URL", None)
     with api_process({**base, "IMGPIPE_HOME": str(tmp_path / "home"), "IMGPIPE_API_TOKEN": TOKEN, **env},
-                     tmp_path / "api.log") as (url, pid):
+                     tmp_path / "api.log", file_limit=file_limit) as (url, pid):
         yield url, pid
 
 
@@ -256,15 +256,11 @@ def test_request_headers_over_64_kib_are_refused_with_431(tmp_path):
 def test_an_api_started_under_a_low_file_limit_raises_it_to_hold_its_connections(tmp_path):
     """systemd starts services with a soft limit of 1024 open files: below the default bound plus what the API
     needs besides. The API raises its soft limit (up to the hard one) at start."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 2048:
         pytest.skip(f"the hard limit ({hard}) leaves no room to raise")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
-    try:
-        with running_api(tmp_path) as (url, pid):
-            limits = Path(f"/proc/{pid}/limits").read_text()
-            assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with running_api(tmp_path, file_limit=512) as (url, pid):
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
     [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
     assert int(line.split()[3]) >= Settings.model_fields["api_max_connections"].default + RESERVED_FILES, line

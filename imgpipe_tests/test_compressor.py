@@ -179,6 +179,18 @@ def test_the_timeout_counts_from_the_start_of_the_work_not_from_the_wait_in_the_
     assert all(0.35 < o.seconds < 1.0 for o in outcomes)  # its own work, not the queue
 
 
+def test_at_its_deadline_an_image_under_way_is_cut_short_and_one_still_waiting_never_starts(compress_isolated):
+    not_after = time.monotonic() + 1.0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = pool.map(lambda _: compress_isolated(
+            timed(3), **LIMITS, timeout=30.0, memory_bytes=64 * MIB, slots=1, work=compressor_work.TIMED,
+            not_after=not_after), range(2))
+    under_way, waiting = sorted(outcomes, key=lambda outcome: not outcome.pid)  # whichever the server took first
+    assert time.monotonic() - not_after < 1.0
+    assert not under_way.ok and under_way.pid and under_way.seconds < 1.5
+    assert not waiting.ok and not waiting.pid and "did not start before its deadline" in waiting.error
+
+
 def test_a_process_per_image_or_a_worker_per_few_images(compress_isolated, isolation):
     compressor._client.close()  # a new server: no worker left half-used by an earlier test
     outcomes = [compress_isolated(timed(0), **LIMITS, **GENEROUS, work=compressor_work.TIMED) for _ in range(12)]

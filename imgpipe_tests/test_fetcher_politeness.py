@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from imgpipe.images import fetcher
-from imgpipe.images.fetcher import FetchError, FetchLimits, HostSlots, Validators, fetch, post
+from imgpipe.images.fetcher import UNANSWERED_IN_A_ROW, FetchError, FetchLimits, HostSlots, Validators, fetch, post
 from imgpipe.images.url_safety import AllowList
 from imgpipe_tests.servers import CatalogServer
 
@@ -424,3 +424,15 @@ def test_validators_unfit_to_send_back_are_neither_kept_nor_sent(scripted):
     _, _, headers = scripted.seen[-1]
     assert "x-injected" not in headers and "if-none-match" not in headers
     assert headers["if-modified-since"] == "Tue, 15 Nov 1994 12:45:26 GMT"
+
+
+def test_a_host_given_up_is_tried_again_once_its_time_is_over(monkeypatch):
+    monkeypatch.setattr(fetcher, "GIVEN_UP_SECONDS", 0.3)
+    hosts = HostSlots(per_host=2)
+    for index in range(UNANSWERED_IN_A_ROW):
+        hosts.unanswered("dead.example", f"http://dead.example/{index}.jpg")
+    assert "did not answer" in hosts.refusal("dead.example")
+    time.sleep(0.4)
+    assert hosts.refusal("dead.example") is None
+    hosts.unanswered("dead.example", "http://dead.example/again.jpg")  # its earlier failures are forgotten
+    assert hosts.refusal("dead.example") is None

@@ -2,7 +2,6 @@
 names never picked up, no collisions, crash recovery, and one bad file never stopping the others."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -15,7 +14,6 @@ from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import Source
-from imgpipe.status.postgres_store import PostgresStatusStore
 from imgpipe.storage import LocalStorage, input_key
 from imgpipe_tests.servers import drop_into_inbox
 
@@ -268,16 +266,12 @@ def test_one_pass_takes_a_bounded_number_of_files(setup):
     assert [len(inbox.take()) for _ in range(4)] == [2, 2, 1, 0]
 
 
-@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
-def test_a_request_is_seen_queued_only_once_its_file_and_every_slot_are_stored(tmp_path, request, monkeypatch,
-                                                                               backend):
+def test_a_request_is_seen_queued_only_once_its_file_and_every_slot_are_stored(tmp_path, monkeypatch, store_factory):
     """What launches runs (the inbox sensor, the API's launch) lists the queued requests: one it lists must have its
     input in the storage and every product and image slot recorded, or its run would find less than was accepted.
     Looked at through another connection after each transaction the intake commits."""
     settings = Settings(home=tmp_path / "home")
-    open_store = (functools.partial(DuckDBStatusStore, settings.db_path) if backend == "duckdb"
-                  else functools.partial(PostgresStatusStore, request.getfixturevalue("postgres_url")))
-    store, reader = open_store(), open_store()
+    store, reader = store_factory(), store_factory()
     storage = LocalStorage(settings.home_dir, settings.public_base_url)
     seen = []
     commit = store._transact

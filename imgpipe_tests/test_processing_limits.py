@@ -43,6 +43,7 @@ class BlackHole:
             self.held.append(connection)
 
     def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way, which close() alone does not
         self.listener.close()
         for connection in self.held:
             connection.close()

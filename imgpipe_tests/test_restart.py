@@ -1,8 +1,8 @@
 """A stack that dies while a request is processing, and the stack started again on the same home: the cut
 request ends `failed` with one `request.failed` webhook (its run's worker is found gone by run monitoring),
 `imgpipe retry` completes it, nothing of the earlier stack is left running, and new requests still run.
-Once with SIGKILL of every process group of the stack (`dagster-daemon run` beside `imgpipe api`), once with
-Ctrl-C of `imgpipe up`; three times in a row each."""
+SIGKILL of every process group of the stack (`dagster-daemon run` beside `imgpipe api`) and Ctrl-C of `imgpipe up`,
+three times in a row each; and `imgpipe up` killed alone with kill -9, whose children die with it."""
 from __future__ import annotations
 
 import json
@@ -74,17 +74,17 @@ def assert_ended_failed_once_then_retried(api: str, env: dict, receiver: Webhook
     assert status_of(api, request_id)["status"] == "completed"
 
 
-def assert_all_gone(pids: list[int]) -> None:
-    """None of the earlier stack's processes (daemon, API, code server, warm run servers, run workers, image
-    fork servers) is alive, or left as an unreaped child of anything but init."""
+def assert_all_gone(dagster_home: Path) -> None:
+    """No process of the stack over `dagster_home` (daemon, API, UI, code server, warm run servers, run workers,
+    image fork servers) is left alive: nothing of a stack that was stopped outlives it."""
     def alive(pid: int) -> bool:
         try:
             return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
         except OSError:
             return False
 
-    assert wait_for(lambda: not [p for p in pids if alive(p)], 30), [
-        Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in pids if alive(p)]
+    left = lambda: [pid for pid in stack_processes(dagster_home) if alive(pid)]  # noqa: E731
+    assert wait_for(lambda: not left(), 45), [Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in left()]
 
 
 def test_a_stack_killed_three_times_mid_request_ends_each_cut_request_and_runs_the_next(
@@ -96,11 +96,11 @@ def test_a_stack_killed_three_times_mid_request_ends_each_cut_request_and_runs_t
         for restart in range(RESTARTS):
             name = f"cut-{restart}"
             request_id = cut_request(stack.api, image_root, image_server, receiver, name)
-            earlier = stack.kill()
+            stack.kill()
+            assert_all_gone(stack.dagster_home)
             stack.start()
             restarted_at = time.monotonic()
             assert_ended_failed_once_then_retried(stack.api, stack.env, receiver, name, request_id, restarted_at)
-            assert_all_gone(earlier)
         request_id = post(stack.api, product_csv([photographs(image_root, image_server, 2)]), receiver.url("after"))
         assert stack.wait_terminal(request_id, 60).status == "completed"
     finally:
@@ -108,8 +108,20 @@ def test_a_stack_killed_three_times_mid_request_ends_each_cut_request_and_runs_t
         receiver.close()
 
 
-def test_imgpipe_up_stopped_with_ctrl_c_three_times_mid_request_ends_each_cut_request(
-        tmp_path, image_server, image_root):
+def ctrl_c(up: subprocess.Popen) -> None:
+    up.send_signal(signal.SIGINT)
+    assert up.wait(timeout=15) == 0
+
+
+def kill_9_its_process_group(up: subprocess.Popen) -> None:
+    """What a lost terminal or `kill -9 -- -PGID` of `make run` does: `imgpipe up` dies at once, stopping nothing."""
+    os.killpg(up.pid, signal.SIGKILL)
+    up.wait(timeout=15)
+
+
+@pytest.mark.parametrize("stop, times", [(ctrl_c, RESTARTS), (kill_9_its_process_group, 1)],
+                         ids=["ctrl-c three times", "kill -9 of its process group"])
+def test_imgpipe_up_stopped_mid_request_ends_each_cut_request(stop, times, tmp_path, image_server, image_root):
     receiver = WebhookReceiver()
     home = tmp_path / "home"
     api_port, ui_port = free_port(), free_port()
@@ -120,23 +132,26 @@ def test_imgpipe_up_stopped_with_ctrl_c_three_times_mid_request_ends_each_cut_re
     command = [str(BIN / "imgpipe"), "up", "--no-sample", "--api-port", str(api_port), "--ui-port", str(ui_port),
                "--samples-port", str(free_port())]
 
+    log = tmp_path / "up.log"
+    log.touch()
+
     def start() -> subprocess.Popen:
-        up = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=open(tmp_path / "up.log", "ab"),
+        written = len(log.read_text())
+        up = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=open(log, "ab"),
                               stderr=subprocess.STDOUT, start_new_session=True)
-        assert wait_for(lambda: status_of(api, "none") != {}, 120), (tmp_path / "up.log").read_text()[-2000:]
+        # Ready as `imgpipe up` says it: the API and the UI (and so the daemon) answer.
+        assert wait_for(lambda: "Ctrl-C stops everything" in log.read_text()[written:], 180), log.read_text()[-2000:]
         return up
 
     up = start()
     try:
-        for restart in range(RESTARTS):
+        for restart in range(times):
             name = f"cut-{restart}"
             request_id = cut_request(api, image_root, image_server, receiver, name)
-            earlier = stack_processes(home / "dagster_home")
-            up.send_signal(signal.SIGINT)
-            assert up.wait(timeout=15) == 0
+            stop(up)
+            assert_all_gone(home / "dagster_home")
             up = start()
             assert_ended_failed_once_then_retried(api, env, receiver, name, request_id, time.monotonic())
-            assert_all_gone(earlier)
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(timeout=15)

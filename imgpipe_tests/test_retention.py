@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
+from datetime import timedelta
 
 import pytest
 from dagster import instance_for_test
@@ -26,7 +27,7 @@ from imgpipe.retention import PurgePlan, parse_duration, parse_statuses, purge
 from imgpipe.settings import Settings
 from imgpipe.status.models import Obtained, Source
 from imgpipe.status.store import utcnow
-from imgpipe.storage import errors_key, image_key, input_key, output_key, thumbnail_key
+from imgpipe.storage import THUMBNAIL_SIDES, errors_key, image_key, input_key, output_key, thumbnail_key
 from imgpipe_tests.asgi import asgi_get
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.pipeline import csv_for, process_here
@@ -50,17 +51,13 @@ def backends(request, tmp_path):
 def test_purge_removes_exactly_the_old_requests_and_keeps_what_the_others_reuse(backends, image_server,
                                                                                 image_root, tmp_path):
     settings, store, storage = backends
-    folder = uuid.uuid4().hex[:8]
-    for name in ("a", "b", "c", "d", "shared"):
-        save_jpeg(image_root / folder / f"{name}.jpg", quality=80, seed=hash(name) % 100)
-    url = lambda name: image_server.url(f"img/{folder}/{name}.jpg")  # noqa: E731
+    a, b, c, d, shared_url = served_images(uuid.uuid4().hex[:8], image_root, image_server, "a", "b", "c", "d", "shared")
     ids = [process_here(settings, store, storage, rows, f"r{index}.csv") for index, rows in enumerate(
-        [[[url("a")]], [[url("b")]], [[url("shared"), url("c")]], [[url("shared")]], [[url("d")]]])]
+        [[[a]], [[b]], [[shared_url, c]], [[shared_url]], [[d]]])]
     old, kept = ids[:3], ids[3:]
-    shared = {i.input_url: i for i in store.images(ids[3])}[url("shared")]
+    shared = {i.input_url: i for i in store.images(ids[3])}[shared_url]
     assert shared.obtained in (Obtained.NOT_MODIFIED, Obtained.SAME_CONTENT)  # request 4 reused request 3's output
-    long_ago = utcnow().replace(year=2000)
-    store._run(*[("UPDATE requests SET created_at = ? WHERE request_id = ?", [long_ago, r]) for r in old])
+    made_old(store, *old)
     only_old = {i.input_sha256 for r in old for i in store.images(r)} - {i.input_sha256 for r in kept
                                                                           for i in store.images(r)}
     plan = PurgePlan(older_than=parse_duration("30m"), statuses=parse_statuses(None))
@@ -119,7 +116,7 @@ def files_of(store, request_id: str) -> list[str]:
     names = [image.output_path.rsplit("/", 1)[1] for image in store.images(request_id) if image.output_path]
     return [input_key(request_id), output_key(request_id), *[image_key(request_id, name) for name in names],
             *[thumbnail_key(request_id, f"{name.rsplit('.', 1)[0]}.{side}.jpg") for name in names
-              for side in ("before", "after")]]
+              for side in THUMBNAIL_SIDES]]
 
 
 def test_a_request_still_processing_is_refused_and_purged_whole_once_its_run_has_ended(backends, image_server,
@@ -187,3 +184,15 @@ def test_the_retention_schedule_purges_the_old_requests_that_have_ended_and_no_o
     assert store.get_request(ended) is None and not storage.exists(input_key(ended))
     for request_id, status in ((running, "processing"), (queued, "queued")):
         assert store.get_request(request_id).status == status and storage.exists(input_key(request_id))
+
+
+@pytest.mark.parametrize("text, expected", [("90s", timedelta(seconds=90)), ("15m", timedelta(minutes=15)),
+                                            ("12h", timedelta(hours=12)), (" 30d ", timedelta(days=30))])
+def test_a_duration_is_read_in_its_unit(text, expected):
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["30", "3w", "²d", "١٢d", "-1d", "99999999999d", "9" * 40 + "s", "365001d"])
+def test_what_is_not_a_duration_of_the_calendar_is_refused_with_its_text(text):
+    with pytest.raises(ValueError, match="not a duration|longer than"):
+        parse_duration(text)

@@ -4,7 +4,6 @@ PostgreSQL, which refuses a NUL, a request whose image servers answer status lin
 from __future__ import annotations
 
 import contextlib
-import functools
 import multiprocessing
 import uuid
 from datetime import datetime, timedelta
@@ -42,20 +41,6 @@ CONTRACT_COLUMNS = {
 # information_schema.columns.data_type in PostgreSQL for the contract's (DuckDB's) type names.
 POSTGRES_TYPE_NAMES = {"VARCHAR": "character varying", "INTEGER": "integer", "BIGINT": "bigint",
                        "TIMESTAMP": "timestamp without time zone"}
-
-
-@pytest.fixture(params=["duckdb", "postgres"])
-def store_factory(request, tmp_path):
-    """A picklable callable (keyword `lock_timeout` optional) opening the same store, for this process and
-    for spawned ones; `.backend` and `.target` (the file or URL) say which."""
-    if request.param == "duckdb":
-        target = str(tmp_path / "s.duckdb")
-        factory = functools.partial(DuckDBStatusStore, target)
-    else:
-        target = request.getfixturevalue("postgres_url")
-        factory = functools.partial(PostgresStatusStore, target)
-    factory.backend, factory.target = request.param, target  # partial objects take attributes
-    return factory
 
 
 def manifest(n_rows: int, per_row: int, prefix: str = "http://img.example/") -> pd.DataFrame:

@@ -7,18 +7,9 @@ from datetime import timedelta
 import pytest
 
 from imgpipe.metrics import BUCKETS
-from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus
-from imgpipe.status.postgres_store import PostgresStatusStore
-from imgpipe.status.store import StatusStore, utcnow
+from imgpipe.status.store import utcnow
 from imgpipe_tests.test_status_store import accept, manifest
-
-
-@pytest.fixture(params=["duckdb", "postgres"])
-def store(request, tmp_path) -> StatusStore:
-    if request.param == "duckdb":
-        return DuckDBStatusStore(tmp_path / "s.duckdb")
-    return PostgresStatusStore(request.getfixturevalue("postgres_url"))
 
 
 def test_request_view_pages_products_in_input_order_with_their_images(store):

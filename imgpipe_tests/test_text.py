@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from imgpipe.text import markdown_text, printable
+from imgpipe.text import ascii_int, declares_over, markdown_text, printable
 
 
 def unprintable(text: str) -> list[str]:
@@ -80,3 +80,17 @@ def test_markdown_text_shows_a_servers_text_as_itself():
     assert shown == ("HTTP 500 \\[click\\](javascript:alert(1)) \\<img src=x onerror=y\\> \\| next cell"
                      "\\\\x0a# heading \\\\x00\\\\x1b\\[31m")
     assert "\n" not in shown and "|" not in shown.replace("\\|", "")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0", 0), ("1700000000", 1700000000), ("", None), ("²", None), ("١٢", None), ("１２", None), (" 12", None),
+    ("+12", None), ("1_0", None), ("-1", None), ("1" * 19, None),
+])
+def test_ascii_int_reads_ascii_digits_only(text, expected):
+    assert ascii_int(text) == expected
+
+
+@pytest.mark.parametrize("length, over", [("11", True), ("10", False), ("9" * 30, True), ("²", False), ("", False),
+                                          ("abc", False)])
+def test_a_declared_length_over_the_limit(length, over):
+    assert declares_over(length, 10) is over

@@ -3,7 +3,8 @@ import socket
 
 import pytest
 
-from imgpipe.images.url_safety import AllowList, UnresolvableHost, UnsafeUrl, check_url, is_public_address
+from imgpipe.images.url_safety import (AllowList, UnresolvableHost, UnsafeUrl, check_url, is_public_address,
+                                       netloc_of)
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"
@@ -237,3 +238,15 @@ def test_allow_list_rejects_malformed_entries(bad):
 )
 def test_is_public_address(ip, public):
     assert is_public_address(ipaddress.ip_address(ip)) is public
+
+
+@pytest.mark.parametrize("url, netloc", [
+    ("http://2130706433/a.jpg", "127.0.0.1"), ("http://0x7f.1:8080/a.jpg", "127.0.0.1:8080"),
+    ("https://BÜCHER.example./a.jpg", "xn--bcher-kva.example"), ("https://shop.example:443/a", "shop.example"),
+    ("http://[0:0::1]:81/", "[::1]:81"), ("ftp://shop.example/a", ""), ("http:///a", ""),
+])
+def test_a_url_names_the_host_it_would_be_checked_into_without_resolving_it(url, netloc):
+    assert netloc_of(url) == netloc
+    if netloc:
+        resolve_nothing = lambda *args, **kwargs: [(socket.AF_INET, 0, 0, "", ("93.184.216.34", 0))]  # noqa: E731
+        assert check_url(url, AllowList.parse("127.0.0.0/8,::1/128"), resolve_nothing).netloc == netloc

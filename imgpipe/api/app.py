@@ -13,7 +13,6 @@ Modules: `uploads` (the body, streamed through python-multipart under limits), `
 
 import contextlib
 import functools
-import json
 import threading
 from datetime import timezone
 import logging
@@ -149,7 +148,9 @@ class Api:
                      extra={"event": "rejected"})
             raise self._rejected(result.request_id, [e.to_dict() for e in result.errors])
         log.info("upload %s accepted", result.file_name, extra={"event": "accepted"})
-        return self._accepted(result.request_id)
+        accepted = self._accepted(result.request_id)
+        accepted.background = BackgroundTask(self.launcher.launch, result.request_id)  # once the 202 is sent
+        return accepted
 
     def _request_problems(self, received: ReceivedUpload, key: str | None,
                           query_webhook_url: str | None) -> list[RowError]:
@@ -334,10 +335,7 @@ def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
         fresh: Annotated[bool, Query(
             description="true: fetch and encode every image again, whatever earlier requests left")] = False,
     ) -> JSONResponse:
-        response = await api.create_request(request, idempotency_key, webhook_url, file_name, fresh)
-        if response.status_code == 202 and "Idempotent-Replayed" not in response.headers:
-            response.background = BackgroundTask(api.launcher.launch, json.loads(response.body)["request_id"])
-        return response
+        return await api.create_request(request, idempotency_key, webhook_url, file_name, fresh)
 
     @app.get("/requests/{request_id}", operation_id="getRequest",
              response_model=RequestDocument | RequestPage | RequestSummary,

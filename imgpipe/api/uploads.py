@@ -25,6 +25,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from imgpipe.api.errors import ApiError
+from imgpipe.text import declares_over
 
 KIB = 1024
 MULTIPART_ENVELOPE_BYTES = 64 * KIB
@@ -79,9 +80,7 @@ async def read_upload(request: Request, max_csv_bytes: int) -> ReceivedUpload:
 
 def refuse_declared_length(request: Request, limit: int) -> None:
     """413 before reading when the client says the body is longer than `limit` (the body may never come)."""
-    declared = request.headers.get("content-length", "")
-    # ASCII digits only: str.isdigit() is also true of '²', which int() refuses.
-    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+    if declares_over(request.headers.get("content-length", ""), limit):
         raise too_large("the upload", limit)
 
 

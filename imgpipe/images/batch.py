@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from imgpipe.images.compressor import compress_isolated
-from imgpipe.images.fetcher import (FetchError, FetchLimits, FetchResult, HostQueue, HostSlots, Validators, fetch,
-                                    host_of)
+from imgpipe.images.fetcher import FetchError, FetchLimits, FetchResult, HostQueue, HostSlots, Validators, fetch
 from imgpipe.images.image_policy import POLICY_VERSION
+from imgpipe.images.url_safety import netloc_of
 from imgpipe.images.url_safety import AllowList
 from imgpipe.settings import Settings, env_name
 from imgpipe.status.models import ContentOutput, ImageResult, ImageSlot, ImageStatus, Obtained, ReuseCandidate
@@ -103,7 +103,7 @@ class BatchRunner:
         # their number at every wake-up: 36 ms a call with 20,000 of them, the main thread then busy with the GIL
         # held, a cost per image that grew with the request.)
         finished: queue.SimpleQueue[ImageResult] = queue.SimpleQueue()
-        downloads = self.hosts.queue((host_of(item.input_url), item) for item in items)
+        downloads = self.hosts.queue((netloc_of(item.input_url), item) for item in items)
         threads = min(self.settings.download_threads, max(1, len(items)))
         with ThreadPoolExecutor(max_workers=threads) as pool, \
                 contextlib.closing(self.hosts) if self._own_hosts else contextlib.nullcontext():
@@ -196,9 +196,9 @@ class BatchRunner:
         if downloaded >= self.deadline:
             return _failed(item, self.deadline_reason, bytes_in)
         # The per-image budget covers download and compression, not the wait for a free core: the compressor
-        # counts it from when the image's process starts on it. The request's deadline cuts it short, counted the
-        # same way: an image that waits for a core past the deadline still gets what was left of it.
-        remaining = min(max(1.0, self.settings.image_timeout - (downloaded - started)), self.deadline - downloaded)
+        # counts it from when the image's process starts on it. The request's deadline is an instant: an image
+        # still waiting for a core then is never started, and one under way is cut short.
+        remaining = max(1.0, self.settings.image_timeout - (downloaded - started))
         # The compressor queues the images of this whole process and runs `compress_slots` at once itself,
         # starting the next the moment one answers, so that no thread of this process (waiting for the GIL
         # behind the downloads) stands between one image and the next.
@@ -206,7 +206,7 @@ class BatchRunner:
                                     max_frames=self.settings.max_frames, timeout=remaining,
                                     memory_bytes=self.settings.process_memory_bytes,
                                     slots=self.settings.compress_slots, isolation=self.settings.isolation,
-                                    recycle=self.settings.pool_recycle)
+                                    recycle=self.settings.pool_recycle, not_after=self.deadline)
         compress_seconds = outcome.seconds
         if not outcome.ok:  # the reason may quote the file's own bytes, or a decoder's
             return self._failed_or_late(item, outcome.error, bytes_in)

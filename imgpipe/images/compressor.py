@@ -25,7 +25,7 @@ replaced.
 
 Protocol over the server's stdin and stdout, and over each child's two pipes: frames of a 4-byte big-endian
 length and a payload, each read straight into bytes of its own. A request is two frames: a pickle of (job_id,
-work, max_pixels, max_frames, timeout, memory_bytes, slots, recycle), then the image's bytes as they are, both
+work, max_pixels, max_frames, timeout, memory_bytes, slots, recycle, not_after), then the image's bytes as they are, both
 sent on to the child as they came (nobody on the way unpickles or copies the image); a child answers with one
 byte (1: it exits after this answer) and a pickle of its result (a `CompressedImage` or the reason the image
 failed); the server answers the caller with (job_id, pid, seconds at work) packed as "!QId" and the child's
@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NoReturn
 
 from imgpipe.images.image_policy import CompressedImage, ImageRejected
+from imgpipe.lifetime import die_with_parent
 
 MIB = 1024 * 1024  # not imported from imgpipe.settings: the server's heap stays without pydantic
 
@@ -70,7 +71,6 @@ _GLIBC_TUNABLES = "glibc.malloc.hugetlb=1"
 # Pipes of 1 MiB (Linux's default cap for an unprivileged process) carry a photograph in one write, not sixteen.
 _PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = 1031
-_PR_SET_PDEATHSIG = 1
 # A child's codec buffers (a decoded photograph, an encoder's coefficients: megabytes each) come from the top of
 # the heap, which malloc grows in 2 MiB steps advised for transparent huge pages, rather than from mmap regions of
 # their own, which are not 2 MiB-aligned and so fault in mostly one 4 KiB page at a time; and what a child frees
@@ -78,7 +78,7 @@ _PR_SET_PDEATHSIG = 1
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
 _HEAP_BUFFERS_UP_TO = 32 * MIB  # glibc's largest mmap threshold
 _HEAP_KEPT_FREE = 64 * MIB
-# Set in the server before its first fork: the C library, for prctl (children die with the server) and mallopt.
+# Set in the server before its first fork: the C library, for mallopt.
 _libc = None
 
 
@@ -132,7 +132,7 @@ class _FrameReader:
                 if not self._missing:
                     self._done.append(b"")
             return bool(chunk)
-        chunk = os.read(self.fd, self._missing)
+        chunk = os.read(self.fd, min(self._missing, _PIPE_BYTES))  # a pipe gives at most that much a read
         self._parts.append(chunk)
         self._missing -= len(chunk)
         if not self._missing:
@@ -161,7 +161,8 @@ class ForkServerClient:
         self._progress = 0.0  # when the server last answered, or was last sent work while it had none
 
     def compress(self, data: bytes, *, max_pixels: int, max_frames: int, timeout: float, memory_bytes: int,
-                 work: str = DEFAULT_WORK, slots: int | None = None, recycle: int = 1) -> CompressionOutcome:
+                 work: str = DEFAULT_WORK, slots: int | None = None, recycle: int = 1,
+                 not_after: float | None = None) -> CompressionOutcome:
         answer: Future = Future()
         with self._lock:
             process = self._running_server()
@@ -171,7 +172,7 @@ class ForkServerClient:
                 self._progress = time.monotonic()
             self._pending[job_id] = (answer, timeout)
         header = pickle.dumps((job_id, work, max_pixels, max_frames, timeout, memory_bytes,
-                               slots or os.cpu_count() or 2, recycle), protocol=pickle.HIGHEST_PROTOCOL)
+                               slots or os.cpu_count() or 2, recycle, not_after), protocol=pickle.HIGHEST_PROTOCOL)
         # Not under `_lock`, which the reader thread needs for every answer: a request larger than the pipe
         # waits for the server to read it, and the server may first be waiting for its answers to be read.
         with self._send_lock:
@@ -254,9 +255,7 @@ def _server_environment() -> dict[str, str]:
     from imgpipe.settings import process_environment
 
     configured = process_environment().get("GLIBC_TUNABLES")
-    # numpy's BLAS would start a thread of its own in the server, which must stay single-threaded to fork.
-    return process_environment(GLIBC_TUNABLES=f"{configured}:{_GLIBC_TUNABLES}" if configured else _GLIBC_TUNABLES,
-                               OPENBLAS_NUM_THREADS="1")
+    return process_environment(GLIBC_TUNABLES=f"{configured}:{_GLIBC_TUNABLES}" if configured else _GLIBC_TUNABLES)
 
 
 _client = ForkServerClient()
@@ -265,15 +264,17 @@ atexit.register(_client.close)
 
 def compress_isolated(data: bytes, *, max_pixels: int, max_frames: int, timeout: float, memory_bytes: int,
                       work: str = DEFAULT_WORK, slots: int | None = None, isolation: str = "process",
-                      recycle: int = 200) -> CompressionOutcome:
+                      recycle: int = 200, not_after: float | None = None) -> CompressionOutcome:
     """`compress_image(data)` run in a process of its own that may use `memory_bytes` more memory than it
     started with and is killed after `timeout` seconds (counted from when it starts on the image, not from the
-    wait for a free core). At most `slots` images of this process are compressed at once (default: the cores);
-    the others wait in the server's queue. `isolation="pool"`: in a worker process that does up to `recycle`
-    images. Image problems, crashes and overruns come back as ok=False."""
+    wait for a free core), or at `not_after` (a time.monotonic() instant: the machine's clock, the server's
+    too), whichever comes first; an image still waiting then is never started. At most `slots` images of this
+    process are compressed at once (default: the cores); the others wait in the server's queue.
+    `isolation="pool"`: in a worker process that does up to `recycle` images. Image problems, crashes and
+    overruns come back as ok=False."""
     return _client.compress(data, max_pixels=max_pixels, max_frames=max_frames, timeout=timeout,
                             memory_bytes=memory_bytes, work=work, slots=slots,
-                            recycle=max(1, recycle) if isolation == "pool" else 1)
+                            recycle=max(1, recycle) if isolation == "pool" else 1, not_after=not_after)
 
 
 # ---------------------------------------------------------------- the fork server
@@ -284,6 +285,7 @@ class _Job:
     job_id: int
     work: str
     timeout: float
+    not_after: float | None
     slots: int
     recycle: int
     # The request's two frames as they came, for the child.
@@ -349,7 +351,7 @@ class _Server:
                 self._kill(worker)
 
     def _enqueue(self, header: bytes, data: bytes) -> None:
-        job_id, work, _, _, timeout, _, slots, recycle = pickle.loads(header)
+        job_id, work, _, _, timeout, _, slots, recycle, not_after = pickle.loads(header)
         if work not in self.works:
             try:
                 self.works[work] = _import(work)
@@ -358,13 +360,17 @@ class _Server:
                 return
         self.slots = max(1, slots)
         self.spares_wanted = self.slots if recycle == 1 else 0
-        self.queue.append(_Job(job_id, work, timeout, self.slots, recycle, header, data))
+        self.queue.append(_Job(job_id, work, timeout, not_after, self.slots, recycle, header, data))
 
     def _start_queued(self) -> None:
         lost = 0
         while self.queue:
             running = sum(1 for w in self.workers.values() if w.job is not None)
             job = self.queue[0]
+            if job.not_after is not None and time.monotonic() >= job.not_after:
+                self.queue.popleft()
+                self._answer(job.job_id, 0, pickle.dumps("compression did not start before its deadline"))
+                continue
             if running >= job.slots:
                 return
             worker = self._idle_worker_for(job) or self._fork_worker()
@@ -380,7 +386,7 @@ class _Server:
                 continue
             self.queue.popleft()
             worker.job, worker.started = job, time.monotonic()
-            worker.deadline = worker.started + job.timeout
+            worker.deadline = min(worker.started + job.timeout, job.not_after or float("inf"))
             worker.limit = worker.limit or job.recycle
 
     def _idle_worker_for(self, job: _Job) -> _Worker | None:
@@ -490,7 +496,7 @@ def _worker_main(job_fd: int, answer_fd: int, inherited: list[int], works: dict[
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.close(devnull)
-        _die_with(server)
+        die_with_parent(server)  # no spare or runaway image outlives the server
         _buffers_from_the_heap()
         empty_size = _address_space()
         jobs = _FrameReader(job_fd)
@@ -499,7 +505,7 @@ def _worker_main(job_fd: int, answer_fd: int, inherited: list[int], works: dict[
             header, data = _next_frame(jobs), _next_frame(jobs)
             if data is None:
                 break  # the server went away
-            _, work, max_pixels, max_frames, _, memory_bytes, _, recycle = pickle.loads(header)
+            _, work, max_pixels, max_frames, _, memory_bytes, _, recycle, _ = pickle.loads(header)
             if done == 0:
                 limit = recycle
                 if limit == 1:
@@ -560,14 +566,6 @@ def _buffers_from_the_heap() -> None:
     if _libc is not None:
         _libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_BUFFERS_UP_TO)
         _libc.mallopt(_M_TRIM_THRESHOLD, _HEAP_KEPT_FREE)
-
-
-def _die_with(server: int) -> None:
-    """SIGKILL when the server dies, so that no spare or runaway image outlives it."""
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != server:  # it died before that took effect
-        os._exit(1)
 
 
 def _exit_reason(code: int | None) -> str:

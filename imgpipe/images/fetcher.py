@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Generic, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 from urllib.request import parse_http_list
 
 import certifi
@@ -38,9 +38,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from imgpipe.settings import Limits
-from imgpipe.text import printable
-from imgpipe.images.url_safety import (DEFAULT_PORTS, AllowList, CheckedTarget, Resolver, UnresolvableHost, UnsafeUrl,
-                                       check_url)
+from imgpipe.text import ascii_int, declares_over, printable
+from imgpipe.images.url_safety import (AllowList, CheckedTarget, Resolver, UnresolvableHost, UnsafeUrl,
+                                       check_url, netloc_of)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Contract section 12: these may go through next time; every other status is final at once (500 included).
@@ -51,6 +51,8 @@ BACKOFF_CAP = 8.0  # ... up to this
 # A host that leaves this many different URLs in a row without an answer is given up for the rest of its
 # HostSlots (a step, or a shared run). Different URLs: one URL that hangs, retried, must not condemn its host.
 UNANSWERED_IN_A_ROW = 3
+# How long a host that was given up stays so; then its next downloads try it again (it may have come back).
+GIVEN_UP_SECONDS = 60.0
 MAX_VALIDATOR_LENGTH = 1024
 MAX_POST_RESPONSE_BYTES = 64 * 1024
 _CHUNK_BYTES = 64 * 1024
@@ -324,20 +326,6 @@ def _pool_for(target: CheckedTarget, kept: int = 1) -> HTTPConnectionPool:
 T = TypeVar("T")
 
 
-def host_of(url: str) -> str:
-    """The host that `url` names, with its port unless it is the scheme's default, spelled as CheckedTarget.netloc
-    spells a plain host name: the host a download is queued for (`HostQueue`). "" when the URL does not parse
-    (its fetch fails at once)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return ""
-    host = (parts.hostname or "").rstrip(".")
-    host = f"[{host}]" if ":" in host else host
-    return host if port in (None, DEFAULT_PORTS.get(parts.scheme)) else f"{host}:{port}"
-
-
 class HostSlots:
     """At most `per_host` connections at once to each host (a hop's host:port), shared by one step's threads, and
     those connections kept open from one download to the next (a new TCP connection, and the pool around it, cost
@@ -351,8 +339,8 @@ class HostSlots:
     (see HostQueue), so a thread never waits here for a busy or dead host while another host's download waits
     (but on a redirect to a host other than its URL's, for that host's slots, within its deadline).
     A host that leaves UNANSWERED_IN_A_ROW different URLs in a row without an answer (a connect or read timeout, a
-    refused or reset connection) is given up for as long as these slots live: its downloads that wait fail at
-    once, without a connection, and those under way are not tried again.
+    refused or reset connection) is given up for GIVEN_UP_SECONDS: its downloads that wait fail at once, without a
+    connection, and those under way are not tried again; after that, its next downloads try it again.
     """
 
     def __init__(self, per_host: int):
@@ -365,15 +353,28 @@ class HostSlots:
         self._room = threading.Condition(self._lock)  # notified when a download may start that could not
         self._under_way: collections.Counter[str] = collections.Counter()  # downloads handed out, by host
         self._unanswered: dict[str, set[str]] = {}  # by host: the URLs left unanswered since its last answer
-        self._given_up: dict[str, str] = {}  # by host: why
+        self._given_up: dict[str, tuple[str, float]] = {}  # by host: why, and until when (time.monotonic)
 
     def queue(self, work: Iterable[tuple[str, T]]) -> "HostQueue[T]":
-        """`work`, each item with the `host_of` its URL, waiting to be handed out by host."""
+        """`work`, each item with the `netloc_of` its URL, waiting to be handed out by host."""
         return HostQueue(self, work)
 
     def refusal(self, host: str) -> str | None:
-        """Why `host` was given up; None while it is not."""
-        return self._given_up.get(host)
+        """Why `host` is given up; None while it is not."""
+        with self._lock:
+            return self._given_up_now(host)
+
+    def _given_up_now(self, host: str) -> str | None:
+        """`refusal`, with the lock held; a give-up whose time is over is forgotten, with the failures behind it."""
+        given_up = self._given_up.get(host)
+        if given_up is None:
+            return None
+        why, until = given_up
+        if time.monotonic() < until:
+            return why
+        del self._given_up[host]
+        self._unanswered.pop(host, None)
+        return None
 
     def answered(self, host: str) -> None:
         """An exchange with `host` got an answer: the URLs it left unanswered before are forgiven."""
@@ -386,16 +387,16 @@ class HostSlots:
         with self._lock:
             urls = self._unanswered.setdefault(host, set())
             urls.add(url)
-            if len(urls) >= UNANSWERED_IN_A_ROW and host not in self._given_up:
+            if len(urls) >= UNANSWERED_IN_A_ROW and self._given_up_now(host) is None:
                 self._given_up[host] = (f"host {host} did not answer {UNANSWERED_IN_A_ROW} downloads in a row "
-                                        "(timeouts or connection failures)")
+                                        "(timeouts or connection failures)", time.monotonic() + GIVEN_UP_SECONDS)
                 self._room.notify_all()
 
     def _may_start(self, host: str) -> bool:
-        return self._under_way[host] < self.per_host or host in self._given_up
+        return self._under_way[host] < self.per_host or self._given_up_now(host) is not None
 
     def _start(self, host: str) -> "DownloadTurn":
-        counted = host not in self._given_up  # a given-up host's downloads fail without a connection
+        counted = self._given_up_now(host) is None  # a given-up host's downloads fail without a connection
         if counted:
             self._under_way[host] += 1
         return DownloadTurn(self, host, counted)
@@ -577,9 +578,7 @@ def _too_large(max_bytes: int) -> FetchError:
 
 
 def _read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int) -> bytes:
-    declared = response.headers.get("Content-Length", "")
-    # Past 18 digits it is far over any cap, and past 4300 int() refuses to read it.
-    if declared.isascii() and declared.isdecimal() and (len(declared) > 18 or int(declared) > max_bytes):
+    if declares_over(response.headers.get("Content-Length", ""), max_bytes):
         raise _too_large(max_bytes)
     content = bytearray()
     # Decoded, should a server send gzip although asked for identity: the cap then bounds what a decompressor
@@ -612,7 +611,7 @@ def fetch(
     # Without a deadline of its own, the download deadline bounds the whole call, and its error says just that.
     cut_short = f"download took longer than {limits.deadline:g} s" if deadline is None else (
         "download stopped at the image's deadline")
-    first_host = host_of(url)
+    first_host = netloc_of(url)
     failures: list[FetchError] = []
     while True:
         try:
@@ -804,8 +803,8 @@ def _retry_after(value: str | None) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isascii() and value.isdecimal():  # delta-seconds: ASCII digits only (RFC 9110 10.2.3)
-        return float(value)
+    if (seconds := ascii_int(value)) is not None:  # delta-seconds (RFC 9110 10.2.3)
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (ValueError, OverflowError):  # OverflowError: a year or zone too large for a datetime

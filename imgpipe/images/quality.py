@@ -6,8 +6,6 @@ tables is its quality. IJG-made files match one quality exactly; other encoders 
 """
 from __future__ import annotations
 
-import numpy as np
-
 # ITU-T T.81 Annex K, tables K.1 (luminance) and K.2 (chrominance), in natural (row-major) order, the order
 # Pillow uses for `Image.quantization`.
 LUMINANCE_TABLE = (
@@ -47,20 +45,25 @@ def ijg_tables(quality: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return _scale(LUMINANCE_TABLE, quality), _scale(CHROMINANCE_TABLE, quality)
 
 
+_TABLES_BY_QUALITY = {quality: ijg_tables(quality) for quality in QUALITIES}
+
+
 def _qualities_by_tables() -> dict[tuple[int, ...], int]:
     """Each quality's two tables together, and its luminance table alone (for grayscale) -> the quality that
     writes them; where several do, the lowest, as the least-squares rule picks."""
     found = {}
     for quality in reversed(QUALITIES):
-        luminance, chrominance = ijg_tables(quality)
+        luminance, chrominance = _TABLES_BY_QUALITY[quality]
         found[luminance] = found[luminance + chrominance] = quality
     return found
 
 
+# Every IJG-made file (libjpeg, libjpeg-turbo, Pillow) is a lookup; only other encoders' tables are searched.
 _QUALITY_BY_TABLES = _qualities_by_tables()
-# The same tables as rows (one a quality), for the tables of other encoders.
-_LUMINANCE_ROWS, _CHROMINANCE_ROWS = (np.array([ijg_tables(quality)[which] for quality in QUALITIES], dtype=np.int64)
-                                      for which in (0, 1))
+
+
+def _squared_error(actual: tuple[int, ...], expected: tuple[int, ...]) -> int:
+    return sum((a - e) ** 2 for a, e in zip(actual, expected, strict=True))
 
 
 def estimate_jpeg_quality(quantization: dict[int, list[int]]) -> int:
@@ -79,9 +82,8 @@ def estimate_jpeg_quality(quantization: dict[int, list[int]]) -> int:
     exact = _QUALITY_BY_TABLES.get(sum(tables, ()))
     if exact is not None:
         return exact
-    errors = sum(((rows - np.array(table, dtype=np.int64)) ** 2).sum(axis=1)
-                 for rows, table in zip((_LUMINANCE_ROWS, _CHROMINANCE_ROWS), tables))
-    return QUALITIES[int(errors.argmin())]
+    return min(QUALITIES, key=lambda quality: sum(
+        _squared_error(table, expected) for table, expected in zip(tables, _TABLES_BY_QUALITY[quality])))
 
 
 def output_quality(quality_in: int) -> int:

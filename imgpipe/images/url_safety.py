@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import idna
 
+from imgpipe.text import ascii_int
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[..., list]
@@ -166,10 +168,10 @@ class _AllowEntry:
 
 
 def _parse_port(text: str, entry: str) -> int:
-    # ASCII digits only: int() would read Arabic-Indic '٨٠' as 80.
-    if not (text.isascii() and text.isdecimal()) or not 0 < int(text) < 65536:
+    port = ascii_int(text, max_digits=5)
+    if port is None or not 0 < port < 65536:
         raise ValueError(f"IMGPIPE_ALLOW_PRIVATE_HOSTS: bad port in {entry!r}")
-    return int(text)
+    return port
 
 
 def _parse_allow_entry(entry: str) -> _AllowEntry:
@@ -223,8 +225,7 @@ class CheckedTarget:
     @property
     def netloc(self) -> str:
         """The Host header value: host, bracketed if IPv6, with the port unless it is the scheme's default."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if DEFAULT_PORTS[self.scheme] == self.port else f"{host}:{self.port}"
+        return _netloc(self.scheme, self.host, self.port)
 
     @property
     def url(self) -> str:
@@ -268,6 +269,25 @@ def check_url(url: str, allow: AllowList, resolver: Resolver = socket.getaddrinf
 
     path_and_query = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return CheckedTarget(parts.scheme, host, port, addresses[0], path_and_query)
+
+
+def netloc_of(url: str) -> str:
+    """The `CheckedTarget.netloc` that `url` would be checked into, without resolving its host: the key by which a
+    step counts its downloads to a host and gives a host up. "" for a URL the check would refuse as it is spelled
+    (its fetch fails at once)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
+        literal = _ip_literal(parts.hostname or "")
+        host = str(literal) if literal is not None else _normalise_hostname(parts.hostname or "")
+    except (ValueError, KeyError, UnsafeUrl):
+        return ""
+    return _netloc(parts.scheme, host, port)
+
+
+def _netloc(scheme: str, host: str, port: int) -> str:
+    host = f"[{host}]" if ":" in host else host
+    return host if DEFAULT_PORTS[scheme] == port else f"{host}:{port}"
 
 
 def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:

@@ -116,27 +116,31 @@ def take_upload_once(store: StatusStore, storage: Storage, limits: Limits, uploa
     key = upload.idempotency_key
     request_id = new_request_id()
     deadline = time.monotonic() + wait
-    pause = 0.02
     while True:
         owner = store.claim_idempotency_key(key, request_id, expiry)
-        if owner == request_id:
-            try:
-                return take_upload(store, storage, limits, upload, request_id=request_id)
-            except KeyTaken:
-                # This intake outlived its claim's expiry and another upload took the key over: nothing was
-                # recorded, and what was kept goes; the key's request is the other upload's.
-                storage.delete_request(request_id)
-                continue
-            except BaseException:
-                store.release_idempotency_key(key, request_id)
-                raise
-        recorded = store.get_request(owner)
-        if recorded is not None:
-            return recorded
+        if owner != request_id:
+            return _recorded_request(store, owner, deadline)
+        try:
+            return take_upload(store, storage, limits, upload, request_id=request_id)
+        except KeyTaken:
+            # This intake outlived its claim's expiry and another upload took the key over: nothing was
+            # recorded, and what was kept goes; the key's request is the other upload's.
+            storage.delete_request(request_id)
+        except BaseException:
+            store.release_idempotency_key(key, request_id)
+            raise
+
+
+def _recorded_request(store: StatusStore, request_id: str, deadline: float) -> RequestRow:
+    """The request of the upload that claimed the key, once recorded (one read a poll: the claim cannot expire
+    within the wait); KeyPending at `deadline`."""
+    pause = 0.02
+    while (recorded := store.get_request(request_id)) is None:
         if time.monotonic() >= deadline:
-            raise KeyPending(f"request {owner}, the first with this Idempotency-Key, is still being recorded")
+            raise KeyPending(f"request {request_id}, the first with this Idempotency-Key, is still being recorded")
         time.sleep(pause)
         pause = min(pause * 2, 0.25)
+    return recorded
 
 
 def webhook_url_problems(url: str, max_length: int) -> list[RowError]:

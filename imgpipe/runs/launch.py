@@ -24,14 +24,12 @@ from typing import Sequence
 from dagster import DagsterInstance, DagsterRunStatus, RunRequest, RunsFilter
 
 from imgpipe.backends import processing_run_limit
-from imgpipe.runs.tags import KIND_TAG, PROCESS_REQUEST, PROCESS_REQUESTS, REQUEST_TAG, RUN_KEY_TAG, request_tag
+from imgpipe.runs.tags import CODE_LOCATION_NAME, KIND_TAG, PROCESS_REQUEST, PROCESS_REQUESTS, REQUEST_TAG, RUN_KEY_TAG, request_tag
 from imgpipe.run_plan import OWN_RUN_IMAGES, single_run_key
 from imgpipe.settings import Settings
 from imgpipe.status.models import RequestRow, RequestStatus
 from imgpipe.status.store import StatusStore
 
-# The location's name in workspace.yaml: runs created here must name the location the daemon launches from.
-CODE_LOCATION_NAME = "imgpipe.definitions"
 INBOX_SENSOR = "inbox_sensor"
 DIRECT_LAUNCH_GRACE = timedelta(seconds=60)
 RUNS_GOING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
@@ -69,7 +67,8 @@ def processing_runs_going(instance: DagsterInstance) -> list:
 
 class RunLauncherAtOnce:
     """Creates and submits request runs from this process, as the inbox sensor would ask for them. Holds the code
-    location in-process (loaded on first use) for the jobs' snapshots and execution plans."""
+    location in-process (loaded on first use) for the jobs' snapshots and execution plans; one launch at a time
+    from the threads of a process (the API's threadpool: a launch takes tens of milliseconds)."""
 
     def __init__(self, settings: Settings, store: StatusStore, instance: DagsterInstance, *, start_here: bool):
         """`start_here`: a long-lived process on the stack's machine (the API of the embedded profile) starts the
@@ -79,10 +78,15 @@ class RunLauncherAtOnce:
         self.settings, self.store, self.instance = settings, store, instance
         self.start_here = start_here and not settings.distributed
         self._location = None
+        self._lock = threading.Lock()
 
     def launch(self, request_id: str) -> str | None:
         """The run ID of the request's run, launched now; None when it is not this call's to launch (not queued,
         already keyed, or no run slot free: the inbox sensor then launches it, grouped with others)."""
+        with self._lock:
+            return self._launch(request_id)
+
+    def _launch(self, request_id: str) -> str | None:
         request = self.store.get_request(request_id)
         if request is None or request.status is not RequestStatus.QUEUED or request.run_key:
             return None
@@ -131,7 +135,8 @@ class RunLauncherAtOnce:
     def warm_up(self) -> None:
         """Loads the code location (and, on one machine, starts the warm run server) now rather than on the first
         launch."""
-        self._code_location()
+        with self._lock:
+            self._code_location()
         if self.start_here and hasattr(self.instance.run_launcher, "warm_up"):
             self.instance.run_launcher.warm_up()
 
@@ -155,7 +160,7 @@ class RunLauncherAtOnce:
 
 
 def launcher_at_once(settings: Settings, store: StatusStore, *, start_here: bool,
-                     wait_for_storage: float = 0.0) -> "SerialLauncher | None":
+                     wait_for_storage: float = 0.0) -> RunLauncherAtOnce | None:
     """This process's launcher at once, over the Dagster instance in DAGSTER_HOME; None where this process has
     no instance configured (a distributed API without DAGSTER_HOME: the inbox sensor launches its requests), or
     where the instance's SQLite storage has not been made after `wait_for_storage` seconds."""
@@ -169,8 +174,7 @@ def launcher_at_once(settings: Settings, store: StatusStore, *, start_here: bool
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.5)
-    instance = DagsterInstance.from_config(str(home))
-    return SerialLauncher(RunLauncherAtOnce(settings, store, instance, start_here=start_here))
+    return RunLauncherAtOnce(settings, store, DagsterInstance.from_config(str(home)), start_here=start_here)
 
 
 def _storage_made(home: Path) -> bool:
@@ -184,20 +188,3 @@ def _storage_made(home: Path) -> bool:
     if config.get("storage") and "sqlite" not in config["storage"]:
         return True
     return (home / "history" / "runs.db").is_file() and (home / "schedules" / "schedules.db").is_file()
-
-
-class SerialLauncher:
-    """One launch at a time from the threads of a process (the API's threadpool): the in-process code location
-    is loaded once, and a launch takes tens of milliseconds."""
-
-    def __init__(self, launcher: RunLauncherAtOnce):
-        self._launcher = launcher
-        self._lock = threading.Lock()
-
-    def warm_up(self) -> None:
-        with self._lock:
-            self._launcher.warm_up()
-
-    def launch(self, request_id: str) -> str | None:
-        with self._lock:
-            return self._launcher.launch(request_id)

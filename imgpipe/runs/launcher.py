@@ -29,7 +29,6 @@ from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLa
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 WORKER_TAG = "imgpipe/run_worker"
-# Where the workers' processes are looked up; a fake root in tests of a foreign machine.
 PROC = Path("/proc")
 
 

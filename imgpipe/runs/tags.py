@@ -1,6 +1,8 @@
 """The names runs are known by: the jobs that process requests, and the tags the run coordinator, the sensors and
 the Runs page find runs by. Apart from the jobs' definitions, so that launchers and jobs can both name them."""
 
+# The code location's module, and its name in workspace.yaml: runs created outside the daemon must name it.
+CODE_LOCATION_NAME = "imgpipe.definitions"
 PROCESS_REQUEST = "process_request"
 PROCESS_REQUESTS = "process_requests_job"
 RUN_KEY_TAG = "imgpipe/run_key"

@@ -15,7 +15,6 @@ EOF on stdin stops the server.
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import os
@@ -23,15 +22,8 @@ import signal
 import sys
 import traceback
 
-PR_SET_PDEATHSIG = 1
-CODE_LOCATION_MODULE = "imgpipe.definitions"
-
-
-def die_with_parent(expected_parent: int) -> None:
-    """SIGKILL when the parent goes; if it went before this call, now."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != expected_parent:
-        os._exit(1)
+from imgpipe.lifetime import die_with_parent
+from imgpipe.runs.tags import CODE_LOCATION_NAME
 
 
 def warm_up() -> None:
@@ -40,7 +32,7 @@ def warm_up() -> None:
 
     from dagster._core.execution.api import execute_run_iterator  # noqa: F401  the run's machinery
 
-    definitions = importlib.import_module(CODE_LOCATION_MODULE)
+    definitions = importlib.import_module(CODE_LOCATION_NAME)
     repository = definitions.defs.get_repository_def()
     for job in repository.get_all_jobs():
         repository.get_job(job.name)

@@ -15,6 +15,8 @@ import secrets
 import time
 from pathlib import Path
 
+from imgpipe.text import ascii_int
+
 SECRET_PREFIX = "whsec_"
 SECRET_FILE = "webhook_secret"
 USER_AGENT = "imgpipe-webhook/1"
@@ -100,10 +102,9 @@ def verify(secret: str, headers: dict, body: bytes, tolerance: float = 300) -> b
     signatures = lowered.get("webhook-signature")
     if not (msg_id and timestamp and signatures):
         return False
-    # Unix seconds in ASCII digits: int() would also read ' 1', '+1', '1_0' and Arabic-Indic digits.
-    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+    sent_at = ascii_int(timestamp, max_digits=12)  # Unix seconds
+    if sent_at is None:
         return False
-    sent_at = int(timestamp)
     if abs(time.time() - sent_at) > tolerance:
         return False
     # The header as sent, not its parsed value, is what the sender signed.
