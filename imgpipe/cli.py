@@ -86,8 +86,11 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
+    asked = {key: value for key, value in (("renditions", args.renditions), ("widths", args.widths))
+             if value is not None}
     response = requests.post(
         f"{api}/requests",
+        params=asked,
         files={"file": (path.name, data, "text/csv")},
         data={"webhook_url": args.webhook_url} if args.webhook_url else None,
         headers=headers,
@@ -172,10 +175,9 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 def purge(args: argparse.Namespace, settings: Settings) -> int:
     """Whole requests older than --older-than: their files, rows and Dagster partitions; prints each ID. A request
     that has not ended is refused with the reason (exit 2), the others asked for are purged all the same."""
-    from dagster import DagsterInstance
-
     from imgpipe.backends import open_status_store, open_storage
     from imgpipe.defs.schedules import partition_forgetter
+    from imgpipe.instance import instance_at
     from imgpipe.retention import PurgePlan, parse_duration, parse_statuses, purge
     from imgpipe.settings import dagster_home_dir
 
@@ -185,7 +187,7 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
         print(f"imgpipe purge: {exc}", file=sys.stderr)
         return 2
     dagster_home = dagster_home_dir(settings)
-    instance = DagsterInstance.from_config(str(dagster_home)) if (dagster_home / "dagster.yaml").is_file() else None
+    instance = instance_at(dagster_home) if (dagster_home / "dagster.yaml").is_file() else None
     if instance is None and not args.dry_run:
         print(f"note: no Dagster instance at {dagster_home}; partitions are left as they are", file=sys.stderr)
     forget = partition_forgetter(instance, delete_runs=args.runs) if instance is not None else None
@@ -254,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--api", help="the API's base URL (default: $IMGPIPE_API_URL, else http://127.0.0.1:8000)")
     upload.add_argument("--token", help="bearer token (default: $IMGPIPE_API_TOKEN)")
     upload.add_argument("--idempotency-key", help="the same key again returns the same request")
+    upload.add_argument("--renditions", metavar="FORMATS",
+                        help="also make each image as these formats: webp, avif or webp,avif (default: "
+                             "$IMGPIPE_RENDITIONS of the pipeline; '' for none)")
+    upload.add_argument("--widths", metavar="PIXELS",
+                        help="also make each image at these widths where narrower, e.g. 480,960 (default: "
+                             "$IMGPIPE_WIDTHS of the pipeline; '' for none)")
     upload.set_defaults(run=submit)
 
     again = commands.add_parser("retry", help="process again the images of a request that are not compressed")

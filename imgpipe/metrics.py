@@ -57,6 +57,13 @@ def families(found: StoreMetrics) -> Iterator[Metric]:
     data.add_metric(["in"], found.bytes_in)
     data.add_metric(["out"], found.bytes_out)
     yield data
+    by_format = GaugeMetricFamily("imgpipe_image_bytes_out_total",
+                                  "Bytes served, by kind (main: the compressed images' outputs, as "
+                                  "imgpipe_image_bytes_total counts them; rendition: their renditions) and format.",
+                                  labels=["kind", "format"])
+    for (kind, format), total in sorted(found.bytes_out_by_format.items()):
+        by_format.add_metric([kind, format], total)
+    yield by_format
     yield _histogram("imgpipe_image_download_seconds",
                      "Seconds from the start of an image to its bytes downloaded (a 304 included), one observation "
                      "per compressed image.", found.buckets, found.download_seconds)

@@ -2,8 +2,9 @@
 JavaScript. A summary at the top (counts, bytes in and out, total saved, how images were obtained, time taken),
 then per product each image's before and after thumbnails side by side (made by the image's own process while
 it was decoded anyway, kept with the outputs), bytes and quality in and out, percent saved, how it was obtained,
-its note and, for a failed image, the reason. Products are paged (`offset`, `limit`) in SQL, as the status
-document's are, so a request of 20,000 images is a page of 50 products at a time.
+its note and, for a failed image, the reason; for an image with renditions, the image as its URL serves this
+browser (by `Accept` and its `srcset`) and each file's size, by width and format. Products are paged (`offset`,
+`limit`) in SQL, as the status document's are, so a request of 20,000 images is a page of 50 products at a time.
 
 The thumbnails are served under the report's own path (`report/thumbs/<name>`), so that a signed link to the
 report (imgpipe.report_links) also covers them and nothing else.
@@ -16,8 +17,9 @@ from urllib.parse import urlencode, urlsplit
 
 import jinja2
 
-from imgpipe.status.models import ImageStatus
-from imgpipe.status.store import RequestView
+from imgpipe.images.renditions import ALTERNATIVE, MAIN, srcset
+from imgpipe.status.models import ImageRow, ImageStatus, RenditionRow
+from imgpipe.status.store import RequestView, StatusStore
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -27,6 +29,11 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; img-src 'self'; style-src 'unsaf
 HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Referrer-Policy": "no-referrer",
            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 THUMBNAIL_HEADERS = {"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"}
+# Where the page finds the images it shows as served: relative to its own path, /requests/<id>/report, so that
+# they come from the same origin (the page's policy allows no other) under whatever base URL the API is reached.
+IMAGES_BASE = "../../images/"
+# How wide the served image is shown: a browser takes the narrowest rendition that fills it.
+SERVED_SIZE = "160px"
 
 _environment = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                                   autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
@@ -67,10 +74,23 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {rest} s" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
 
 
+def read_report(store: StatusStore, request_id: str, *, offset: int,
+                limit: int) -> tuple[RequestView, dict[str, list[RenditionRow]]] | None:
+    """What a page of the report shows: `request_view` and the renditions of its compressed images (read
+    after it, in the same session); None for an unknown request."""
+    with store.held():
+        view = store.request_view(request_id, offset=offset, limit=limit)
+        if view is None:
+            return None
+        return view, store.renditions_of(request_id, {i.input_url for i in view.images
+                                                      if i.status is ImageStatus.COMPRESSED})
+
+
 def render_report(view: RequestView, *, offset: int, limit: int, signed: dict[str, str | int],
-                  now: datetime | None = None) -> str:
-    """The page of `view` (read with this `offset` and `limit`); `signed` (`expires` and `signature` of the link
-    it was opened with, or empty) goes on every link the page makes to itself and its thumbnails."""
+                  renditions: dict[str, list[RenditionRow]] | None = None, now: datetime | None = None) -> str:
+    """The page of `view` (read with this `offset` and `limit`) and the `renditions` of its images (by input
+    URL); `signed` (`expires` and `signature` of the link it was opened with, or empty) goes on every link the
+    page makes to itself and its thumbnails."""
     request = view.request
     now = now or datetime.now(timezone.utc).replace(tzinfo=None)
     counts = view.counts
@@ -92,6 +112,7 @@ def render_report(view: RequestView, *, offset: int, limit: int, signed: dict[st
             "quality_in": image.quality_in, "quality_out": image.quality_out if compressed else None,
             "percent_saved": percent_saved(image.bytes_in, image.bytes_out) if compressed else None,
             "obtained": image.obtained, "note": image.note, "error": image.error,
+            **served(image, (renditions or {}).get(image.input_url, []) if compressed else []),
         })
     link_query = "?" + urlencode(signed) if signed else ""
 
@@ -109,8 +130,24 @@ def render_report(view: RequestView, *, offset: int, limit: int, signed: dict[st
         next_link=page_link(offset + limit) if offset + limit < total else None,
         products=[{"row_number": p.row_number, "serial": p.serial, "product_name": p.product_name,
                    "images": images_by_row.get(p.row_number, [])} for p in view.products],
-        thumbs_base="report/thumbs/", link_query=link_query, now=_shown(now),
+        thumbs_base="report/thumbs/", link_query=link_query, served_size=SERVED_SIZE, now=_shown(now),
     )
+
+
+def served(image: ImageRow, rows: list[RenditionRow]) -> dict:
+    """For an image with renditions: its URL (and `srcset`) relative to the page, and its files' sizes by width,
+    widest first, each {"format", "bytes", "url"}; for any other, no sizes."""
+    if not rows:
+        return {"sizes": []}
+    main = next(row for row in rows if row.role == MAIN)
+    here = f"{IMAGES_BASE}{image.request_id}/"
+    folder = image.output_url.rsplit("/", 1)[0]
+    by_width: dict[int, list[dict]] = {}
+    for row in sorted(rows, key=lambda row: (-row.width, row.role == ALTERNATIVE, row.format)):
+        by_width.setdefault(row.width, []).append(
+            {"format": row.format, "bytes": row.bytes, "url": f"{folder}/{row.name}"})
+    return {"served_url": here + main.name, "srcset": srcset(here + main.name, by_width),
+            "sizes": list(by_width.items())}
 
 
 def _shown(moment: datetime | None) -> str:

@@ -83,7 +83,7 @@ def _purge_one(store: StatusStore, storage: Storage, request_id: str,
         return str(exc)
     storage.delete_request(request_id)
     for output in store.purge_request(request_id):
-        storage.delete_content(output.policy_version, output.input_sha256, output.extension)
+        storage.delete_content(output.policy_version, output.input_sha256)
     if forget_partition is not None:
         forget_partition(request_id)
     return None

@@ -14,6 +14,8 @@ from typing import Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from imgpipe.images.renditions import RenditionSpec, RenditionSpecError, parse_formats, parse_widths
+
 MIB = 1024 * 1024
 ENV_PREFIX = "IMGPIPE_"
 PROFILES = ("embedded", "distributed")
@@ -101,6 +103,10 @@ class Settings(Limits):
     api_max_connections: int = Field(
         1000, ge=1, description="REST API: connections open at once; past it the one waiting longest for a "
                                 "request is closed.")
+    renditions: str = Field("", description="Formats made beside each main output, for requests that name none: a "
+                                            "comma list of webp and avif (empty: none).")
+    widths: str = Field("", description="Widths in pixels each image is also made at (when narrower than it), for "
+                                        "requests that name none: a comma list such as 480,960 (empty: none).")
 
     @field_validator("home", mode="before")
     @classmethod
@@ -137,6 +143,16 @@ class Settings(Limits):
     @classmethod
     def _on_or_off(cls, reuse: str) -> str:
         return _one_of(reuse.lower(), ("on", "off"))
+
+    @field_validator("renditions")
+    @classmethod
+    def _rendition_formats(cls, formats: str) -> str:
+        return _canonical(lambda: ",".join(parse_formats(formats)))
+
+    @field_validator("widths")
+    @classmethod
+    def _rendition_widths(cls, widths: str) -> str:
+        return _canonical(lambda: ",".join(map(str, parse_widths(widths))))
 
     @field_validator("profile")
     @classmethod
@@ -176,6 +192,11 @@ class Settings(Limits):
     @property
     def reuse_enabled(self) -> bool:
         return self.reuse == "on"
+
+    @property
+    def rendition_spec(self) -> RenditionSpec:
+        """What requests that name no renditions or widths get."""
+        return RenditionSpec.parse(self.renditions, self.widths)
 
     @property
     def retention_period(self) -> timedelta | None:
@@ -260,6 +281,14 @@ def env_name(field: str) -> str:
 def process_environment(**overrides: str) -> dict[str, str]:
     """This process's environment with `overrides`, for a child process."""
     return {**os.environ, **overrides}
+
+
+def _canonical(parse) -> str:
+    """`parse()`, with its problem as a field's (pydantic names the variable and value before it)."""
+    try:
+        return parse()
+    except RenditionSpecError as exc:
+        raise ValueError(exc.problem) from None
 
 
 def _one_of(value: str, choices: tuple[str, ...]) -> str:

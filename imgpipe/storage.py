@@ -5,11 +5,13 @@ Every stored file has a key, the same in both profiles:
     requests/<request_id>/input.csv          an accepted upload
     rejected/<request_id>/<file name>        a rejected upload, byte for byte, beside
     rejected/<request_id>/errors.json        its problems
-    images/<request_id>/<name>               a compressed image
+    images/<request_id>/<name>               a compressed image, and its renditions (`<stem>.w<width>.<ext>`)
+    images/<request_id>/<stem>.renditions.json  the record of an image's renditions, which its URL negotiates from
     thumbs/<request_id>/<stem>.before.jpg    the report's thumbnails of an image, before and after
     outputs/<request_id>.csv                 an output CSV
-    content/v<policy>/<sha256>.<ext>         a compressed image by its input's SHA-256 (and thumbnails beside it),
-                                             from which a request's images are linked when the input comes again
+    content/v<policy>/<sha256>.<ext>         a compressed image by its input's SHA-256 (and thumbnails, renditions
+                                             and their record beside it), from which a request's images are linked
+                                             when the input comes again
 
 `LocalStorage` is the embedded default: the folders of contract section 1 under IMGPIPE_HOME (images and
 outputs under `public/`), served by the REST API. `S3Storage` is the distributed profile: the same keys under
@@ -52,9 +54,13 @@ CONTENT_TYPES = {".jpg": "image/jpeg", ".webp": "image/webp", ".png": "image/png
 THUMBNAIL_SIDES = ("before", "after")
 
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
-_IMAGE_NAME = re.compile(rf"[0-9A-Za-z_-]{{1,64}}\.({'|'.join(IMAGE_EXTENSIONS)})")
+# An image: a main output (`r1-p2.jpg`) or a rendition of one (`r1-p2.w480.avif`).
+_IMAGE_NAME = re.compile(rf"[0-9A-Za-z_-]{{1,64}}(\.w[0-9]{{1,5}})?\.({'|'.join(IMAGE_EXTENSIONS)})")
 _THUMBNAIL_NAME = re.compile(r"[0-9A-Za-z_-]{1,64}\.(before|after)\.jpg")
-_CONTENT_NAME = re.compile(rf"[0-9a-f]{{64}}(\.({'|'.join(IMAGE_EXTENSIONS)})|\.(before|after)\.jpg)")
+_RENDITIONS_NAME = re.compile(r"[0-9A-Za-z_-]{1,64}\.renditions\.json")
+_CONTENT_NAME = re.compile(
+    rf"[0-9a-f]{{64}}((\.w[0-9]{{1,5}})?\.({'|'.join(IMAGE_EXTENSIONS)})|\.(before|after)\.jpg|\.renditions\.json)")
+RENDITIONS_SUFFIX = ".renditions.json"
 MAX_NAME_BYTES = 255
 
 
@@ -104,6 +110,13 @@ def thumbnail_key(request_id: str, name: str) -> str:
     if not isinstance(name, str) or not _THUMBNAIL_NAME.fullmatch(name):
         raise ValueError(f"not a thumbnail name: {name!r}")
     return f"{THUMBS}/{checked_request_id(request_id)}/{name}"
+
+
+def renditions_key(request_id: str, stem: str) -> str:
+    name = f"{stem}{RENDITIONS_SUFFIX}"
+    if not _RENDITIONS_NAME.fullmatch(name):
+        raise ValueError(f"not an image stem: {stem!r}")
+    return f"{IMAGES}/{checked_request_id(request_id)}/{name}"
 
 
 def content_key(policy_version: int, name: str) -> str:
@@ -173,6 +186,10 @@ class Storage:
         """Remove everything under `root/<request_id>/`."""
         raise NotImplementedError
 
+    def _delete_prefixed(self, prefix: str) -> None:
+        """Remove every key that starts with `prefix` (a key's folder and the start of its last part)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ URLs
 
     def image_url(self, request_id: str, name: str) -> str:
@@ -226,6 +243,14 @@ class Storage:
     def read_thumbnail(self, request_id: str, name: str) -> bytes | None:
         return self._get(thumbnail_key(request_id, name))
 
+    def write_renditions(self, request_id: str, stem: str, record: bytes) -> None:
+        """The record of the renditions of the image `stem` (imgpipe.images.renditions.RenditionSet), written after
+        the renditions themselves and before the main output: an image's URL negotiates from it."""
+        self._put(renditions_key(request_id, stem), record, "application/json")
+
+    def read_renditions(self, request_id: str, stem: str) -> bytes | None:
+        return self._get(renditions_key(request_id, stem))
+
     # ------------------------------------------------------------------ outputs kept by their input's content
 
     def keep_content(self, policy_version: int, sha256: str, extension: str, data: bytes, before: bytes,
@@ -251,9 +276,28 @@ class Storage:
         self._link(content_key(policy_version, sha256 + extension), image_key(request_id, name))
         return StoredObject(self.location(image_key(request_id, name)), self.image_url(request_id, name))
 
-    def delete_content(self, policy_version: int, sha256: str, extension: str) -> None:
-        self._delete([content_key(policy_version, f"{sha256}{suffix}")
-                      for suffix in (extension, *(f".{side}.jpg" for side in THUMBNAIL_SIDES))])
+    def keep_content_renditions(self, policy_version: int, sha256: str, files: dict[str, bytes],
+                                record: bytes) -> None:
+        """Renditions of a kept image, by their suffix (`.w480.avif`), and the record of all it has (written last,
+        so that it names only files that are there)."""
+        for suffix, data in files.items():
+            key = content_key(policy_version, sha256 + suffix)
+            self._put(key, data, content_type_of(key))
+        self._put(content_key(policy_version, sha256 + RENDITIONS_SUFFIX), record, "application/json")
+
+    def read_content_renditions(self, policy_version: int, sha256: str) -> bytes | None:
+        return self._get(content_key(policy_version, sha256 + RENDITIONS_SUFFIX))
+
+    def link_content_renditions(self, policy_version: int, sha256: str, suffixes: list[str], request_id: str,
+                                stem: str) -> None:
+        """Kept renditions as this request's own `images/<request_id>/<stem><suffix>`, as `link_content` does."""
+        for suffix in suffixes:
+            self._link(content_key(policy_version, sha256 + suffix), image_key(request_id, stem + suffix))
+
+    def delete_content(self, policy_version: int, sha256: str) -> None:
+        """A kept image with everything named after it: thumbnails, renditions (of whichever requests), record."""
+        record = content_key(policy_version, sha256 + RENDITIONS_SUFFIX)  # checks the hash
+        self._delete_prefixed(record.removesuffix(RENDITIONS_SUFFIX) + ".")
 
     # ------------------------------------------------------------------ retention
 
@@ -332,6 +376,13 @@ class LocalStorage(Storage):
         # write's temporary files).
         shutil.rmtree(self.path(f"{root}/{checked_request_id(request_id)}/x").parent, ignore_errors=True)
 
+    def _delete_prefixed(self, prefix: str) -> None:
+        path = self.path(prefix)
+        # With the temporary files of interrupted writes (`.<name>.<random>.tmp`).
+        for name in (f"{path.name}*", f".{path.name}*.tmp"):
+            for found in path.parent.glob(name):
+                found.unlink(missing_ok=True)
+
 
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
@@ -407,8 +458,13 @@ class S3Storage(Storage):
                 "Objects": [{"Key": self.object_key(key)} for key in keys[start:start + 1000]], "Quiet": True})
 
     def _delete_folder(self, root: str, request_id: str) -> None:
-        prefix = self.object_key(f"{root}/{checked_request_id(request_id)}/x")[:-1]
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+        self._delete_listed(self.object_key(f"{root}/{checked_request_id(request_id)}/x")[:-1])
+
+    def _delete_prefixed(self, prefix: str) -> None:
+        self._delete_listed(self.object_key(prefix))
+
+    def _delete_listed(self, object_prefix: str) -> None:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=object_prefix):
             objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if objects:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})

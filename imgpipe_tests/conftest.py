@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -119,6 +120,23 @@ def postgres_url():
         except PostgresUnavailable as exc:
             pytest.fail(str(exc), pytrace=False)
         yield url
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def backends(request, tmp_path):
+    """(settings, store, storage) of one profile, public base URL http://127.0.0.1:8000; the distributed one over
+    PostgreSQL and moto's S3 server."""
+    from imgpipe.backends import open_status_store, open_storage
+
+    settings = Settings(home=tmp_path / "home", public_base_url="http://127.0.0.1:8000",
+                        allow_private_hosts="127.0.0.1")
+    if request.param == "distributed":
+        s3 = request.getfixturevalue("s3_storage_env")
+        settings = settings.model_copy(update={
+            "profile": "distributed", "database_url": request.getfixturevalue("postgres_url"),
+            "storage_url": f"s3://{s3['S3_BUCKET']}/t-{secrets.token_hex(4)}", "broker_url": "redis://127.0.0.1",
+            "webhook_secret": "whsec_c2VjcmV0"})
+    return settings, open_status_store(settings), open_storage(settings)
 
 
 @pytest.fixture(params=["duckdb", "postgres"])

@@ -56,10 +56,11 @@ def slots_of(cell: str) -> list[str]:
     return [u.strip() for u in cell.split(",")]
 
 
-def process_here(settings: Settings, store, storage, rows: list[list[str]], name: str, fresh: bool = False) -> str:
+def process_here(settings: Settings, store, storage, rows: list[list[str]], name: str, fresh: bool = False,
+                 renditions: str | None = None, widths: str | None = None) -> str:
     """One request through the intake, its images, and its end, as a run's steps do them, in this process (the
     images still each in a process of their own)."""
-    upload = Upload(csv_for(rows).encode(), name, Source.API, fresh=fresh)
+    upload = Upload(csv_for(rows).encode(), name, Source.API, fresh=fresh, renditions=renditions, widths=widths)
     request_id = take_upload(store, storage, settings, upload).request_id
     store.start_processing(request_id, "run-1")
     compress_images(settings, store, storage, request_id, work_items(store.unfinished_slots(request_id)))

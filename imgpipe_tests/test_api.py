@@ -90,7 +90,7 @@ def test_multipart_upload_is_recorded_and_kept_in_the_storage(api_server):
     assert document["report_url"] == f"{server.url}/requests/{request_id}/report"
     assert document["products"] == [{"serial": "1.", "product_name": "Chaussure été", "images": [
         {"position": 1, "input_url": "https://e.com/a.jpg", "status": "pending", "output_url": None, "error": None,
-         "obtained": None, "note": None}]}]
+         "obtained": None, "note": None, "renditions": [], "srcset": ""}]}]
     assert datetime.fromisoformat(document["created_at"]).tzinfo is not None
 
 
@@ -303,13 +303,14 @@ def test_request_document_lists_products_and_images_in_input_order(api_server):
     assert document["products"] == [
         {"serial": "1.", "product_name": "Shoe", "images": [
             {"position": 1, "input_url": "https://e.com/a.jpg", "status": "compressed",
-             "output_url": f"{server.url}/images/{request_id}/a.jpg", "error": None, "obtained": None, "note": None},
+             "output_url": f"{server.url}/images/{request_id}/a.jpg", "error": None, "obtained": None, "note": None,
+             "renditions": [], "srcset": ""},
             {"position": 2, "input_url": "https://e.com/b.jpg", "status": "pending", "output_url": None,
-             "error": None, "obtained": None, "note": None},
+             "error": None, "obtained": None, "note": None, "renditions": [], "srcset": ""},
         ]},
         {"serial": "2", "product_name": "Hat", "images": [
             {"position": 1, "input_url": "https://e.com/c.jpg", "status": "failed", "output_url": None,
-             "error": "HTTP 404", "obtained": None, "note": None},
+             "error": "HTTP 404", "obtained": None, "note": None, "renditions": [], "srcset": ""},
         ]},
     ]
 
@@ -336,7 +337,7 @@ def test_errors_share_one_json_shape(api_server):
     cases = [
         ("GET", "/requests/unknown", {}, None, 404, "not_found"),
         ("GET", "/no/such/route", {}, None, 404, "not_found"),
-        ("GET", "/requests", {}, None, 405, "method_not_allowed"),
+        ("PUT", "/requests", {}, None, 405, "method_not_allowed"),
         ("POST", "/requests", {"Content-Type": "application/json"}, b"{}", 415, "unsupported_media_type"),
         ("POST", "/requests", {"Content-Type": "multipart/form-data; boundary=x"}, b"garbage", 400, "bad_request"),
         ("POST", "/requests", {"Content-Type": "multipart/form-data; boundary=x"},

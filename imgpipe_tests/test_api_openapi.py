@@ -17,12 +17,13 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Every contract endpoint and the statuses it can answer; with the token set, 400 for a credential given twice.
 EXPECTED = {
     ("/requests", "post"): {"202", "400", "401", "413", "415", "422", "503"},
+    ("/requests", "get"): {"200", "400", "401", "422", "503"},
     ("/requests/{request_id}", "get"): {"200", "400", "401", "404", "410", "422", "503"},
     ("/requests/{request_id}/report", "get"): {"200", "400", "401", "404", "410", "422", "503"},
     ("/requests/{request_id}/report/thumbs/{name}", "get"): {"200", "400", "401", "404", "422"},
     ("/metrics", "get"): {"200", "400", "401", "503"},
     ("/requests/{request_id}/output.csv", "get"): {"200", "400", "401", "404", "409", "410", "503"},
-    ("/images/{path}", "get"): {"200", "404"},
+    ("/images/{path}", "get"): {"200", "404", "422"},  # 422: a `w` out of its range
     ("/healthz", "get"): {"200", "503"},
     ("/openapi.json", "get"): {"200", "400", "401"},
 }
@@ -61,7 +62,8 @@ def test_every_contract_endpoint_and_status_is_documented_with_the_links(api_ser
     assert content["multipart/form-data"]["schema"]["required"] == ["file"]
     assert set(content["multipart/form-data"]["schema"]["properties"]) == {"file", "webhook_url"}
     assert {(p["in"], p["name"]) for p in create["parameters"]} == {
-        ("header", "Idempotency-Key"), ("query", "webhook_url"), ("query", "file_name"), ("query", "fresh")}
+        ("header", "Idempotency-Key"), ("query", "webhook_url"), ("query", "file_name"), ("query", "fresh"),
+        ("query", "renditions"), ("query", "widths")}
     assert "Location" in create["responses"]["202"]["headers"]
     # The error shapes: `error` everywhere, `errors` on 422; the status document is RequestDocument.
     schemas = document["components"]["schemas"]
@@ -80,6 +82,17 @@ def test_every_contract_endpoint_and_status_is_documented_with_the_links(api_ser
     assert set(parameters) == {"view", "offset", "limit"}
     assert parameters["view"]["schema"]["enum"] == ["full", "summary"]
     assert (parameters["offset"]["schema"]["minimum"], parameters["limit"]["schema"]["minimum"]) == (0, 1)
+    # The list of requests: each a RequestSummary, the statuses a documented comma list.
+    list_requests = document["paths"]["/requests"]["get"]
+    assert list_requests["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RequestList"}
+    assert schemas["RequestList"]["properties"]["requests"]["items"] == {"$ref": "#/components/schemas/RequestSummary"}
+    assert set(schemas["RequestList"]["required"]) == {"requests", "requests_total"}
+    parameters = {p["name"]: p["schema"] for p in list_requests["parameters"] if p["in"] == "query"}
+    assert set(parameters) == {"status", "limit", "offset"}
+    assert parameters["status"]["pattern"].startswith("^(?:queued|processing|")
+    assert (parameters["limit"]["minimum"], parameters["limit"]["maximum"], parameters["limit"]["default"],
+            parameters["offset"]["minimum"]) == (1, 500, 50, 0)
     report = document["paths"]["/requests/{request_id}/report"]["get"]
     assert set(report["responses"]["200"]["content"]) == {"text/html"}
     assert {p["name"] for p in report["parameters"] if p["in"] == "query"} == {"offset", "limit", "expires",
@@ -241,6 +254,11 @@ def test_live_answers_of_pages_summaries_reports_and_metrics_match_the_document(
     assert (len(whole["products"]), len(page["products"]), page["products_total"]) == (2, 1, 2)
     assert "products" not in summary and summary["products_total"] == 2
     assert checker.check(get(f"/requests/{request_id}", limit=0), template).status_code == 422
+    listed = checker.check(get("/requests", status="completed_with_errors,failed"), "/requests").json()
+    assert (listed["requests"], listed["requests_total"]) == ([summary], 1)
+    assert checker.check(get("/requests", status="done"), "/requests").status_code == 422
+    assert checker.check(get("/requests", offset=-1), "/requests").status_code == 422
+    assert checker.check(get("/requests", headers={}), "/requests").status_code == 401
     report = "/requests/{request_id}/report"
     assert checker.check(get(f"/requests/{request_id}/report"), report).status_code == 200
     assert checker.check(get(f"/requests/{request_id}/report", limit=10_000), report).status_code == 422

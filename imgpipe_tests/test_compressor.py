@@ -21,6 +21,7 @@ from PIL import Image
 from imgpipe.images import compressor
 from imgpipe.images.compressor import compress_isolated as compress_in_process_of_its_own
 from imgpipe.images.image_policy import compress_image
+from imgpipe.images.renditions import RenditionSpec
 from imgpipe.settings import MIB
 from imgpipe_tests import compressor_work, faults
 
@@ -68,6 +69,19 @@ def test_result_is_the_in_process_result_made_in_another_process(compress_isolat
     assert outcome.pid not in (0, os.getpid(), compressor._client.server_pid())
     if isolation == "process":
         assert_reaped(outcome.pid)
+
+
+def test_renditions_are_made_in_the_images_process_and_come_back_with_it(compress_isolated):
+    data = jpeg((640, 480))
+    spec = RenditionSpec.parse("webp,avif", "320")
+
+    outcome = compress_isolated(data, **LIMITS, **GENEROUS, renditions=spec)
+
+    assert outcome.ok, outcome.error
+    assert outcome.image == compress_image(data, **LIMITS, renditions=spec)
+    assert ("JPEG", 320) in {(r.format, r.width) for r in outcome.image.renditions}  # a fallback is always kept
+    # The next image of the same process asks for none, and gets none.
+    assert compress_isolated(data, **LIMITS, **GENEROUS).image.renditions == ()
 
 
 def test_rejected_image_comes_back_with_its_reason(compress_isolated):

@@ -7,7 +7,6 @@ only requests that have ended."""
 from __future__ import annotations
 
 import json
-import secrets
 import uuid
 from datetime import timedelta
 
@@ -15,7 +14,6 @@ import pytest
 from dagster import instance_for_test
 
 from imgpipe.api.app import create_app
-from imgpipe.backends import open_status_store, open_storage
 from imgpipe.defs.resources import ImgpipeResource
 from imgpipe.defs.schedules import partition_forgetter, purge_old_requests_job
 from imgpipe.images.batch import work_items
@@ -24,7 +22,6 @@ from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.output.completion import complete_request
 from imgpipe.processing import compress_images
 from imgpipe.retention import PurgePlan, parse_duration, parse_statuses, purge
-from imgpipe.settings import Settings
 from imgpipe.status.models import Obtained, Source
 from imgpipe.status.store import utcnow
 from imgpipe.storage import THUMBNAIL_SIDES, errors_key, image_key, input_key, output_key, thumbnail_key
@@ -33,19 +30,6 @@ from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.pipeline import csv_for, process_here
 
 BASE = "http://127.0.0.1:8000"
-
-
-@pytest.fixture(params=["embedded", "distributed"])
-def backends(request, tmp_path):
-    """(settings, store, storage) of one profile; the distributed one over PostgreSQL and moto's S3 server."""
-    settings = Settings(home=tmp_path / "home", public_base_url=BASE, allow_private_hosts="127.0.0.1")
-    if request.param == "distributed":
-        s3 = request.getfixturevalue("s3_storage_env")
-        settings = settings.model_copy(update={
-            "profile": "distributed", "database_url": request.getfixturevalue("postgres_url"),
-            "storage_url": f"s3://{s3['S3_BUCKET']}/t-{secrets.token_hex(4)}", "broker_url": "redis://127.0.0.1",
-            "webhook_secret": "whsec_c2VjcmV0"})
-    return settings, open_status_store(settings), open_storage(settings)
 
 
 def test_purge_removes_exactly_the_old_requests_and_keeps_what_the_others_reuse(backends, image_server,

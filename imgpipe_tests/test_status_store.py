@@ -19,7 +19,15 @@ from imgpipe.output.completion import complete_request
 from imgpipe.processing import compress_images
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
-from imgpipe.status.models import ImageResult, ImageSlot, ImageStatus, RequestRow, RequestStatus, Source
+from imgpipe.status.models import (
+    ImageResult,
+    ImageSlot,
+    ImageStatus,
+    RenditionRow,
+    RequestRow,
+    RequestStatus,
+    Source,
+)
 from imgpipe.status.postgres_store import PostgresStatusStore
 from imgpipe.status.store import NotPurgeable, NotRetryable, StatusStore, StoreBusy, utcnow
 from imgpipe.storage import LocalStorage
@@ -166,6 +174,39 @@ def test_every_method_and_typed_rows(store_factory):
     assert store.claim_webhook("w1", lease_seconds=0) is None
 
 
+def test_renditions_are_recorded_with_their_image_and_go_with_their_request(store_factory):
+    store = store_factory()
+    for request_id in ("r1", "r2"):
+        accept(store, request_id, renditions="avif", widths="480")
+        store.start_processing(request_id, "run-1")
+    url = "http://img.example/1-1.jpg"
+    files = (RenditionRow(url, "r1-p1.jpg", "JPEG", 1200, 800, 30_000, "main"),
+             RenditionRow(url, "r1-p1.w1200.avif", "AVIF", 1200, 800, 18_000, "alternative"),
+             RenditionRow(url, "r1-p1.w480.jpg", "JPEG", 480, 320, 9_000, "fallback"),
+             RenditionRow(url, "r1-p1.w480.avif", "AVIF", 480, 320, 4_000, "alternative"))
+    for request_id in ("r1", "r2"):
+        store.record_results(request_id, [
+            ImageResult(url, ImageStatus.COMPRESSED, output_url="http://o/r1-p1.jpg", bytes_in=90_000,
+                        bytes_out=30_000, format_out="JPEG", renditions=files),
+            ImageResult("http://img.example/1-2.jpg", ImageStatus.COMPRESSED, bytes_in=10, bytes_out=5,
+                        format_out="JPEG")])
+    store.record_results("r1", [ImageResult(url, ImageStatus.COMPRESSED, renditions=files[:1])])  # again: no change
+
+    assert store.renditions_of("r1") == store.renditions_of("r1", [url, "http://img.example/1-2.jpg"]) == {url: [
+        files[0], files[1], files[3], files[2]]}  # the main output, then by width, widest first
+    assert store.renditions_of("r1", []) == {} and store.renditions_of("nope") == {}
+    assert store.rendition_totals("r1") == {"fallback jpeg": (1, 9_000, 0),
+                                            "alternative avif": (2, 22_000, 12_000 + 5_000)}
+    # Main outputs by format count every slot, as imgpipe_image_bytes_total does; renditions each file.
+    assert store.metrics((1.0,)).bytes_out_by_format == {("main", "jpeg"): 2 * 30_005,
+                                                          ("rendition", "avif"): 2 * 22_000,
+                                                          ("rendition", "jpeg"): 2 * 9_000}
+    store.finish_request("r1", RequestStatus.COMPLETED)
+    store.mark_purged("r1")
+    store.purge_request("r1")
+    assert store.renditions_of("r1") == {} and list(store.renditions_of("r2")) == [url]
+
+
 def test_a_request_that_has_not_ended_cannot_be_purged_and_one_being_purged_cannot_be_retried(store_factory):
     store = store_factory()
     accept(store, "r1")
@@ -201,9 +242,10 @@ def test_a_database_of_the_first_release_gets_the_columns_added_since(store_fact
                         " now(), 'k')")
         connection.commit()
     store = store_factory()
-    accept(store, "r1", fresh=True)
-    assert store.get_request("r1").fresh is True
-    assert store_factory().get_request("r1").fresh is True  # opened again: nothing added twice
+    accept(store, "r1", fresh=True, renditions="avif", widths="480")
+    assert (store.get_request("r1").fresh, store.get_request("r1").renditions) == (True, "avif")
+    assert store_factory().get_request("r1").widths == "480"  # opened again: nothing added twice
+    assert (store.get_request("r-key-first").renditions, store.get_request("r-key-first").widths) == (None, None)
     # The key names the first of its requests, the one earlier releases replayed, and no new one.
     assert store.claim_idempotency_key("k", "r-new", timedelta(0)) == "r-key-first"
 

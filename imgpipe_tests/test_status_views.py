@@ -1,5 +1,6 @@
 """The status store's read methods for people and dashboards, on both backends (DuckDB and PostgreSQL):
-`request_view` (paged in SQL), `requests_updated_since`, `image_counts_of` and `metrics` (aggregates in SQL)."""
+`request_view` (paged in SQL), `request_views` (a page of requests, newest first), `requests_updated_since`,
+`image_counts_of` and `metrics` (aggregates in SQL)."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -40,6 +41,42 @@ def test_request_view_pages_products_in_input_order_with_their_images(store):
     summary = store.request_view("r1", with_products=False)
     assert (summary.products, summary.images, summary.products_total) == ([], [], 7)
     assert store.request_view("nope") is None
+
+
+def test_request_views_page_the_requests_newest_first_as_request_view_reads_each(store):
+    accept(store, "r1", manifest(3, 2))
+    accept(store, "r2", manifest(1, 1))
+    accept(store, "r3", manifest(2, 1))
+    store.record_rejected("r4", source="api", file_name="bad.csv", webhook_url=None,
+                          errors=[{"row": 2, "column": "Product Name", "message": "product name is empty"}])
+    store.start_processing("r1", "run")
+    store.record_results("r1", [
+        ImageResult("http://img.example/1-1.jpg", ImageStatus.COMPRESSED, bytes_in=100, bytes_out=40,
+                    obtained="fetched"),
+        ImageResult("http://img.example/2-1.jpg", ImageStatus.FAILED, error="HTTP 404")])
+    store.finish_request("r2", RequestStatus.FAILED, "the run died")
+    # r2 and r3 recorded at the same moment: request_id decides, the same way on every call.
+    base = utcnow() - timedelta(hours=1)
+    store._run(*[("UPDATE requests SET created_at = ? WHERE request_id = ?", [base + timedelta(minutes=m), r])
+                 for r, m in (("r1", 0), ("r2", 1), ("r3", 1), ("r4", 2))])
+
+    views, total = store.request_views(limit=10)
+
+    assert ([v.request.request_id for v in views], total) == (["r4", "r3", "r2", "r1"], 4)
+    assert views == [store.request_view(v.request.request_id, with_products=False) for v in views]
+    assert (views[3].counts["compressed"], views[3].counts["failed"], views[3].products_total) == (1, 1, 3)
+    assert (views[0].counts["total"], views[0].products_total) == (0, 0)  # rejected: no slots, no products
+
+    def ids(**query) -> tuple[list[str], int]:
+        found, matching = store.request_views(**query)
+        return [v.request.request_id for v in found], matching
+
+    assert ids(statuses=[RequestStatus.FAILED], limit=10) == (["r2"], 1)
+    assert ids(statuses=["failed", "rejected"], limit=10) == (["r4", "r2"], 2)
+    assert ids(statuses=["queued", "processing"], limit=1, offset=1) == (["r1"], 2)
+    assert ids(limit=2, offset=1) == (["r3", "r2"], 4)
+    assert ids(limit=2, offset=4) == ([], 4)
+    assert ids(statuses=["completed"], limit=10) == ([], 0)
 
 
 def test_requests_updated_since_and_counts_of_several_requests(store):

@@ -74,6 +74,33 @@ def test_a_kept_image_becomes_a_new_requests_own_and_replaces_what_was_there(sto
     assert storage.read_image("r9", "r1-p2.webp") is None
 
 
+def test_kept_renditions_are_linked_as_a_requests_own_and_go_with_their_kept_image(storage):
+    sha = "ab" * 32
+    storage.keep_content(3, sha, ".jpg", b"jpeg", b"before", b"after")
+    storage.keep_content_renditions(3, sha, {".w480.jpg": b"small jpeg", ".w480.avif": b"small avif"}, b'{"r": 1}')
+    storage.link_content_renditions(3, sha, [".w480.avif"], "r9", "r1-p1")
+    storage.write_renditions("r9", "r1-p1", b'{"r": 2}')
+
+    assert storage.read_image("r9", "r1-p1.w480.avif") == b"small avif"
+    assert storage.read_image("r9", "r1-p1.w480.jpg") is None  # only what was linked
+    assert storage.read_content_renditions(3, sha) == b'{"r": 1}'
+    assert storage.read_renditions("r9", "r1-p1") == b'{"r": 2}'
+    for name in ("r1-p1.w480", "r1-p1.w.avif", "r1-p1.wide.avif", "r1-p1.w123456.avif", "r1-p1.w480.avif.jpg"):
+        with pytest.raises(ValueError):
+            storage.read_image("r9", name)
+    with pytest.raises(ValueError):
+        storage.read_renditions("r9", "../r1-p1")
+
+    storage.delete_content(3, sha)
+
+    assert not storage.has_content(3, sha, ".jpg") and storage.read_content_renditions(3, sha) is None
+    with pytest.raises(Exception):  # every file named after the hash is gone
+        storage.link_content_renditions(3, sha, [".w480.jpg"], "r9", "r1-p2")
+    assert storage.read_image("r9", "r1-p1.w480.avif") == b"small avif"  # the request's own stays its own
+    storage.delete_request("r9")
+    assert storage.read_image("r9", "r1-p1.w480.avif") is None and storage.read_renditions("r9", "r1-p1") is None
+
+
 def test_output_csv_round_trip(storage):
     assert not storage.has_output_csv("r1")
     stored = storage.write_output_csv("r1", OUTPUT)

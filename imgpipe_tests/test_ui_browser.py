@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -23,8 +24,18 @@ import pytest
 import requests
 
 from imgpipe.status.duckdb_store import DuckDBStatusStore
-from imgpipe_tests.images import save_jpeg
-from imgpipe_tests.servers import REPO, IsolatedHome, drop_into_inbox, free_port, product_csv, wait_for
+from imgpipe.storage import LocalStorage
+from imgpipe_tests.images import illustration, save_jpeg
+from imgpipe_tests.pipeline import process_here
+from imgpipe_tests.servers import (
+    REPO,
+    CatalogServer,
+    IsolatedHome,
+    drop_into_inbox,
+    free_port,
+    product_csv,
+    wait_for,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -131,7 +142,7 @@ def dagster_dev(tmp_path_factory):
 @pytest.fixture
 def page():
     ARTIFACTS.mkdir(exist_ok=True)
-    for stale in ("asset-page.png", "launchpad-run.png", "ui-failure.png"):
+    for stale in ("asset-page.png", "launchpad-run.png", "ui-failure.png", "report-renditions.png"):
         (ARTIFACTS / stale).unlink(missing_ok=True)
     with playwright_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -230,3 +241,48 @@ def test_asset_page_shows_the_partition_and_the_launchpad_launches_a_request(dag
     assert processed.run_id and processed.run_id != run_id
     assert dagster_dev.store.counts(processed.request_id)["compressed"] == 2
     assert (dagster_dev.home / "public" / "outputs" / f"{processed.request_id}.csv").exists()
+
+
+def test_the_report_of_a_request_with_renditions_gets_avif_in_chromium_and_jpeg_without_accept(api_server, page,
+                                                                                              tmp_path):
+    """A request made with `webp,avif` and widths: Chromium, which names AVIF in its Accept, receives AVIFs from the
+    very URLs that a client naming nothing (urllib sends no Accept; curl and requests send */*) gets JPEGs from."""
+    (tmp_path / "cdn").mkdir()
+    for index in range(2):  # pictures whose AVIF is the smallest of their files, at every width
+        illustration(1200, 800, seed=30 + index).save(tmp_path / "cdn" / f"p{index}.jpg", quality=85)
+    host = CatalogServer(tmp_path / "cdn")
+    server = api_server(IMGPIPE_ALLOW_PRIVATE_HOSTS="127.0.0.1")  # the image host is this machine
+    try:
+        request_id = process_here(server.settings, server.store, LocalStorage(server.settings.home_dir, server.url),
+                                  [[host.url("p0.jpg"), host.url("p1.jpg")]], "renditions.csv",
+                                  renditions="webp,avif", widths="480,960")
+    finally:
+        host.close()
+    assert server.store.get_request(request_id).status == "completed"
+    for files in server.store.renditions_of(request_id).values():
+        at_480 = {row.format: row.bytes for row in files if row.width == 480}
+        assert at_480["AVIF"] < min(at_480["WEBP"], at_480["JPEG"]), f"the fixture's AVIF is not the smallest: {at_480}"
+    received = []
+    page.on("response", lambda response: received.append(response) if "/images/" in response.url else None)
+
+    page.goto(f"{server.url}/requests/{request_id}/report")
+    served = page.locator("img.served")
+    expect(served).to_have_count(2)
+    page.wait_for_function("() => [...document.querySelectorAll('img.served')].every(i => i.complete)")
+    save_screenshot(page, "report-renditions.png")
+
+    # The report's width (160 px) takes the 480 w candidate of each srcset: the AVIF of that width, decoded.
+    assert sorted(r.url.removeprefix(server.url) for r in received) == [
+        f"/images/{request_id}/r1-p{position}.jpg?w=480" for position in (1, 2)]
+    assert {(r.status, r.headers["content-type"], r.headers["vary"]) for r in received} == {
+        (200, "image/avif", "Accept")}
+    shown = served.evaluate_all("images => images.map(i => [i.currentSrc, i.naturalWidth])")
+    assert [(source.removeprefix(server.url), width > 0) for source, width in shown] == [
+        (f"/images/{request_id}/r1-p{position}.jpg?w=480", True) for position in (1, 2)]  # decoded
+    for response in received:
+        main = response.url.split("?")[0]
+        with urllib.request.urlopen(main, timeout=10) as plain:  # no Accept header at all
+            assert plain.headers["Content-Type"] == "image/jpeg" and plain.read()[:3] == b"\xff\xd8\xff"
+        as_curl = requests.get(main, timeout=10)  # Accept: */*
+        assert as_curl.headers["content-type"] == "image/jpeg" and as_curl.content[:3] == b"\xff\xd8\xff"
+        assert requests.get(response.url, timeout=10).headers["content-type"] == "image/jpeg"  # ?w=480 alone

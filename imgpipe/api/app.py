@@ -2,8 +2,8 @@
 
 An upload goes straight through the intake (`take_upload`): validated once, kept in the storage
 (`requests/<id>/input.csv`, or `rejected/<id>/` beside `errors.json`) and recorded, `queued` with its image slots
-or `rejected`. Status is read from the store (`GET /requests/{id}` whole, paged or summarized, the HTML report,
-`/metrics`: all paged or aggregated in SQL); images, thumbnails and output CSVs from the storage. The app never
+or `rejected`. Status is read from the store (`GET /requests/{id}` whole, paged or summarized, `GET /requests` a
+page of summaries, the HTML report, `/metrics`: all paged or aggregated in SQL); images, thumbnails and output CSVs from the storage. The app never
 reads the environment: `imgpipe.cli` passes the settings in.
 
 Modules: `uploads` (the body, streamed through python-multipart under limits), `auth` (the bearer token),
@@ -28,10 +28,12 @@ from starlette.background import BackgroundTask
 from imgpipe.api import openapi
 from imgpipe.api.auth import BearerAuth
 from imgpipe.api.errors import EXCEPTION_HANDLERS, ApiError
+from imgpipe.api.image_serving import serve_image
 from imgpipe.api.launching import LaunchAtOnce
-from imgpipe.api.models import Accepted, Health, Purged
+from imgpipe.api.models import Accepted, Health, Purged, RequestList
 from imgpipe.api.uploads import ReceivedUpload, read_upload
 from imgpipe.backends import open_status_store, open_storage
+from imgpipe.images.renditions import MAX_WIDTH
 from imgpipe.intake.csv_schema import RowError, UploadRejected, parse_upload
 from imgpipe.intake.intake import (
     WEBHOOK_URL_PATTERN,
@@ -39,6 +41,7 @@ from imgpipe.intake.intake import (
     KeyPending,
     Upload,
     kept_name,
+    rendition_problems,
     take_upload,
     take_upload_once,
     webhook_url_problems,
@@ -48,7 +51,7 @@ from imgpipe.metrics import BUCKETS as METRIC_BUCKETS
 from imgpipe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from imgpipe.metrics import exposition
 from imgpipe.report import HEADERS as REPORT_HEADERS
-from imgpipe.report import MAX_PAGE_SIZE, PAGE_SIZE, render_report
+from imgpipe.report import MAX_PAGE_SIZE, PAGE_SIZE, read_report, render_report
 from imgpipe.report import THUMBNAIL_HEADERS
 from imgpipe.settings import Settings
 from imgpipe.status.document import (
@@ -58,10 +61,11 @@ from imgpipe.status.document import (
     RequestSummary,
     link_output_csv,
     stored_document,
+    stored_summaries,
 )
 from imgpipe.status.models import RequestRow, RequestStatus, Source
 from imgpipe.status.store import StatusStore
-from imgpipe.storage import Storage, content_type_of, rejected_key
+from imgpipe.storage import Storage, rejected_key
 
 T = TypeVar("T")
 log = logging.getLogger("imgpipe.api")
@@ -123,10 +127,11 @@ class Api:
     # ------------------------------------------------------------------ POST /requests
 
     async def create_request(self, request: Request, idempotency_key: str | None, webhook_url: str | None,
-                             file_name: str | None, fresh: bool = False) -> JSONResponse:
+                             file_name: str | None, fresh: bool = False, renditions: str | None = None,
+                             widths: str | None = None) -> JSONResponse:
         received = await read_upload(request, self.settings.max_csv_bytes)
         key = (idempotency_key or "").strip() or None
-        problems = self._request_problems(received, key, webhook_url)
+        problems = self._request_problems(received, key, webhook_url) + rendition_problems(renditions, widths)
         if problems:
             # Nothing is recorded; the CSV's own problems are listed too, so that one answer says everything.
             if received.content is not None:
@@ -134,7 +139,8 @@ class Api:
             raise ApiError(422, f"the upload has {len(problems)} problem(s)", errors=[p.to_dict() for p in problems])
         # The form's field and file name win over the query's; an empty webhook URL means none.
         upload = Upload(content=received.content, file_name=received.file_name or file_name or "", source=Source.API,
-                        webhook_url=received.webhook_url or webhook_url or None, idempotency_key=key, fresh=fresh)
+                        webhook_url=received.webhook_url or webhook_url or None, idempotency_key=key, fresh=fresh,
+                        renditions=renditions, widths=widths)
         try:
             result = await self._take(upload)
         except KeyPending as exc:
@@ -223,6 +229,15 @@ class Api:
 
     # ------------------------------------------------------------------ reads
 
+    async def list_requests(self, statuses: list[RequestStatus] | None, limit: int, offset: int) -> JSONResponse:
+        """A page of the requests, newest first, each as its summary view, and how many match in all."""
+        summaries, total = await self.in_store(stored_summaries, self.store, statuses=statuses, limit=limit,
+                                               offset=offset)
+        # Outside the store's lock: with S3 storage this asks the bucket about each ended request.
+        linked = await run_in_threadpool(
+            lambda: [link_output_csv(summary, self.storage, self.settings) for summary in summaries])
+        return JSONResponse(RequestList(requests=linked, requests_total=total).model_dump(mode="json"))
+
     async def get_request(self, request_id: str, view: str = "full", offset: int | None = None,
                           limit: int | None = None) -> JSONResponse:
         """The status document; a page of its products with `offset`/`limit`, none with `view="summary"`. Paged
@@ -238,12 +253,14 @@ class Api:
     async def report(self, request_id: str, offset: int, limit: int, expires: int | None,
                      signature: str | None) -> Response:
         """The request's HTML report, a page of `limit` products from `offset`."""
-        view = await self.in_store(self.store.request_view, request_id, offset=offset, limit=limit)
-        if view is None:
+        found = await self.in_store(read_report, self.store, request_id, offset=offset, limit=limit)
+        if found is None:
             return await self._gone_or_unknown(request_id)
+        view, renditions = found
         # A page opened through a signed link signs its own links (thumbnails, other pages) the same way.
         signed = {"expires": expires, "signature": signature} if expires is not None and signature else {}
-        html = await run_in_threadpool(render_report, view, offset=offset, limit=limit, signed=signed)
+        html = await run_in_threadpool(render_report, view, offset=offset, limit=limit, signed=signed,
+                                       renditions=renditions)
         return HTMLResponse(html, headers=REPORT_HEADERS)
 
     async def thumbnail(self, request_id: str, name: str) -> Response:
@@ -285,13 +302,21 @@ class Api:
         body = Purged(request_id=request_id, status="purged", purged_at=purged_at.replace(tzinfo=timezone.utc))
         return JSONResponse(body.model_dump(mode="json"), status_code=410)
 
-    async def image(self, path: str) -> Response:
-        """`<request_id>/<name>` from the storage. Only names the pipeline writes are looked up, so a folder, a
-        `..` or any other path is a 404 before the storage is asked."""
+    async def image(self, path: str, accept: str | None = None, width: int | None = None) -> Response:
+        """`<request_id>/<name>` from the storage; for the URL of an image with renditions, the file that suits
+        `accept` and `width` (`serve_image`). Only names the pipeline writes are looked up, so a folder, a `..` or
+        any other path is a 404 before the storage is asked."""
         request_id, _, name = path.partition("/")
-        data = await self._stored(self.storage.read_image, request_id, name, missing=f"no image {path[:200]}")
-        # A slot's file is written once (a retry only fills slots that failed), so caches may keep it a day.
-        return Response(data, media_type=content_type_of(name), headers={"Cache-Control": IMAGE_CACHE_CONTROL})
+        try:
+            served = await run_in_threadpool(serve_image, self.storage, request_id, name, accept, width)
+        except ValueError:  # a name the pipeline never writes
+            served = None
+        if served is None:
+            raise ApiError(404, f"no image {path[:200]}")
+        # A slot's files are written once (a retry only fills slots that failed), so caches may keep them a day;
+        # one answer per Accept where that chooses the file.
+        headers = {"Cache-Control": IMAGE_CACHE_CONTROL, **({"Vary": "Accept"} if served.negotiated else {})}
+        return Response(served.data, media_type=served.media_type, headers=headers)
 
     async def healthz(self) -> Health:
         try:
@@ -303,6 +328,21 @@ class Api:
 
 
 RequestId = Annotated[str, Path(description="The ID a 202 to `POST /requests` gave")]
+
+
+def status_filter(statuses: str | None) -> list[RequestStatus] | None:
+    """The request statuses a comma list names (None, every request, without one). An unknown one is a 422 in the
+    shape of the other parameters' errors, naming it: FastAPI's own check of the documented pattern would not."""
+    if statuses is None:
+        return None
+    names = list(dict.fromkeys(statuses.split(",")))
+    known = [str(status) for status in RequestStatus]
+    unknown = [repr(name[:100]) for name in names if name not in known]
+    if unknown:
+        errors = [{"row": None, "column": "query.status",
+                   "message": f"unknown request status {name}; known: {', '.join(known)}"} for name in unknown]
+        raise ApiError(422, f"unknown request status {', '.join(unknown)}", errors=errors, code="invalid_request")
+    return [RequestStatus(name) for name in names]
 
 
 def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
@@ -334,8 +374,27 @@ def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
             description="The file's name (default upload.csv; a multipart file's own name wins)")] = None,
         fresh: Annotated[bool, Query(
             description="true: fetch and encode every image again, whatever earlier requests left")] = False,
+        renditions: Annotated[str, Query(  # noqa: RUF013
+            description="Formats made beside each main output, a comma list of `webp` and `avif` (empty: none; "
+                        "absent: IMGPIPE_RENDITIONS)")] = None,
+        widths: Annotated[str, Query(  # noqa: RUF013
+            description="Widths in pixels each image is also made at where narrower, e.g. `480,960` (empty: none; "
+                        "absent: IMGPIPE_WIDTHS)")] = None,
     ) -> JSONResponse:
-        return await api.create_request(request, idempotency_key, webhook_url, file_name, fresh)
+        return await api.create_request(request, idempotency_key, webhook_url, file_name, fresh, renditions, widths)
+
+    @app.get("/requests", operation_id="listRequests", response_model=RequestList,
+             summary="The requests, newest first, each as its summary", description=openapi.LIST_REQUESTS_DESCRIPTION,
+             responses=errors(r422=openapi.INVALID_LIST_PARAMETER), openapi_extra=guarded())
+    async def list_requests(
+        status: Annotated[str, Query(  # noqa: RUF013
+            description="Only requests in these statuses, a comma list (`queued,processing`); default: every one",
+            json_schema_extra={"pattern": openapi.STATUS_LIST_PATTERN})] = None,
+        limit: Annotated[int, Query(ge=1, le=openapi.MAX_REQUESTS_PAGE_SIZE, description=(
+            f"Requests in the page, at most {openapi.MAX_REQUESTS_PAGE_SIZE}"))] = openapi.REQUESTS_PAGE_SIZE,
+        offset: Annotated[int, Query(ge=0, le=openapi.MAX_OFFSET, description="Requests to skip, newest first")] = 0,
+    ) -> JSONResponse:
+        return await api.list_requests(status_filter(status), limit, offset)
 
     @app.get("/requests/{request_id}", operation_id="getRequest",
              response_model=RequestDocument | RequestPage | RequestSummary,
@@ -411,15 +470,22 @@ def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
         return await api.output_csv(request_id)
 
     @app.get("/images/{path:path}", operation_id="getImage", response_class=Response,
-             summary="A compressed image (open without a token)",
+             summary="A compressed image (open without a token)", description=openapi.IMAGE_DESCRIPTION,
              responses=errors(
                  r200={"description": "The image", "content": {
                      media_type: {"schema": {"type": "string", "format": "binary"}}
-                     for media_type in ("image/jpeg", "image/webp")}},
-                 r404=openapi.error("No such image"), guarded=False, store=False),
+                     for media_type in ("image/jpeg", "image/webp", "image/avif")}},
+                 r404=openapi.error("No such image"), r422=openapi.INVALID_PARAMETER, guarded=False, store=False),
              openapi_extra=openapi.security(settings, False))
-    async def image(path: Annotated[str, Path(description="`<request_id>/<file name>`")]) -> Response:
-        return await api.image(path)
+    async def image(
+        path: Annotated[str, Path(description="`<request_id>/<file name>`")],
+        accept: Annotated[str, Header(  # noqa: RUF013
+            description="With `image/avif` or `image/webp` named (q above 0): the smallest file the client takes")]
+            = None,
+        w: Annotated[int, Query(ge=1, le=MAX_WIDTH, description=(  # noqa: RUF013
+            "The narrowest width of the image at least this wide, the widest when none is"))] = None,
+    ) -> Response:
+        return await api.image(path, accept, w)
 
     @app.get("/healthz", operation_id="health", response_model=Health,
              summary="Liveness: the status store is readable (open without a token)",

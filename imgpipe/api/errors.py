@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from imgpipe.api.models import ErrorBody, ErrorDetail, InvalidBody
 from imgpipe.status.document import RowErrorModel
@@ -64,7 +65,21 @@ async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
 async def on_http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Starlette's own: 404 for an unknown route, 405 (with `Allow`)."""
     message = exc.detail if isinstance(exc.detail, str) and exc.detail else http.HTTPStatus(exc.status_code).phrase
-    return error_response(exc.status_code, message, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+    return error_response(exc.status_code, message, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods of every route of the request's path: Starlette's 405 names those of the first route only, and
+    a path can have several (`GET` and `POST /requests`)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

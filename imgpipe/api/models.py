@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from imgpipe.intake.intake import WEBHOOK_URL_PATTERN
-from imgpipe.status.document import RowErrorModel
+from imgpipe.status.document import RequestSummary, RowErrorModel
 
 URI = {"format": "uri"}
 class Accepted(BaseModel):
@@ -52,6 +52,13 @@ class Purged(BaseModel):
     request_id: str
     status: Literal["purged"]
     purged_at: datetime
+
+
+class RequestList(BaseModel):
+    """`GET /requests`: a page of the requests, newest first, each as `GET /requests/{id}?view=summary` answers."""
+
+    requests: list[RequestSummary]
+    requests_total: int = Field(ge=0, description="How many requests match `status`, whatever `limit` and `offset`.")
 
 
 class Health(BaseModel):

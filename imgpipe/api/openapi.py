@@ -17,6 +17,7 @@ from imgpipe.api.uploads import (
     MULTIPART_ENVELOPE_BYTES,
 )
 from imgpipe.settings import Settings
+from imgpipe.status.models import RequestStatus
 
 DESCRIPTION = (
     "Upload a CSV of product image URLs; follow its status; fetch the compressed images and the output CSV. "
@@ -48,6 +49,17 @@ INVALID_PARAMETER = {"model": InvalidBody, "description": "A query parameter out
 MAX_LIMIT = 1000
 MAX_OFFSET = 2**31 - 1
 MAX_EXPIRES = 10**12
+REQUESTS_PAGE_SIZE = 50
+MAX_REQUESTS_PAGE_SIZE = 500
+_STATUS = "(?:" + "|".join(RequestStatus) + ")"
+STATUS_LIST_PATTERN = f"^{_STATUS}(?:,{_STATUS})*$"
+INVALID_LIST_PARAMETER = {"model": InvalidBody, "description": (
+    "An unknown status, or `limit` or `offset` out of its range (`errors` says which)")}
+LIST_REQUESTS_DESCRIPTION = (
+    f"The requests, newest first (by `created_at`, then `request_id`): `limit` of them (default "
+    f"{REQUESTS_PAGE_SIZE}, at most {MAX_REQUESTS_PAGE_SIZE}) from `offset`, each exactly as "
+    "`GET /requests/{request_id}?view=summary` answers, and `requests_total`, how many match `status` in all. "
+    "The page and every count in it are read in one transaction of the status store.")
 GET_REQUEST_DESCRIPTION = (
     "Without parameters: the whole document, every product with its images. For a large request, "
     "`?limit=N&offset=M` answers that page of products (in input order) with `products_total`, and "
@@ -56,13 +68,21 @@ GET_REQUEST_DESCRIPTION = (
 REPORT_DESCRIPTION = (
     "One HTML page per request, rendered on the server, no JavaScript: a summary (counts, bytes in and out, total "
     "saved, how the images were obtained, time taken), then per product each image's before and after "
-    "thumbnails side by side, bytes and quality in and out, percent saved, how it was obtained, its note, and "
-    "for a failed image the reason; `limit` products per page. With IMGPIPE_API_TOKEN set it wants the token, "
+    "thumbnails side by side, bytes and quality in and out, percent saved, how it was obtained, its note, "
+    "for a failed image the reason, and for one with renditions its sizes by width and format; `limit` products "
+    "per page. With IMGPIPE_API_TOKEN set it wants the token, "
     "or the `expires` and `signature` of the request's `report_url`: a signed link to this report and its "
     "thumbnails only, which opens in a browser.")
+IMAGE_DESCRIPTION = (
+    "A compressed image, or one of its renditions by its own name (`<stem>.w<width>.<ext>`, listed in the status "
+    "document). The URL of an image made with renditions answers by the request's `Accept`: without it, or with "
+    "only wildcards, the main output as always; when it names `image/avif` or `image/webp` with a q above 0, the "
+    "smallest file the client takes (an AVIF or WebP only where named, q=0 refusing), with `Vary: Accept`. `?w=N` "
+    "picks the narrowest width at least N (the widest when none is).")
 METRICS_DESCRIPTION = (
     "Prometheus' text format: `imgpipe_requests_total{status}`, `imgpipe_images_total{status}`, "
-    "`imgpipe_images_obtained_total{obtained}`, `imgpipe_image_bytes_total{direction}`, the histograms "
+    "`imgpipe_images_obtained_total{obtained}`, `imgpipe_image_bytes_total{direction}`, "
+    "`imgpipe_image_bytes_out_total{kind,format}` (main outputs and renditions by format), the histograms "
     "`imgpipe_image_download_seconds` and `imgpipe_image_compress_seconds`, "
     "`imgpipe_webhook_attempts_total{outcome}` and `imgpipe_oldest_queued_request_age_seconds`. Derived from the "
     "status store at each scrape, so true across every process and machine. Wants the token unless "

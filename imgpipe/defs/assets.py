@@ -182,11 +182,26 @@ def request_metadata(completion: Completion) -> dict:
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "percent_saved": round(100 * (1 - bytes_out / bytes_in), 1) if bytes_in else 0.0,
+        **rendition_metadata(completion.renditions),
         "output_csv_path": MetadataValue.path(completion.output_csv.path),
         "output_csv_url": MetadataValue.url(completion.output_csv.url),
         "report_url": MetadataValue.url(lasting_report_url(completion.output_csv.url)),
         "failed_images": MetadataValue.md(failures_table(failed)),
     }
+
+
+def rendition_metadata(totals: dict[str, tuple[int, int, int]]) -> dict:
+    """Per kind of rendition (`fallback_jpeg`, `webp`, `avif`): files and bytes, and for WebP and AVIF the bytes
+    and percent they save against the JPEG (or main output) of the same width. Nothing without renditions."""
+    metadata = {}
+    for kind, (files, size, saved) in sorted(totals.items()):
+        role, format = kind.split(" ")
+        name = format if role == "alternative" else f"{role}_{format}"
+        metadata |= {f"renditions_{name}_files": files, f"renditions_{name}_bytes": size}
+        if role == "alternative":
+            metadata |= {f"renditions_{name}_bytes_saved": saved,
+                         f"renditions_{name}_percent_saved": round(100 * saved / (size + saved), 1) if size else 0.0}
+    return metadata
 
 
 def failures_table(failed: list[ImageRow]) -> str:

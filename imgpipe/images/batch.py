@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 from imgpipe.images.compressor import compress_isolated
 from imgpipe.images.fetcher import FetchError, FetchLimits, FetchResult, HostQueue, HostSlots, Validators, fetch
 from imgpipe.images.image_policy import POLICY_VERSION
+from imgpipe.images.rendition_files import RequestRenditions
+from imgpipe.images.renditions import RenditionSpec
 from imgpipe.images.url_safety import netloc_of
 from imgpipe.images.url_safety import AllowList
 from imgpipe.settings import Settings, env_name
@@ -74,17 +76,20 @@ class BatchRunner:
     With `reuse`, a URL seen before is fetched conditionally (a 304 reuses its kept output: `not_modified`), bytes
     seen before are not encoded again (`same_content`), and a new output is kept by its input's SHA-256 for
     later requests; each request still gets its own files, linked from the kept ones. A source that answers
-    `Cache-Control: no-store` is never reused nor kept.
+    `Cache-Control: no-store` is never reused nor kept. With `renditions`, each image gets those too: made with
+    it, or linked from a kept output that has them all (one that lacks some is made again).
 
     `deadline`, a time.monotonic() instant, is the request's: an image not done by then fails, whether under way
     or still waiting (None: IMGPIPE_REQUEST_DEADLINE seconds from now)."""
 
     def __init__(self, settings: Settings, storage: Storage, request_id: str, reuse: Reuse | None = None,
-                 hosts: HostSlots | None = None, deadline: float | None = None):
+                 hosts: HostSlots | None = None, deadline: float | None = None,
+                 renditions: RenditionSpec | None = None):
         self.settings = settings
         self.storage = storage
         self.request_id = request_id
         self.reuse = reuse
+        self.renditions = RequestRenditions(storage, request_id, renditions) if renditions else None
         self.allow = AllowList.parse(settings.allow_private_hosts)
         self.fetch_limits = FetchLimits.from_settings(settings)
         # Shared by the batches of one step, however many run at once. (The compressions of the whole process
@@ -95,7 +100,10 @@ class BatchRunner:
         self.deadline_reason = f"not done within {env_name('request_deadline')} ({settings.request_deadline:g} s)"
 
     def run(self, items: Sequence[WorkItem], report: Callable[[list[ImageResult]], None],
-            report_interval: float = 1.0) -> list[ImageResult]:
+            report_interval: float = 1.0,
+            report_last: Callable[[list[ImageResult]], None] | None = None) -> list[ImageResult]:
+        """`report` is called with the results come in since its last call, at most every `report_interval` s;
+        `report_last`, where given, instead of it with the last of them."""
         results: list[ImageResult] = []
         unreported: list[ImageResult] = []
         last_report = time.monotonic()
@@ -129,7 +137,7 @@ class BatchRunner:
                     unreported.append(results[-1])
                     pending -= 1
                 if unreported and (not pending or time.monotonic() - last_report >= report_interval):
-                    report(unreported)
+                    (report_last if report_last and not pending else report)(unreported)
                     unreported, last_report = [], time.monotonic()
         return results
 
@@ -162,7 +170,8 @@ class BatchRunner:
                     reused = self._reuse(item, kept, Obtained.NOT_MODIFIED, download, started)
                     if reused:
                         return reused
-                    download = self._fetch(item, deadline)  # the kept output is gone: the whole image again
+                    # The kept output is gone, or lacks renditions asked for: the whole image again.
+                    download = self._fetch(item, deadline)
             else:
                 download = self._fetch(item, deadline)
         except FetchError as exc:
@@ -206,18 +215,25 @@ class BatchRunner:
                                     max_frames=self.settings.max_frames, timeout=remaining,
                                     memory_bytes=self.settings.process_memory_bytes,
                                     slots=self.settings.compress_slots, isolation=self.settings.isolation,
-                                    recycle=self.settings.pool_recycle, not_after=self.deadline)
+                                    recycle=self.settings.pool_recycle, not_after=self.deadline,
+                                    renditions=self.renditions.spec if self.renditions else None)
         compress_seconds = outcome.seconds
         if not outcome.ok:  # the reason may quote the file's own bytes, or a decoder's
             return self._failed_or_late(item, outcome.error, bytes_in)
         image = outcome.image
+        renditions = ()
         try:
+            # Renditions first: a main output's presence says its renditions are there.
             if keep:
                 self.storage.keep_content(POLICY_VERSION, sha256, image.extension, image.data,
                                           image.thumbnail_before, image.thumbnail_after)
+                if self.renditions:
+                    renditions = self.renditions.keep_and_link(image, sha256, item.output_stem, item.input_url)
                 stored = self.storage.link_content(POLICY_VERSION, sha256, image.extension, self.request_id,
                                                    item.output_stem)
             else:
+                if self.renditions:
+                    renditions = self.renditions.store(image, item.output_stem, item.input_url)
                 stored = self.storage.write_image(self.request_id, item.output_stem + image.extension, image.data)
                 self.storage.write_thumbnails(self.request_id, item.output_stem, image.thumbnail_before,
                                               image.thumbnail_after)
@@ -227,14 +243,22 @@ class BatchRunner:
             item.input_url, ImageStatus.COMPRESSED, output_path=stored.path, output_url=stored.url,
             bytes_in=bytes_in, bytes_out=len(image.data), quality_in=image.quality_in, quality_out=image.quality_out,
             format_out=image.format, obtained=Obtained.FETCHED, note=image.note, input_sha256=sha256,
-            download_seconds=downloaded - started, compress_seconds=compress_seconds,
+            download_seconds=downloaded - started, compress_seconds=compress_seconds, renditions=renditions,
             **_validators_to_keep(download, image.extension if keep else None),
         )
 
     def _reuse(self, item: WorkItem, output: ContentOutput, obtained: Obtained, download: FetchResult,
                started: float, sha256: str | None = None) -> ImageResult | None:
-        """The kept `output` as this request's image; None when its files are gone (it is forgotten)."""
+        """The kept `output` as this request's image; None when its files are gone (it is forgotten), or when it
+        lacks renditions this request asks for (it is made again, with them)."""
+        kept_renditions = None
+        if self.renditions:
+            kept_renditions = self.renditions.kept_for_request(output.input_sha256, output.quality_out)
+            if kept_renditions is None:
+                return None
         try:
+            renditions = () if kept_renditions is None else self.renditions.link(
+                kept_renditions, output.input_sha256, item.output_stem, item.input_url)
             stored = self.storage.link_content(POLICY_VERSION, output.input_sha256, output.extension,
                                                self.request_id, item.output_stem)
         except Exception:  # noqa: BLE001 - a missing file or object: make it again
@@ -247,7 +271,7 @@ class BatchRunner:
             bytes_in=output.bytes_in, bytes_out=output.bytes_out, quality_in=output.quality_in,
             quality_out=output.quality_out, format_out=output.format_out, obtained=obtained, note=output.note,
             input_sha256=sha256 or output.input_sha256, download_seconds=time.monotonic() - started,
-            compress_seconds=0.0, **validators,
+            compress_seconds=0.0, renditions=renditions, **validators,
         )
 
 

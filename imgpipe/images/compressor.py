@@ -25,10 +25,10 @@ replaced.
 
 Protocol over the server's stdin and stdout, and over each child's two pipes: frames of a 4-byte big-endian
 length and a payload, each read straight into bytes of its own. A request is two frames: a pickle of (job_id,
-work, max_pixels, max_frames, timeout, memory_bytes, slots, recycle, not_after), then the image's bytes as they are, both
-sent on to the child as they came (nobody on the way unpickles or copies the image); a child answers with one
-byte (1: it exits after this answer) and a pickle of its result (a `CompressedImage` or the reason the image
-failed); the server answers the caller with (job_id, pid, seconds at work) packed as "!QId" and the child's
+work, max_pixels, max_frames, timeout, memory_bytes, slots, recycle, not_after, renditions), then the image's bytes
+as they are, both sent on to the child as they came (nobody on the way unpickles or copies the image); a child
+answers with one byte (1: it exits after this answer) and a pickle of its result (a `CompressedImage`, its
+renditions included, or the reason the image failed); the server answers the caller with (job_id, pid, seconds at work) packed as "!QId" and the child's
 pickle. An answer from a process that is leaving is sent on once that process has been reaped.
 """
 from __future__ import annotations
@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NoReturn
 
 from imgpipe.images.image_policy import CompressedImage, ImageRejected
+from imgpipe.images.renditions import RenditionSpec
 from imgpipe.lifetime import die_with_parent
 
 MIB = 1024 * 1024  # not imported from imgpipe.settings: the server's heap stays without pydantic
@@ -162,7 +163,7 @@ class ForkServerClient:
 
     def compress(self, data: bytes, *, max_pixels: int, max_frames: int, timeout: float, memory_bytes: int,
                  work: str = DEFAULT_WORK, slots: int | None = None, recycle: int = 1,
-                 not_after: float | None = None) -> CompressionOutcome:
+                 not_after: float | None = None, renditions: RenditionSpec | None = None) -> CompressionOutcome:
         answer: Future = Future()
         with self._lock:
             process = self._running_server()
@@ -172,7 +173,8 @@ class ForkServerClient:
                 self._progress = time.monotonic()
             self._pending[job_id] = (answer, timeout)
         header = pickle.dumps((job_id, work, max_pixels, max_frames, timeout, memory_bytes,
-                               slots or os.cpu_count() or 2, recycle, not_after), protocol=pickle.HIGHEST_PROTOCOL)
+                               slots or os.cpu_count() or 2, recycle, not_after, renditions),
+                              protocol=pickle.HIGHEST_PROTOCOL)
         # Not under `_lock`, which the reader thread needs for every answer: a request larger than the pipe
         # waits for the server to read it, and the server may first be waiting for its answers to be read.
         with self._send_lock:
@@ -214,19 +216,25 @@ class ForkServerClient:
         with self._lock:
             return self._process.pid if self._process is not None and self._owner_pid == os.getpid() else None
 
-    def _running_server(self) -> subprocess.Popen:
+    def adopt(self, pid: int, requests_fd: int, answers_fd: int) -> None:
+        """Use the fork server `pid`, started ahead of need by this process's parent (the warm run server), over
+        the ends of its pipes this process inherited, instead of starting one: that takes an interpreter 0.2-0.4 s
+        to start and import the image policy, at the start of each run."""
+        with self._lock:
+            self._serve_through(_AdoptedServer(pid, requests_fd, answers_fd))
+
+    def _running_server(self) -> subprocess.Popen | _AdoptedServer:
         if self._process is None or self._owner_pid != os.getpid() or self._process.poll() is not None:
             # In a forked copy of a process that had a server, that server and its pipes are the parent's.
-            self._pending = {}
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "imgpipe.images.compressor"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                bufsize=0, close_fds=True, env=_server_environment(),
-            )
-            _widen(self._process.stdin.fileno())
-            self._owner_pid = os.getpid()
-            threading.Thread(target=self._read_answers, args=(self._process, self._pending),
-                             name="imgpipe-fork-server-reader", daemon=True).start()
+            self._serve_through(start_server())
         return self._process
+
+    def _serve_through(self, process: subprocess.Popen | _AdoptedServer) -> None:
+        self._pending = {}
+        self._process = process
+        self._owner_pid = os.getpid()
+        threading.Thread(target=self._read_answers, args=(process, self._pending),
+                         name="imgpipe-fork-server-reader", daemon=True).start()
 
     def _read_answers(self, process: subprocess.Popen, pending: dict[int, tuple[Future, float]]) -> None:
         reader = _FrameReader(process.stdout.fileno())
@@ -250,6 +258,56 @@ class ForkServerClient:
             future.set_result((0, f"compression server stopped ({_exit_reason(process.returncode)})", 0.0))
 
 
+def start_server() -> subprocess.Popen:
+    """A fork server: this process's own, or one started ahead of need for a process yet to be forked."""
+    process = subprocess.Popen([sys.executable, "-m", "imgpipe.images.compressor"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, bufsize=0, close_fds=True, env=_server_environment())
+    _widen(process.stdin.fileno())
+    return process
+
+
+class _AdoptedServer:
+    """What the client uses of a Popen, for a fork server that this process's parent started: not this process's
+    child, so its exit status is not ours to know. Like a server of our own, it exits at the end of its requests
+    (this process's end of the pipe, the only one left open)."""
+
+    def __init__(self, pid: int, requests_fd: int, answers_fd: int):
+        self.pid = pid
+        self.stdin = os.fdopen(requests_fd, "wb", buffering=0)
+        self.stdout = os.fdopen(answers_fd, "rb", buffering=0)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not _alive(self.pid):
+            self.returncode = 0
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired("imgpipe fork server", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def adopt_server(pid: int, requests_fd: int, answers_fd: int) -> None:
+    """This process's compressions go to the fork server `pid` (see `ForkServerClient.adopt`)."""
+    _client.adopt(pid, requests_fd, answers_fd)
+
+
 def _server_environment() -> dict[str, str]:
     # Imported here, in the caller: the fork server itself loads nothing but the image policy.
     from imgpipe.settings import process_environment
@@ -264,17 +322,19 @@ atexit.register(_client.close)
 
 def compress_isolated(data: bytes, *, max_pixels: int, max_frames: int, timeout: float, memory_bytes: int,
                       work: str = DEFAULT_WORK, slots: int | None = None, isolation: str = "process",
-                      recycle: int = 200, not_after: float | None = None) -> CompressionOutcome:
-    """`compress_image(data)` run in a process of its own that may use `memory_bytes` more memory than it
-    started with and is killed after `timeout` seconds (counted from when it starts on the image, not from the
-    wait for a free core), or at `not_after` (a time.monotonic() instant: the machine's clock, the server's
-    too), whichever comes first; an image still waiting then is never started. At most `slots` images of this
+                      recycle: int = 200, not_after: float | None = None,
+                      renditions: RenditionSpec | None = None) -> CompressionOutcome:
+    """`compress_image(data, renditions=renditions)` run in a process of its own that may use `memory_bytes` more
+    memory than it started with and is killed after `timeout` seconds (counted from when it starts on the image, not
+    from the wait for a free core), or at `not_after` (a time.monotonic() instant: the machine's clock, the
+    server's too), whichever comes first; an image still waiting then is never started. At most `slots` images of this
     process are compressed at once (default: the cores); the others wait in the server's queue.
     `isolation="pool"`: in a worker process that does up to `recycle` images. Image problems, crashes and
     overruns come back as ok=False."""
     return _client.compress(data, max_pixels=max_pixels, max_frames=max_frames, timeout=timeout,
                             memory_bytes=memory_bytes, work=work, slots=slots,
-                            recycle=max(1, recycle) if isolation == "pool" else 1, not_after=not_after)
+                            recycle=max(1, recycle) if isolation == "pool" else 1, not_after=not_after,
+                            renditions=renditions)
 
 
 # ---------------------------------------------------------------- the fork server
@@ -351,7 +411,7 @@ class _Server:
                 self._kill(worker)
 
     def _enqueue(self, header: bytes, data: bytes) -> None:
-        job_id, work, _, _, timeout, _, slots, recycle, not_after = pickle.loads(header)
+        job_id, work, _, _, timeout, _, slots, recycle, not_after, _ = pickle.loads(header)
         if work not in self.works:
             try:
                 self.works[work] = _import(work)
@@ -505,7 +565,7 @@ def _worker_main(job_fd: int, answer_fd: int, inherited: list[int], works: dict[
             header, data = _next_frame(jobs), _next_frame(jobs)
             if data is None:
                 break  # the server went away
-            _, work, max_pixels, max_frames, _, memory_bytes, _, recycle, _ = pickle.loads(header)
+            _, work, max_pixels, max_frames, _, memory_bytes, _, recycle, _, renditions = pickle.loads(header)
             if done == 0:
                 limit = recycle
                 if limit == 1:
@@ -514,7 +574,7 @@ def _worker_main(job_fd: int, answer_fd: int, inherited: list[int], works: dict[
             # this job), so that memory kept from earlier images counts too and the same cap holds for all.
             _limit_address_space(min(_address_space(), empty_size + 3 * len(data)) + memory_bytes)
             function = works.get(work) or works.setdefault(work, _import(work))
-            result, healthy = _compress_or_explain(function, data, max_pixels, max_frames, memory_bytes)
+            result, healthy = _compress_or_explain(function, data, max_pixels, max_frames, memory_bytes, renditions)
             del data
             answer = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
             done += 1
@@ -536,11 +596,11 @@ def _next_frame(reader: _FrameReader) -> bytes | None:
             return None
 
 
-def _compress_or_explain(function: Callable, data: bytes, max_pixels: int, max_frames: int,
-                         memory_bytes: int) -> tuple[CompressedImage | str, bool]:
+def _compress_or_explain(function: Callable, data: bytes, max_pixels: int, max_frames: int, memory_bytes: int,
+                         renditions: RenditionSpec | None) -> tuple[CompressedImage | str, bool]:
     """The result, and whether the process is fit for another image."""
     try:
-        return function(data, max_pixels=max_pixels, max_frames=max_frames), True
+        return function(data, max_pixels=max_pixels, max_frames=max_frames, renditions=renditions), True
     except ImageRejected as exc:
         return str(exc), True
     except MemoryError:

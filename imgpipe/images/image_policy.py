@@ -5,6 +5,7 @@ every problem with the image itself is an `ImageRejected` carrying a reason fit 
 """
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import warnings
@@ -16,6 +17,8 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, Unidentif
 from imgpipe.images.jpeg_scan import ScanData, check_scan_lengths, check_where_it_ends, read_scan_data
 from imgpipe.images.metadata import MalformedContainer, strip_metadata
 from imgpipe.images.quality import estimate_jpeg_quality, output_quality
+from imgpipe.images.rendition_encoding import make_renditions
+from imgpipe.images.renditions import Rendition, RenditionSpec
 
 # Registers every Pillow plugin now, in the parent, so that each forked child finds them already imported.
 Image.init()
@@ -61,10 +64,13 @@ class CompressedImage:
     thumbnail_before: bytes  # small JPEGs for the request's report
     thumbnail_after: bytes
     note: str | None = None  # why the output is not the half-quality encode
+    renditions: tuple[Rendition, ...] = ()  # what `renditions` asked for, of a still image (see rendition_encoding)
 
 
-def compress_image(data: bytes, *, max_pixels: int, max_frames: int) -> CompressedImage:
-    """Re-encode one image per contract section 9, or raise `ImageRejected`.
+def compress_image(data: bytes, *, max_pixels: int, max_frames: int,
+                   renditions: RenditionSpec | None = None) -> CompressedImage:
+    """Re-encode one image per contract section 9, or raise `ImageRejected`; with `renditions`, also make those
+    of a still image from the same decoded pixels (an animation gets none).
 
     Changes process-wide settings (the warnings filter, Pillow's LOAD_TRUNCATED_IMAGES) while it runs, which is
     why it belongs in a child process.
@@ -76,7 +82,7 @@ def compress_image(data: bytes, *, max_pixels: int, max_frames: int) -> Compress
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with _open(data) as source:
-                return _compress(data, source, max_pixels, max_frames)
+                return _compress(data, source, max_pixels, max_frames, renditions or RenditionSpec())
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _beyond_pillow_limit(exc, max_pixels) from None
 
@@ -91,7 +97,8 @@ def _open(data: bytes) -> ImageFile.ImageFile:
         raise _corrupt(exc) from None
 
 
-def _compress(data: bytes, source: ImageFile.ImageFile, max_pixels: int, max_frames: int) -> CompressedImage:
+def _compress(data: bytes, source: ImageFile.ImageFile, max_pixels: int, max_frames: int,
+              spec: RenditionSpec) -> CompressedImage:
     is_jpeg = source.format in ("JPEG", "MPO")
     # Read before any transform: a transposed copy is no longer a JPEG, and "keep" would lose the sampling.
     # Anything but a JPEG gets -1, the encoder's default (4:2:0).
@@ -109,13 +116,26 @@ def _compress(data: bytes, source: ImageFile.ImageFile, max_pixels: int, max_fra
     quality_out = output_quality(quality_in)
     if frame_count == 1 and _is_opaque(frames[0]):
         image, out_format, extension = _without_alpha(frames[0]), "JPEG", ".jpg"
-        output = _encode_jpeg(image, quality_out, subsampling, _profile_for(image.mode, icc_profile))
+        profile = _profile_for(image.mode, icc_profile)
+
+        def encode(pixels: Image.Image) -> bytes:
+            return _encode_jpeg(pixels, quality_out, subsampling, profile)
     else:
         image, out_format, extension = frames[0], "WEBP", ".webp"
         loop = source.info.get("loop", 1)  # a GIF without a loop count plays once
-        output = _encode_webp(frames, durations, loop, quality_out, _profile_for("RGB", icc_profile))
+        profile = _profile_for("RGB", icc_profile)
+
+        def encode(pixels: Image.Image) -> bytes:
+            return _encode_webp([pixels], durations[:1], loop, quality_out, profile)
+
+    output = encode(image) if frame_count == 1 else _encode_webp(frames, durations, loop, quality_out, profile)
     chosen = _smallest(data, source, output, out_format, extension, quality_out)
     thumbnail_before = _thumbnail(image)
+    # Of the same pixels; a rendition's fallback is encoded as the main output is.
+    renditions = make_renditions(
+        image, spec, fallback=encode, fallback_format=out_format, main_format=chosen.format,
+        main_bytes=len(chosen.data), jpeg_quality=quality_out,
+        profile_for=functools.partial(_profile_for, icc_profile=icc_profile)) if spec and frame_count == 1 else ()
 
     return CompressedImage(
         data=chosen.data,
@@ -129,6 +149,7 @@ def _compress(data: bytes, source: ImageFile.ImageFile, max_pixels: int, max_fra
         thumbnail_before=thumbnail_before,
         thumbnail_after=thumbnail_before if chosen.input_pixels else _thumbnail_of_encoded(chosen.data, image),
         note=chosen.note,
+        renditions=renditions,
     )
 
 

@@ -55,12 +55,14 @@ def is_candidate(path: Path) -> bool:
 class Sidecar:
     webhook_url: str | None = None
     fresh: bool = False
+    renditions: str | None = None
+    widths: str | None = None
     problem: str | None = None
 
 
 def read_sidecar(path: Path, shown_name: str) -> Sidecar:
-    """`{"webhook_url": ..., "fresh": ...}` from a claimed sidecar; whatever is wrong with it becomes its upload's
-    problem."""
+    """`{"webhook_url": ..., "fresh": ..., "renditions": ..., "widths": ...}` from a claimed sidecar; whatever is
+    wrong with it becomes its upload's problem. `renditions` and `widths` are comma lists, or JSON lists."""
     if not path.is_file():
         return Sidecar()
     try:
@@ -82,7 +84,20 @@ def read_sidecar(path: Path, shown_name: str) -> Sidecar:
         return Sidecar(problem=f"sidecar {shown_name}: webhook_url must be a string")
     if not isinstance(fresh, bool):
         return Sidecar(problem=f"sidecar {shown_name}: fresh must be true or false")
-    return Sidecar(webhook_url=webhook_url or None, fresh=fresh)
+    try:
+        asked = {key: _comma_list(key, doc.get(key)) for key in ("renditions", "widths")}
+    except ValueError as exc:
+        return Sidecar(problem=f"sidecar {shown_name}: {exc}")
+    return Sidecar(webhook_url=webhook_url or None, fresh=fresh, **asked)
+
+
+def _comma_list(key: str, value) -> str | None:
+    """A sidecar's comma list, given as one or as a JSON list of strings or numbers (checked by the intake)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+        return ",".join(map(str, value))
+    raise ValueError(f"{key} must be a comma list or a JSON list")
 
 
 class Inbox:
@@ -160,7 +175,7 @@ class Inbox:
         file_name = json.loads((folder / CLAIM_META).read_text())["file_name"]
         sidecar = read_sidecar(folder / CLAIMED_SIDECAR, f"{Path(file_name).stem}.json")
         upload = Upload(folder / CLAIMED_FILE, file_name, Source.FOLDER, webhook_url=sidecar.webhook_url,
-                        fresh=sidecar.fresh,
+                        fresh=sidecar.fresh, renditions=sidecar.renditions, widths=sidecar.widths,
                         problems=(RowError(None, None, sidecar.problem),) if sidecar.problem else ())
         result = take_upload(self.store, self.storage, self.settings, upload, request_id=folder.name)
         shutil.rmtree(folder)

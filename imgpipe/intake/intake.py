@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from imgpipe.images.renditions import RenditionSpecError, parse_formats, parse_widths
 from imgpipe.intake.csv_schema import RowError, UploadRejected, parse_upload
 from imgpipe.settings import Limits
 from imgpipe.status.idempotency import KeyTaken
@@ -61,6 +62,9 @@ class Upload:
     webhook_url: str | None = None
     idempotency_key: str | None = None
     fresh: bool = False  # fetch and encode every image again, whatever earlier requests left
+    # Asked for beside the main outputs, as comma lists (imgpipe.images.renditions); None: the settings' default.
+    renditions: str | None = None
+    widths: str | None = None
     problems: tuple[RowError, ...] = ()
 
 
@@ -79,7 +83,8 @@ def take_upload(store: StatusStore, storage: Storage, limits: Limits, upload: Up
     file_name = as_text(upload.file_name)
     # What the status store and errors.json show: control characters escaped (PostgreSQL refuses a NUL).
     shown_name = printable(file_name, MAX_KEPT_NAME_BYTES)
-    errors = [*upload.problems, *webhook_url_problems(upload.webhook_url or "", limits.max_url_length)]
+    errors = [*upload.problems, *webhook_url_problems(upload.webhook_url or "", limits.max_url_length),
+              *rendition_problems(upload.renditions, upload.widths)]
     data = _readable(upload.content, limits)
     manifest = None
     if data is None:
@@ -99,7 +104,9 @@ def take_upload(store: StatusStore, storage: Storage, limits: Limits, upload: Up
     else:
         storage.keep_input(request_id, data)
         store.record_accepted(request_id, source=upload.source, file_name=shown_name, webhook_url=upload.webhook_url,
-                              manifest=manifest, idempotency_key=upload.idempotency_key, fresh=upload.fresh)
+                              manifest=manifest, idempotency_key=upload.idempotency_key, fresh=upload.fresh,
+                              renditions=_canonical(upload.renditions, parse_formats),
+                              widths=_canonical(upload.widths, parse_widths))
     return IntakeResult(request_id, shown_name, accepted=not errors, errors=tuple(errors))
 
 
@@ -160,6 +167,23 @@ def webhook_url_problems(url: str, max_length: int) -> list[RowError]:
     return [RowError(None, "webhook_url",
                      f"webhook_url {url[:100]!r} is not an absolute http(s) URL of at most {max_length} characters "
                      "(spaces and characters outside ASCII percent-encoded)")]
+
+
+def rendition_problems(renditions: str | None, widths: str | None) -> list[RowError]:
+    """Whatever is wrong with the renditions and widths an upload asks for (None: it asks for none, and the
+    settings' default applies)."""
+    problems = []
+    for key, value, parse in (("renditions", renditions, parse_formats), ("widths", widths, parse_widths)):
+        try:
+            _canonical(value, parse)
+        except RenditionSpecError as exc:
+            problems.append(RowError(None, key, printable(str(exc))))  # it quotes what was sent
+    return problems
+
+
+def _canonical(value: str | None, parse) -> str | None:
+    """A comma list as `parse` reads it, written the one way (`avif, WEBP` is `webp,avif`)."""
+    return None if value is None else ",".join(map(str, parse(value)))
 
 
 def _readable(content: bytes | Path, limits: Limits) -> bytes | None:

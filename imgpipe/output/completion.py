@@ -26,6 +26,7 @@ class Completion:
     images: list[ImageRow]
     webhook_id: str | None
     error: str | None
+    renditions: dict[str, tuple[int, int, int]]  # StatusStore.rendition_totals
 
 
 def terminal_status(counts: dict[str, int], run_failure: str | None) -> tuple[RequestStatus, str | None]:
@@ -61,6 +62,7 @@ def complete_request(settings: Settings, store: StatusStore, storage: Storage, r
     # One store session throughout (the CSV is written while it is held: a local file, or one object).
     with store.held():
         images = store.images(request_id)
+        renditions = store.rendition_totals(request_id)
         rows = output_rows(store, request_id, images)
         request = store.get_request(request_id)
         csv_bytes = render_output_csv(rows)
@@ -74,4 +76,4 @@ def complete_request(settings: Settings, store: StatusStore, storage: Storage, r
             store.enqueue_webhook(webhook_id=webhook_id, request_id=request_id, url=url,
                                   event_type=event_type(status), payload=payload)
         store.finish_request(request_id, status, error)
-    return Completion(status, counts, csv_object, csv_bytes, images, webhook_id, error)
+    return Completion(status, counts, csv_object, csv_bytes, images, webhook_id, error, renditions)

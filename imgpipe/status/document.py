@@ -11,10 +11,11 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
+from imgpipe.images.renditions import MAIN, srcset
 from imgpipe.report_links import report_url
 from imgpipe.settings import Settings
-from imgpipe.status.models import ImageStatus, Obtained, RequestStatus
-from imgpipe.status.store import StatusStore
+from imgpipe.status.models import ImageStatus, Obtained, RenditionRow, RequestStatus
+from imgpipe.status.store import RequestView, StatusStore
 from imgpipe.storage import Storage
 
 
@@ -32,6 +33,14 @@ class Counts(BaseModel):
     failed: int
 
 
+class RenditionModel(BaseModel):
+    format: str = Field(description="jpeg, webp or avif; a narrower width's fallback has the main output's format "
+                                    "(jpeg, or webp for an image with transparency).")
+    width: int = Field(ge=1, description="In pixels; the main output's own, or one of the request's narrower ones.")
+    bytes: int = Field(ge=0)
+    url: str = Field(json_schema_extra={"format": "uri"}, description="This file itself, whatever `Accept` says.")
+
+
 class ImageModel(BaseModel):
     position: int = Field(ge=1, description="1-based slot within its row.")
     input_url: str
@@ -42,6 +51,13 @@ class ImageModel(BaseModel):
         None, description="How a compressed image was obtained: fetched, not_modified (the source answered 304 and a "
                           "kept output was reused) or same_content (its bytes matched a kept input); null otherwise.")
     note: Optional[str] = Field(None, description="Why the output is not the half-quality encode, when it is not.")
+    renditions: list[RenditionModel] = Field(default_factory=list, description=(
+        "The image's renditions, when its request asked for some: each format at the main output's width and at "
+        "each narrower width of the request, and the fallback at those widths. `output_url` serves the one that "
+        "suits the client's `Accept` (and `?w=`)."))
+    srcset: str = Field("", description=(
+        "For an <img> element: `output_url?w=<width> <width>w` for each narrower width, then `output_url` at the "
+        "main output's width; each negotiated by `Accept`. Empty for an image without renditions."))
 
 
 class ProductModel(BaseModel):
@@ -119,34 +135,65 @@ def request_links(settings: Settings, storage: Storage, request_id: str, termina
 
 def stored_document(store: StatusStore, request_id: str, *, view: str = "full", offset: int | None = None,
                     limit: int | None = None) -> RequestDocument | RequestPage | RequestSummary | None:
-    """The document from the status store alone (one transaction, products paged in SQL), its links not yet
-    set."""
+    """The document from the status store alone (products paged in SQL, their renditions read after them: a
+    compressed image is recorded with its renditions, so never shown without them), its links not yet set."""
     summary = view == "summary"
     paged = offset is not None or limit is not None
-    found = store.request_view(request_id, offset=offset or 0, limit=limit, with_products=not summary)
+    with store.held():  # one session for both reads
+        found = store.request_view(request_id, offset=offset or 0, limit=limit, with_products=not summary)
+        renditions = store.renditions_of(request_id, {i.input_url for i in found.images
+                                                      if i.status is ImageStatus.COMPRESSED}) if found else {}
     if found is None:
         return None
+    if summary:
+        return _summary(found)
+    fields = _head(found)
+    images_by_row: dict[int, list[ImageModel]] = defaultdict(list)
+    for image in found.images:
+        images_by_row[image.row_number].append(ImageModel(
+            position=image.position, input_url=image.input_url, status=image.status,
+            output_url=image.output_url, error=image.error, obtained=image.obtained, note=image.note,
+            **_rendition_fields(image.output_url, renditions.get(image.input_url, []))))
+    products = [ProductModel(serial=p.serial, product_name=p.product_name, images=images_by_row[p.row_number])
+                for p in found.products]
+    if paged:
+        return RequestPage(**fields, products=products, products_total=found.products_total)
+    return RequestDocument(**fields, products=products)
+
+
+def _rendition_fields(output_url: str | None, rows: list[RenditionRow]) -> dict:
+    """`renditions` and `srcset` of an image whose URL answers with the files `rows`."""
+    if not rows or not output_url:
+        return {}
+    folder = output_url.rsplit("/", 1)[0]  # a rendition is served beside its main output
+    return {"renditions": [RenditionModel(format=row.format.lower(), width=row.width, bytes=row.bytes,
+                                          url=f"{folder}/{row.name}") for row in rows if row.role != MAIN],
+            "srcset": srcset(output_url, (row.width for row in rows))}
+
+
+def stored_summaries(store: StatusStore, *, statuses: list[RequestStatus] | None = None, limit: int,
+                     offset: int = 0) -> tuple[list[RequestSummary], int]:
+    """A page of the requests in `statuses` (all when None), newest first, each as its summary view, and how many
+    there are in all: from the status store alone (one transaction, the page's counts grouped in SQL at once),
+    their links not yet set."""
+    views, total = store.request_views(statuses=statuses, limit=limit, offset=offset)
+    return [_summary(view) for view in views], total
+
+
+def _summary(found: RequestView) -> RequestSummary:
+    return RequestSummary(**_head(found), products_total=found.products_total)
+
+
+def _head(found: RequestView) -> dict:
+    """The fields of RequestHead, the links not yet set."""
     request = found.request
-    errors = [RowErrorModel(**error) for error in request.shown_errors]
-    fields = dict(
-        request_id=request_id,
+    return dict(
+        request_id=request.request_id,
         status=request.status,
         created_at=_utc(request.created_at),
         updated_at=_utc(request.updated_at),
         counts=Counts(**found.counts),
         output_csv_url=None,
         report_url="",
-        errors=errors,
+        errors=[RowErrorModel(**error) for error in request.shown_errors],
     )
-    if summary:
-        return RequestSummary(**fields, products_total=found.products_total)
-    images_by_row: dict[int, list[ImageModel]] = defaultdict(list)
-    for image in found.images:
-        images_by_row[image.row_number].append(ImageModel(
-            position=image.position, input_url=image.input_url, status=image.status,
-            output_url=image.output_url, error=image.error, obtained=image.obtained, note=image.note))
-    products = [ProductModel(serial=p.serial, product_name=p.product_name, images=images_by_row[p.row_number])
-                for p in found.products]
-    if paged:
-        return RequestPage(**fields, products=products, products_total=found.products_total)
-    return RequestDocument(**fields, products=products)

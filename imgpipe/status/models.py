@@ -85,9 +85,21 @@ class RequestRow(_Row):
     fresh: bool | None = False
     run_key: str | None = None  # the run it is launched under, while queued
     run_key_at: datetime | None = None  # when that key was given
+    # What the request asked for beside the main outputs (comma lists of imgpipe.images.renditions); None: the
+    # settings' (IMGPIPE_RENDITIONS, IMGPIPE_WIDTHS) of the run that processes it.
+    renditions: str | None = None
+    widths: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", RequestStatus(self.status))
+
+    def held_by(self, run_id: str, run_key: str | None) -> bool:
+        """Whether the run `run_id`, launched under `run_key`, holds this request: the run is processing it, or was
+        launched for it and never got to it. A request that a retry put back in the queue since is no longer
+        held by that run, nor is one another run has taken up."""
+        if self.status is RequestStatus.PROCESSING:
+            return self.run_id == run_id
+        return self.status is RequestStatus.QUEUED and run_key is not None and self.run_key == run_key
 
     @property
     def errors(self) -> list[dict]:
@@ -160,6 +172,20 @@ class ImageSlot:
 
 
 @dataclass(frozen=True)
+class RenditionRow(_Row):
+    """A file the URL of a request's image answers with (table `renditions`): its main output (role `main`), or a
+    rendition (`fallback` or `alternative`, imgpipe.images.renditions). Only images with renditions have rows."""
+
+    input_url: str
+    name: str  # under images/<request_id>/
+    format: str  # as Pillow names it: JPEG, WEBP, AVIF, ...
+    width: int
+    height: int
+    bytes: int
+    role: str
+
+
+@dataclass(frozen=True)
 class ImageResult:
     """The outcome of one unique input URL, applied to every slot that names it."""
 
@@ -184,6 +210,7 @@ class ImageResult:
     last_modified: str | None = None
     validated_url: str | None = None  # where the validators came from: the URL after redirects
     kept_extension: str | None = None
+    renditions: tuple[RenditionRow, ...] = ()  # recorded in their own table
 
 
 @dataclass(frozen=True)

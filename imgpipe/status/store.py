@@ -12,13 +12,14 @@ import json
 import random
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import pandas as pd
 
 from imgpipe.status.idempotency import KEYS_FROM_REQUESTS, KEYS_TABLE, IdempotencyKeys
+from imgpipe.status.rendition_rows import RENDITIONS_TABLE, RenditionRows
 from imgpipe.status.models import (
     ContentOutput,
     DeliveryRow,
@@ -127,7 +128,7 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     first_attempt_at TIMESTAMP,
     next_attempt_at TIMESTAMP NOT NULL
 );
-""" + KEYS_TABLE
+""" + KEYS_TABLE + RENDITIONS_TABLE
 # Columns added after the first release, as (table, column, type): a database made before them gets them when
 # first opened. Only the missing ones are added: an ALTER TABLE locks the table even when it changes nothing,
 # which in PostgreSQL deadlocks with other processes' writes.
@@ -140,6 +141,8 @@ ADDED_COLUMNS = (
     ("images", "compress_seconds", "REAL"),
     ("requests", "run_key", "VARCHAR"),
     ("requests", "run_key_at", "TIMESTAMP"),
+    ("requests", "renditions", "VARCHAR"),
+    ("requests", "widths", "VARCHAR"),
 )
 # Idempotent: a purge interrupted after its first step is done again whole.
 _REMEMBER_PURGED = "INSERT INTO purged_requests VALUES (?, ?) ON CONFLICT DO NOTHING"
@@ -172,7 +175,7 @@ class NotPurgeable(ValueError):
         super().__init__(f"request {request_id} is {status}: cancel its run first")
 
 
-class StatusStore(IdempotencyKeys):
+class StatusStore(IdempotencyKeys, RenditionRows):
     """Every statement and public method of the status store, written once with `?` placeholders.
 
     A backend supplies `_transact` (run a function inside one transaction on a fresh connection, retrying
@@ -257,9 +260,11 @@ class StatusStore(IdempotencyKeys):
     # ------------------------------------------------------------------ requests
 
     def record_accepted(self, request_id: str, *, source: str, file_name: str | None, webhook_url: str | None,
-                        manifest: pd.DataFrame, idempotency_key: str | None = None, fresh: bool = False) -> None:
+                        manifest: pd.DataFrame, idempotency_key: str | None = None, fresh: bool = False,
+                        renditions: str | None = None, widths: str | None = None) -> None:
         """A `queued` request with its products and its image slots (all `pending`), in one transaction: what
-        the intake validated is what the run processes. Recording the same request again changes nothing."""
+        the intake validated is what the run processes. Recording the same request again changes nothing.
+        `renditions`, `widths`: what it asked for beside the main outputs (None: the settings' default)."""
         now = utcnow()
         # Set-based inserts from the frame itself: row-by-row inserts cost ~10 ms a slot on DuckDB.
         slots = manifest[["serial", "product_name", "row_number", "position", "input_url"]]
@@ -270,9 +275,10 @@ class StatusStore(IdempotencyKeys):
             inserted = self._execute(
                 con,
                 "INSERT INTO requests (request_id, status, source, file_name, webhook_url, created_at, updated_at,"
-                " total_images, idempotency_key, fresh) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING RETURNING request_id",
-                [request_id, str(source), file_name, webhook_url, now, now, len(slots), idempotency_key, fresh],
+                " total_images, idempotency_key, fresh, renditions, widths)"
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING request_id",
+                [request_id, str(source), file_name, webhook_url, now, now, len(slots), idempotency_key, fresh,
+                 renditions, widths],
             ).fetchall()
             if not inserted:
                 return
@@ -442,10 +448,12 @@ class StatusStore(IdempotencyKeys):
         now = utcnow()
         # vars, not asdict: asdict deep-copies every field (20 us a result here, against 0.7) for str and int values.
         batch = pd.DataFrame([{**vars(r), "status": str(r.status), "obtained": r.obtained and str(r.obtained)}
-                              for r in results], columns=[f.name for f in fields(ImageResult)]).astype(
+                              for r in results],
+                             columns=[f.name for f in fields(ImageResult) if f.name != "renditions"]).astype(
             {column: "Int64" for column in ("bytes_in", "bytes_out", "quality_in", "quality_out")})
 
         def work(con) -> None:
+            self._record_renditions(con, request_id, results)
             self._register(con, "result_batch", batch)
             self._execute(
                 con,
@@ -557,8 +565,8 @@ class StatusStore(IdempotencyKeys):
             used = [row[0] for row in self._execute(
                 con, "SELECT DISTINCT input_sha256 FROM images WHERE request_id = ? AND input_sha256 IS NOT NULL",
                 [request_id]).fetchall()]
-            for table in ("images", "products", "webhook_deliveries", "webhook_outbox", "idempotency_keys",
-                          "requests"):
+            for table in ("images", "renditions", "products", "webhook_deliveries", "webhook_outbox",
+                          "idempotency_keys", "requests"):
                 self._execute(con, f"DELETE FROM {table} WHERE request_id = ?", [request_id])
             self._execute(con, _REMEMBER_PURGED, [request_id, now])
             if not used:  # PostgreSQL cannot type an empty array (`unnest('{}')` is ambiguous)
@@ -664,31 +672,61 @@ class StatusStore(IdempotencyKeys):
             found = _dicts(self._execute(con, "SELECT * FROM requests WHERE request_id = ?", [request_id]))
             if not found:
                 return None
-            groups = _dicts(self._execute(
-                con,
-                "SELECT status, obtained, count(*) AS images, sum(bytes_in) AS bytes_in, sum(bytes_out) AS bytes_out"
-                " FROM images WHERE request_id = ? GROUP BY status, obtained",
-                [request_id]))
-            (products_total,) = self._execute(
-                con, "SELECT count(*) FROM products WHERE request_id = ?", [request_id]).fetchone()
-            products: list[ProductRow] = []
+            (view,) = self._views_without_products(con, found)
+            if not with_products:
+                return view
+            page = " LIMIT ? OFFSET ?" if limit is not None else " OFFSET ?"
+            products = [ProductRow.from_mapping(row) for row in _dicts(self._execute(
+                con, "SELECT * FROM products WHERE request_id = ? ORDER BY row_number" + page,
+                [request_id, *([limit] if limit is not None else []), offset]))]
             images: list[ImageRow] = []
-            if with_products:
-                page = " LIMIT ? OFFSET ?" if limit is not None else " OFFSET ?"
-                products = [ProductRow.from_mapping(row) for row in _dicts(self._execute(
-                    con, "SELECT * FROM products WHERE request_id = ? ORDER BY row_number" + page,
-                    [request_id, *([limit] if limit is not None else []), offset]))]
-                if products:
-                    # Products are read in row order, so their images are those of the rows between the first
-                    # and the last of the page.
-                    images = [ImageRow.from_mapping(row) for row in _dicts(self._execute(
-                        con,
-                        "SELECT * FROM images WHERE request_id = ? AND row_number BETWEEN ? AND ?"
-                        " ORDER BY row_number, position",
-                        [request_id, products[0].row_number, products[-1].row_number]))]
-            return RequestView(RequestRow.from_mapping(found[0]), groups, int(products_total), products, images)
+            if products:
+                # Products are read in row order, so their images are those of the rows between the first
+                # and the last of the page.
+                images = [ImageRow.from_mapping(row) for row in _dicts(self._execute(
+                    con,
+                    "SELECT * FROM images WHERE request_id = ? AND row_number BETWEEN ? AND ?"
+                    " ORDER BY row_number, position",
+                    [request_id, products[0].row_number, products[-1].row_number]))]
+            return replace(view, products=products, images=images)
 
         return self._transact(work)
+
+    def request_views(self, *, statuses: Sequence[str] | None = None, limit: int,
+                      offset: int = 0) -> tuple[list[RequestView], int]:
+        """In one transaction: the requests in `statuses` (every one when none are given), newest first (by
+        `created_at`, then `request_id`), `offset`..`offset + limit` of them as `request_view(...,
+        with_products=False)` reads each, and how many there are in all."""
+        where, params = (" WHERE status IN (SELECT unnest(?))", [[str(s) for s in statuses]]) if statuses else ("", [])
+
+        def work(con) -> tuple[list[RequestView], int]:
+            (total,) = self._execute(con, "SELECT count(*) FROM requests" + where, params).fetchone()
+            rows = _dicts(self._execute(
+                con, "SELECT * FROM requests" + where + " ORDER BY created_at DESC, request_id DESC LIMIT ? OFFSET ?",
+                [*params, limit, offset]))
+            return self._views_without_products(con, rows), int(total)
+
+        return self._transact(work)
+
+    def _views_without_products(self, con, rows: list[dict]) -> list[RequestView]:
+        """The views of the request `rows`: their images' counts and bytes and their products' count, grouped in
+        SQL for all of them at once."""
+        if not rows:  # PostgreSQL cannot type an empty array
+            return []
+        request_ids = [row["request_id"] for row in rows]
+        groups: dict[str, list[dict]] = {request_id: [] for request_id in request_ids}
+        for group in _dicts(self._execute(
+                con,
+                "SELECT request_id, status, obtained, count(*) AS images, sum(bytes_in) AS bytes_in,"
+                " sum(bytes_out) AS bytes_out FROM images WHERE request_id IN (SELECT unnest(?))"
+                " GROUP BY request_id, status, obtained",
+                [request_ids])):
+            groups[group["request_id"]].append(group)
+        products_totals = dict(self._execute(
+            con, "SELECT request_id, count(*) FROM products WHERE request_id IN (SELECT unnest(?))"
+                 " GROUP BY request_id", [request_ids]).fetchall())
+        return [RequestView(RequestRow.from_mapping(row), groups[row["request_id"]],
+                            int(products_totals.get(row["request_id"], 0)), [], []) for row in rows]
 
     def requests_updated_since(self, moment: datetime) -> list[RequestRow]:
         """Requests recorded or changed at `moment` or later (naive UTC), oldest first: what `imgpipe up` shows."""
@@ -745,7 +783,8 @@ class StatusStore(IdempotencyKeys):
                     " WHEN status_code IS NOT NULL THEN 'http_5xx'"
                     " WHEN error LIKE 'blocked:%' THEN 'blocked' ELSE 'network_error' END, count(*)"
                     " FROM webhook_deliveries GROUP BY 1"),
-                oldest_queued_at=oldest_queued, read_at=utcnow())
+                oldest_queued_at=oldest_queued, read_at=utcnow(),
+                bytes_out_by_format=self._bytes_out_by_format(con))
 
         return self._transact(work)
 
@@ -806,3 +845,4 @@ class StoreMetrics:
     webhook_attempts: dict[str, int]
     oldest_queued_at: datetime | None
     read_at: datetime
+    bytes_out_by_format: dict[tuple[str, str], int]  # by (main or rendition, format)
