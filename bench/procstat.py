@@ -148,6 +148,12 @@ class TreeMonitor:
                 self.at_peak = [{"pid": pid, "ppid": found[pid], "command": command(pid), "rss_mib": r // 1024,
                                  "pss_mib": p // 1024 if with_pss else None} for pid, (r, p) in usage.items() if r]
 
+    def seen(self, what: str) -> set[tuple[int, int]]:
+        """Every process of kind `what` seen so far, by pid and start time."""
+        self._sample()
+        with self._lock:
+            return {key for key, kind_of in self.kinds.items() if kind_of == what}
+
     def take_peaks(self) -> dict:
         """The memory peaks since the last call (at least the present use), in MiB."""
         self._sample(with_pss=True)

@@ -34,8 +34,6 @@ Everything is printed and written to bench-results/bench.json (bench-results/hug
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import multiprocessing
 import os
@@ -43,14 +41,11 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
@@ -58,29 +53,14 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus import CORPORA, CPUS, REPO, RESULTS, SMALL, SMALL_FILES, ImageServer, corpus_stats, ensure_images  # noqa: E402
-from procstat import TreeMonitor, own_cpu_seconds, tree  # noqa: E402
+from corpus import CORPORA, CPUS, RESULTS, SMALL, SMALL_FILES, ImageServer, corpus_stats, ensure_images  # noqa: E402
+from procstat import TreeMonitor, own_cpu_seconds  # noqa: E402
 
 from imgpipe.images.image_policy import compress_image  # noqa: E402
 from imgpipe.settings import Settings, load_settings  # noqa: E402
-from imgpipe.status.duckdb_store import DuckDBStatusStore  # noqa: E402
+from daemon import SENSOR_INTERVAL, TERMINAL, Daemon, load, utc_epoch  # noqa: E402
 
-BIN = Path(sys.executable).parent
-TERMINAL = {"completed", "completed_with_errors", "failed"}
-# 1 s unless IMGPIPE_SENSOR_INTERVAL says otherwise; Dagster's sensor daemon loops every 5 s in any case.
-SENSOR_INTERVAL = int(os.environ.get("IMGPIPE_SENSOR_INTERVAL") or 1)
-URLS_PER_PRODUCT = 10
-CODE_SERVER_WORKSPACE = """load_from:
-  - grpc_server:
-      host: 127.0.0.1
-      port: {port}
-      location_name: imgpipe.definitions
-"""
 HUGE_URLS_PER_PRODUCT = 4
-
-
-def load() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 # ---------------------------------------------------------------- the baseline
@@ -111,218 +91,6 @@ def time_baseline(pool, workers: list[int], urls: list[str], out: Path) -> dict:
             "cpu_s": round(cpu, 2), "cpu_ms_per_image": round(1000 * cpu / len(urls), 1),
             "load_1min": [load_before, load()]}
 
-
-# ---------------------------------------------------------------- imgpipe under a real daemon
-
-def _utc_epoch(value: datetime) -> float:
-    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Daemon:
-    """`dagster-daemon run` on a fresh IMGPIPE_HOME and DAGSTER_HOME, in a process group of its own; with `api`,
-    `imgpipe api` beside it on the same home.
-
-    Dagster is imported only here, so that the baseline's forked workers do not carry it."""
-
-    def __init__(self, work: Path, isolation: str, api: bool = False):
-        self.home, self.dagster_home = work / "imgpipe_home", work / "dagster_home"
-        self.dagster_home.mkdir(parents=True)
-        shutil.copy(REPO / "dagster.yaml", self.dagster_home / "dagster.yaml")
-        self.inbox = self.home / "inbox"
-        self.store = DuckDBStatusStore(self.home / "imgpipe.duckdb")
-        self.log = RESULTS / f"daemon-{isolation}.log"
-        self.with_api = api
-        self.api_port = _free_port() if api else None
-        # Other IMGPIPE_* settings (IMGPIPE_EXECUTOR, IMGPIPE_COMPRESS_WORKERS, ...) pass through.
-        self.env = {**os.environ, "IMGPIPE_HOME": str(self.home), "DAGSTER_HOME": str(self.dagster_home),
-                    "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1", "IMGPIPE_SENSOR_INTERVAL": str(SENSOR_INTERVAL),
-                    "IMGPIPE_ISOLATION": isolation}
-        if api:
-            self.env["IMGPIPE_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{self.api_port}"
-        self.code_server_port = _free_port()
-        self.workspace = work / "workspace.yaml"
-        self.workspace.write_text(CODE_SERVER_WORKSPACE.format(port=self.code_server_port))
-
-    def __enter__(self) -> "Daemon":
-        from dagster import DagsterInstance
-        # The instance's SQLite files first: two processes creating them at once can both stamp the schema
-        # (alembic then finds two heads and the code location fails to load).
-        self.instance = DagsterInstance.from_config(str(self.dagster_home))
-        # A code server of its own, as `dagster dev` (`make run`) and the README's headless commands run one:
-        # a daemon left to manage its own replaces it every 60 s, 5-6 s of CPU each time, and keeps the old one
-        # alive while a run it launched goes on.
-        self.code_server = subprocess.Popen(
-            [str(BIN / "dagster"), "code-server", "start", "-m", "imgpipe.definitions", "-d", str(REPO),
-             "-h", "127.0.0.1", "-p", str(self.code_server_port)], cwd=REPO, env=self.env,
-            stdout=(RESULTS / f"code-server-{self.log.stem}.log").open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
-        self.proc = None
-        self.wait("the code server", self._code_server_up, 120)
-        self.proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(self.workspace)], cwd=REPO,
-                                     env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.api = None
-        if self.with_api:
-            self.api = subprocess.Popen([str(BIN / "imgpipe"), "api", "--port", str(self.api_port)], cwd=REPO,
-                                        env=self.env, stdout=(RESULTS / "api.log").open("wb"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-            self.wait("the REST API", self._api_up, 60)
-        return self
-
-    def _code_server_up(self) -> bool:
-        return subprocess.run([str(BIN / "dagster"), "api", "grpc-health-check", "-h", "127.0.0.1", "-p",
-                               str(self.code_server_port)], capture_output=True).returncode == 0
-
-    def processes(self) -> dict[int, int]:
-        """The daemon's and the code server's trees (run workers are the code server's children)."""
-        return {**tree(self.code_server.pid), **(tree(self.proc.pid) if self.proc else {})}
-
-    def _api_up(self) -> bool:
-        try:
-            return requests.get(f"http://127.0.0.1:{self.api_port}/healthz", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    def __exit__(self, *exc) -> None:
-        self.instance.dispose()
-        for proc in (self.proc, self.api, self.code_server):
-            if proc is None:
-                continue
-            found = tree(proc.pid)
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-            for pid in found:  # also any descendant that left the group
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            proc.wait()
-
-    def drop(self, name: str, urls: list[str], fresh: bool, per_product: int = URLS_PER_PRODUCT) -> float:
-        """The CSV of `urls`; `fresh` (a sidecar's) makes the request fetch and encode everything, whatever
-        earlier ones left, so that throughput runs sharing URLs measure the same work."""
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        if fresh:
-            (self.inbox / f"{Path(name).stem}.json").write_text(json.dumps({"fresh": True}))
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
-        for row, start in enumerate(range(0, len(urls), per_product), 1):
-            writer.writerow([row, f"Product {row}", ", ".join(urls[start:start + per_product])])
-        temporary = self.inbox / f".{name}.tmp"
-        temporary.write_text(out.getvalue())
-        os.replace(temporary, self.inbox / name)
-        return time.time()
-
-    def wait(self, what: str, get, timeout: float):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"dagster-daemon exited; see {self.log}")
-            if self.code_server.poll() is not None:
-                raise RuntimeError(f"the code server exited; see {RESULTS}/code-server-{self.log.stem}.log")
-            if found := get():
-                return found
-            # Each look is a DuckDB session (10-20 ms of CPU, and the file's lock): not more than once a second.
-            # The times reported are the store's own (created_at, completed_at), not when this loop saw them.
-            time.sleep(1.0)
-        raise TimeoutError(f"{what} not within {timeout:.0f} s; see {self.log}")
-
-    def process(self, name: str, urls: list[str], timeout: float, fresh: bool = False, monitor: TreeMonitor = None,
-                per_product: int = URLS_PER_PRODUCT, while_running=None) -> dict:
-        """Drop a CSV of `urls`, wait for the terminal status and the end of the run, and measure both.
-        `while_running(request_id, stop_event)` runs in a thread from the request's creation to its end."""
-        from dagster import RunsFilter
-        if monitor:
-            monitor.start_cpu()
-            monitor.take_peaks()
-        load_before = load()
-        dropped = self.drop(name, urls, fresh, per_product)
-        created = self.wait(f"request of {name}", lambda: self.store.latest_request_for_file(name), 60)
-        stop, poller, polled = threading.Event(), None, {}
-        if while_running:
-            poller = threading.Thread(target=lambda: polled.update(while_running(created.request_id, stop)))
-            poller.start()
-        try:
-            request = self.wait(f"terminal status of {name}", lambda: (
-                (r := self.store.get_request(created.request_id)) and r.status in TERMINAL and r), timeout)
-        finally:
-            stop.set()
-            if poller:
-                poller.join()
-        usage = {**monitor.take_cpu(), **monitor.take_peaks()} if monitor else {}
-        request_id = request.request_id
-        if request.status != "completed":  # every benchmark image is valid: anything else is a fault
-            raise RuntimeError(f"request {request_id} ended {request.status}: {request.error}")
-        record = self.wait(f"end of the run of {request_id}", lambda: next(
-            (r for tags in ({"dagster/partition": request_id}, {"imgpipe/request_id": request_id})
-             for r in self.instance.get_run_records(RunsFilter(tags=tags)) if r.end_time), None), 60)
-        created_at, terminal = _utc_epoch(request.created_at), _utc_epoch(request.completed_at)
-        images = self.store.images(request_id)
-        return {
-            "request_id": request_id,
-            "images": len(urls),
-            "status": request.status,
-            "obtained": {way: sum(1 for i in images if i.obtained == way)
-                         for way in ("fetched", "not_modified", "same_content")},
-            "end_to_end_s": round(terminal - dropped, 3),
-            "created_to_terminal_s": round(terminal - created_at, 3),
-            "drop_to_request_s": round(created_at - dropped, 3),
-            "request_to_run_start_s": round(record.start_time - created_at, 3),
-            "run_s": round(record.end_time - record.start_time, 3),
-            "run_launch_to_end_s": round(record.end_time - _utc_epoch(record.create_timestamp), 3),
-            **usage,
-            **({"cpu_ms_per_image": round(1000 * usage["cpu_total_s"] / len(urls), 1)} if usage else {}),
-            "load_1min": [load_before, load()],
-            **({"status_api": polled} if while_running else {}),
-            **self.timeline(record),
-        }
-
-    def timeline(self, record) -> dict:
-        """Steps of the run from its event log: launch (worker starting -> step start) and work of each."""
-        from dagster import DagsterEventType as T
-        marks: dict[str, dict] = {}
-        created = dequeued = _utc_epoch(record.create_timestamp)
-        for entry in self.instance.all_logs(record.dagster_run.run_id):
-            event = entry.dagster_event
-            if event is None:
-                continue
-            if event.step_key:
-                marks.setdefault(event.step_key, {}).setdefault(event.event_type, entry.timestamp)
-            elif event.event_type == T.RUN_DEQUEUED:
-                dequeued = entry.timestamp
-        start = record.start_time
-        steps = []
-        for key, m in marks.items():
-            if T.STEP_START not in m:
-                continue
-            launched = m.get(T.STEP_WORKER_STARTING, m[T.STEP_START])
-            ended = m.get(T.STEP_SUCCESS, m.get(T.STEP_FAILURE, record.end_time))
-            steps.append({"step": key, "launched_at_s": round(launched - start, 3),
-                          "launch_s": round(m[T.STEP_START] - launched, 3),
-                          "work_s": round(ended - m[T.STEP_START], 3), "ended_at_s": round(ended - start, 3)})
-        steps.sort(key=lambda s: s["launched_at_s"])
-        compress = [s for s in steps if "compress" in s["step"] or "process_requests" in s["step"]] or steps
-        return {
-            "steps": len(steps),
-            "run_phases_s": {"queued": round(dequeued - created, 3),
-                             "worker_start": round(start - dequeued, 3),
-                             "first_step_launch": steps[0]["launched_at_s"] if steps else None,
-                             "after_last_step": round(record.end_time - start - max(
-                                 (s["ended_at_s"] for s in steps), default=0), 3)},
-            "compress_window_s": round(max(s["ended_at_s"] for s in compress)
-                                       - min(s["launched_at_s"] for s in compress), 3) if compress else None,
-            "step_timeline": steps,
-        }
 
 
 # ---------------------------------------------------------------- throughput runs
@@ -459,7 +227,7 @@ def run_many_small(server: ImageServer, work: Path, corpus: str, count: int, per
         from imgpipe.runs.tags import request_tag
         run_ids = {r.dagster_run.run_id for row in rows
                    for r in daemon.instance.get_run_records(RunsFilter(tags={request_tag(row.request_id): "true"}))}
-    small_s = max(_utc_epoch(r.completed_at) for r in rows) - first_drop
+    small_s = max(utc_epoch(r.completed_at) for r in rows) - first_drop
     result = {
         "requests": count, "images_per_request": per_request,
         "one_image_s": {"from_drop": one["end_to_end_s"], "from_request": one["created_to_terminal_s"],
@@ -535,6 +303,7 @@ def run_huge(server: ImageServer, isolation: str, work: Path, sizes=(2000, 20000
               f"REST API at {api}", flush=True)
         daemon.process(f"huge-warm-up-{isolation}.csv", server.urls("small", 4, tag="warm"), timeout=300,
                        per_product=HUGE_URLS_PER_PRODUCT)
+        code_servers = monitor.seen("code server")
         for n in sizes:
             urls = server.urls("small", n, tag=f"{n}")  # each URL its own bytes: nothing reused
             run = daemon.process(f"huge-{n}-{isolation}.csv", urls, timeout=300 + n / 10, monitor=monitor,
@@ -549,12 +318,17 @@ def run_huge(server: ImageServer, isolation: str, work: Path, sizes=(2000, 20000
                   f"per image {run['per_image_ms']} ms, tree RSS peak {run['peak_rss_mib']} MiB, worst status "
                   f"answer {run['status_api']['worst_s']} s ({run['status_api']['calls']}), full document worst "
                   f"{run['status_api']['full_document']['worst_s']} s, load {run['load_1min']}", flush=True)
+        # The daemon serves the code location from the code server started beside it (as the README starts it
+        # headless, deploy/code-server-workspace.yaml); any it started meanwhile would be a process seen here.
+        result["code_servers"] = {"at_start": len(code_servers),
+                                  "started_since": len(monitor.seen("code server") - code_servers)}
     low, high = (result["runs"][str(n)] for n in sizes)
     result["cost_ratio"] = {k: round(high["per_image_ms"][k] / low["per_image_ms"][k], 2) for k in low["per_image_ms"]}
     result["peak_rss_mib"] = high["peak_rss_mib"]
     result["worst_status_s"] = high["status_api"]["worst_s"]
     print(f"cost per image, {sizes[1]} over {sizes[0]}: {result['cost_ratio']} (goal <= 1.25); peak tree RSS "
-          f"{result['peak_rss_mib']} MiB (goal <= 1280); worst status answer {result['worst_status_s']} s (goal <= 2)")
+          f"{result['peak_rss_mib']} MiB (goal <= 1280); worst status answer {result['worst_status_s']} s (goal <= 2); "
+          f"code servers {result['code_servers']} (goal: none started since)")
     return result
 
 

@@ -34,6 +34,21 @@ from imgpipe.settings import Settings, env_name
 SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "distributed" / "dagster.yaml"
 
 
+def instance_at(home: Path) -> DagsterInstance:
+    """The Dagster instance configured in `home`/dagster.yaml, for a process that found `home` without DAGSTER_HOME
+    (the CLI and the API derive it from IMGPIPE_HOME). The embedded configuration names its event log's folder
+    `{env: DAGSTER_HOME}`, as Dagster's own processes have it set: this process gets it too, and so do the warm
+    run server and run workers it starts. A process already set to another home keeps it; the instance made here
+    read its folders while the variable named `home`."""
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        return DagsterInstance.from_config(str(home))
+    finally:
+        if previous is not None:
+            os.environ["DAGSTER_HOME"] = previous
+
+
 class IncompleteEnvironment(RuntimeError):
     """This process lacks variables the distributed profile needs; the message names each."""
 

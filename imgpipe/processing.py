@@ -16,11 +16,12 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from imgpipe.images.batch import BatchRunner, Reuse, WorkItem, work_items
 from imgpipe.images.fetcher import HostSlots
 from imgpipe.images.image_policy import POLICY_VERSION
+from imgpipe.images.renditions import RenditionSpec
 from imgpipe.output.completion import Completion, complete_request
 from imgpipe.settings import Settings
 from imgpipe.status.models import ImageResult, RequestRow, RequestStatus
@@ -56,6 +57,14 @@ def reuse_for(settings: Settings, store: StatusStore, request: RequestRow | None
                  forget_output=lambda sha256: store.forget_content(sha256, POLICY_VERSION))
 
 
+def renditions_for(settings: Settings, request: RequestRow | None) -> RenditionSpec:
+    """What the request asked for beside its main outputs; for each of formats and widths it did not name, the
+    settings' (IMGPIPE_RENDITIONS, IMGPIPE_WIDTHS)."""
+    formats = request.renditions if request and request.renditions is not None else settings.renditions
+    widths = request.widths if request and request.widths is not None else settings.widths
+    return RenditionSpec.parse(formats, widths)
+
+
 def compress_images(settings: Settings, store: StatusStore, storage: Storage, request_id: str,
                     items: Sequence[WorkItem] | None = None, hosts: HostSlots | None = None,
                     request: RequestRow | None = None, started_at: float | None = None) -> list[ImageResult]:
@@ -64,18 +73,58 @@ def compress_images(settings: Settings, store: StatusStore, storage: Storage, re
     skipped. `request`: its row, when the caller has read it already. `started_at`: when the request's
     processing started (time.time(), so that it means the same on every machine; None: now), from which
     IMGPIPE_REQUEST_DEADLINE counts."""
-    elapsed = 0.0 if started_at is None else time.time() - started_at
-    deadline = time.monotonic() + settings.request_deadline - elapsed
     with store.held():
-        unfinished = work_items(store.unfinished_slots(request_id))
-        if items is not None:
-            wanted = {item.input_url for item in unfinished}
-            unfinished = [item for item in items if item.input_url in wanted]
-        items = unfinished
+        images = ImagesToDo.read(settings, store, storage, request_id, items, hosts, request, started_at)
+    return images.run()
+
+
+@dataclass(frozen=True)
+class ImagesToDo:
+    """A request's images left to do and how (reuse, renditions, deadline), read from the status store; `read`
+    inside `store.held()`, so that it takes one session with whatever else the caller reads (a session costs
+    DuckDB a connection, 10-30 ms of CPU)."""
+
+    store: StatusStore
+    request_id: str
+    items: list[WorkItem]
+    runner: BatchRunner
+
+    @classmethod
+    def read(cls, settings: Settings, store: StatusStore, storage: Storage, request_id: str,
+             items: Sequence[WorkItem] | None = None, hosts: HostSlots | None = None,
+             request: RequestRow | None = None, started_at: float | None = None) -> "ImagesToDo":
+        elapsed = 0.0 if started_at is None else time.time() - started_at
+        deadline = time.monotonic() + settings.request_deadline - elapsed
+        items = _unfinished(store, request_id, items)
         store.mark_processing(request_id, [item.input_url for item in items])
-        reuse = reuse_for(settings, store, request or store.get_request(request_id), items)
-    runner = BatchRunner(settings, storage, request_id, reuse, hosts, deadline)
-    return runner.run(items, report=lambda done: store.record_results(request_id, done, POLICY_VERSION))
+        request = request or store.get_request(request_id)
+        reuse = reuse_for(settings, store, request, items)
+        return cls(store, request_id, items, BatchRunner(settings, storage, request_id, reuse, hosts, deadline,
+                                                         renditions_for(settings, request)))
+
+    def run(self, then: Callable[[], None] | None = None) -> list[ImageResult]:
+        """The images done and their results recorded; `then` in the session that records the last of them (or
+        in one of its own where there were none)."""
+        def record(done: list[ImageResult]) -> None:
+            self.store.record_results(self.request_id, done, POLICY_VERSION)
+
+        def record_last(done: list[ImageResult]) -> None:
+            with self.store.held():
+                record(done)
+                then()
+
+        results = self.runner.run(self.items, report=record, report_last=record_last if then else None)
+        if then and not self.items:
+            then()
+        return results
+
+
+def _unfinished(store: StatusStore, request_id: str, items: Sequence[WorkItem] | None) -> list[WorkItem]:
+    unfinished = work_items(store.unfinished_slots(request_id))
+    if items is None:
+        return unfinished
+    wanted = {item.input_url for item in unfinished}
+    return [item for item in items if item.input_url in wanted]
 
 
 @dataclass(frozen=True)
@@ -94,19 +143,25 @@ def process_requests(settings: Settings, store: StatusStore, storage: Storage, r
     hosts = HostSlots(settings.per_host_connections)
 
     def one(request_id: str) -> Ended:
-        request = store.get_request(request_id)
-        redo = again and request is not None and request.status in (RequestStatus.FAILED,
-                                                                      RequestStatus.COMPLETED_WITH_ERRORS)
-        if request is None or (request.status.terminal and not redo):
-            return Ended(request_id, None)
+        ended: list[Completion] = []
+
+        def end(run_failure: str | None = None) -> None:
+            ended.append(complete_request(settings, store, storage, request_id, run_id, run_failure=run_failure))
+
         try:
-            store.start_processing(request_id, run_id)
-            compress_images(settings, store, storage, request_id, hosts=hosts, request=request)
-            return Ended(request_id, complete_request(settings, store, storage, request_id, run_id))
+            with store.held():  # its row read, its processing started and its work listed in one session
+                request = store.get_request(request_id)
+                redo = again and request is not None and request.status in (RequestStatus.FAILED,
+                                                                              RequestStatus.COMPLETED_WITH_ERRORS)
+                if request is None or (request.status.terminal and not redo):
+                    return Ended(request_id, None)
+                store.start_processing(request_id, run_id)
+                images = ImagesToDo.read(settings, store, storage, request_id, hosts=hosts, request=request)
+            images.run(then=end)
         except Exception as exc:  # noqa: BLE001 - one request's failure must not end the others
-            failure = printable(f"processing failed: {type(exc).__name__}: {exc}")
-            return Ended(request_id, complete_request(settings, store, storage, request_id, run_id,
-                                                      run_failure=failure))
+            if not ended:
+                end(printable(f"processing failed: {type(exc).__name__}: {exc}"))
+        return Ended(request_id, ended[0])
 
     with ThreadPoolExecutor(REQUESTS_AT_ONCE, thread_name_prefix="imgpipe-request") as requests, \
             ThreadPoolExecutor(REQUESTS_AT_ONCE, thread_name_prefix="imgpipe-webhook") as webhooks, \

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from dagster import DagsterInstance, RunsFilter
+from dagster import RunsFilter
 from PIL import Image
 from standardwebhooks import Webhook
 
+from imgpipe.instance import instance_at
 from imgpipe.runs.tags import request_tag
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.servers import REPO, WebhookReceiver, product_csv, wait_for
@@ -197,7 +198,7 @@ def test_a_poisoned_sidecar_stops_nothing_but_its_own_upload(stack, image_server
 
     # Both have their run within two sensor loops of the drop (plus the second tick's own few seconds of work: it
     # takes the files in and asks for the runs).
-    with DagsterInstance.from_config(str(stack.dagster_home)) as instance:
+    with instance_at(stack.dagster_home) as instance:
         def launched() -> bool:
             return all(instance.get_run_records(RunsFilter(tags={request_tag(i): "true"}), limit=1)
                        for i in ids)
@@ -261,7 +262,7 @@ def test_six_small_requests_dropped_together_share_a_run_and_each_ends_on_its_ow
         assert wait_for(lambda: receiver.calls_to(name), 30), name
         [call] = receiver.calls_to(name)
         assert json.loads(call["body"])["request_id"] == request.request_id
-    with DagsterInstance.from_config(str(stack.dagster_home)) as instance:
+    with instance_at(stack.dagster_home) as instance:
         shared = {r.dagster_run.run_id for request in requests_by_name.values()
                   for r in instance.get_run_records(RunsFilter(tags={request_tag(request.request_id): "true"}))}
         assert len(shared) < len(rows)  # not a run each

@@ -5,9 +5,12 @@ import uuid
 
 import pytest
 
+from imgpipe.backends import open_storage
 from imgpipe.definitions import defs
+from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.settings import load_settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
+from imgpipe.status.models import Source
 
 GOOD = "S. No.,Product Name,Input Image Urls\n1,Chair,https://img.example/a.jpg\n"
 
@@ -79,3 +82,24 @@ def test_a_private_file_under_the_home_is_never_published():
     result = launch("../webhook_secret.csv", raise_on_error=False)
     assert not result.success
     assert DuckDBStatusStore(settings.db_path).latest_request_for_file("webhook_secret.csv") == before
+
+
+def test_the_end_of_a_dead_run_ends_its_request_once_and_leaves_it_to_a_retry():
+    """The run-status sensors and their backstop may each end one dead run; the later end must not undo a retry."""
+    settings = load_settings()
+    store = DuckDBStatusStore(settings.db_path)
+    upload = Upload(GOOD.encode(), f"dead-{uuid.uuid4().hex[:6]}.csv", Source.API)
+    request_id = take_upload(store, open_storage(settings), settings, upload).request_id
+    store.start_processing(request_id, "dead-run")
+
+    def end_the_dead_run():
+        config = {"request_ids": [request_id], "run_id": "dead-run", "reason": "its worker died"}
+        defs.resolve_job_def("end_failed_run_job").execute_in_process(
+            run_config={"ops": {"end_failed_request": {"config": config}}})
+
+    end_the_dead_run()
+    ended = store.get_request(request_id)
+    assert (ended.status, ended.error) == ("failed", "its worker died")
+    store.requeue_for_retry(request_id)
+    end_the_dead_run()  # the second end asked for the same dead run, after the retry
+    assert store.get_request(request_id).status == "queued"

@@ -25,14 +25,14 @@ def test_requests_of_a_shared_run_end_on_their_own_and_a_broken_one_alone(tmp_pa
         upload = Upload(csv_for([[image_server.url(f"img/{folder}/{index}.jpg")]]).encode(), f"s{index}.csv",
                         Source.FOLDER, webhook_url=webhook_receiver.url(f"s{index}"))
         ids.append(take_upload(store, storage, settings, upload).request_id)
-    real = processing.compress_images
+    real = processing.ImagesToDo.run
 
-    def breaks_on_the_third(settings_, store_, storage_, request_id, *args, **kwargs):
-        if request_id == ids[2]:
+    def breaks_on_the_third(images, *args, **kwargs):
+        if images.request_id == ids[2]:
             raise RuntimeError("the disk went away")
-        return real(settings_, store_, storage_, request_id, *args, **kwargs)
+        return real(images, *args, **kwargs)
 
-    monkeypatch.setattr(processing, "compress_images", breaks_on_the_third)
+    monkeypatch.setattr(processing.ImagesToDo, "run", breaks_on_the_third)
     ended = list(processing.process_requests(settings, store, storage, ids, "run-shared"))
 
     assert sorted(e.request_id for e in ended) == sorted(ids)

@@ -12,6 +12,8 @@ from dagster import DagsterRun, DagsterRunStatus, RunsFilter, build_sensor_conte
 from dagster._core.utils import make_new_run_id
 
 from imgpipe.backends import open_storage
+from imgpipe.defs.sensors import due_after
+from imgpipe.run_plan import OWN_RUN_IMAGES
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.runs.launch import RunLauncherAtOnce
 from imgpipe.status.models import Source
@@ -69,7 +71,8 @@ def test_a_dropped_file_becomes_a_partition_and_one_run_request(home):
 
 def test_a_large_request_alone_runs_its_partition_of_the_asset_job(home):
     settings, _, store, _ = home
-    drop_into_inbox(settings.home_dir, "big.csv", product_csv([[f"https://img.example/{i}.jpg"] for i in range(500)]))
+    drop_into_inbox(settings.home_dir, "big.csv",
+                    product_csv([[f"https://img.example/{i}.jpg"] for i in range(OWN_RUN_IMAGES)]))
     [run] = evaluate(home).run_requests
     request_id = store.latest_request_for_file("big.csv").request_id
     assert (run.run_key, run.partition_key, run.job_name) == (f"{request_id}:0", request_id, "process_request")
@@ -101,7 +104,7 @@ def test_new_runs_wait_while_the_machine_has_no_room_and_then_group(home):
     settings, _, store, _ = home
     for index in range(2):
         drop_into_inbox(settings.home_dir, f"big-{index}.csv", product_csv([[f"https://img.example/{i}.jpg"]
-                                                                            for i in range(500)]))
+                                                                            for i in range(OWN_RUN_IMAGES)]))
     first = evaluate(home)
     assert len(first.run_requests) == 2  # each large request alone: the two runs fill the room (max_runs=2)
     drop_into_inbox(settings.home_dir, "small-1.csv", GOOD)
@@ -196,3 +199,12 @@ def test_a_request_launched_at_once_is_never_also_asked_for_by_the_sensor(home):
     for request_id in at_once:
         [run] = instance.get_runs(RunsFilter(tags={request_tag(request_id): "true"}))
         assert run.tags["dagster/sensor_name"] == "inbox_sensor" and run.tags["dagster/run_key"] == f"{request_id}:0"
+
+
+@pytest.mark.parametrize("interval, given", [(1, 1), (2, 1), (5, 4), (10, 9)])
+def test_the_inbox_is_checked_on_the_first_daemon_loop_its_interval_after_the_last(interval, given):
+    # Dagster skips a sensor whose last tick started less than its minimum interval ago, on a 5 s loop: the
+    # interval itself would put a 5 s check off to 10 s whenever the last tick started a little late.
+    assert due_after(interval) == given
+    sensor = build_defs(Settings(sensor_interval=interval)).get_sensor_def("inbox_sensor")
+    assert sensor.minimum_interval_seconds == given

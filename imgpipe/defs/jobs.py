@@ -34,7 +34,7 @@ from imgpipe.intake.launchpad import read_csv_source
 from imgpipe.output.completion import complete_request
 from imgpipe.processing import process_requests as process_requests_here
 from imgpipe.runs.launch import RunLauncherAtOnce
-from imgpipe.runs.tags import KIND_TAG, PROCESS_REQUEST, PROCESS_REQUESTS
+from imgpipe.runs.tags import KIND_TAG, PROCESS_REQUEST, PROCESS_REQUESTS, RUN_KEY_TAG
 from imgpipe.settings import Settings
 from imgpipe.status.models import Source
 from imgpipe.webhooks.delivery import deliver
@@ -58,6 +58,10 @@ class SubmitCsvConfig(Config):
     webhook_url: Optional[str] = Field(default=None, description="Where to POST the signed webhook at the end.")
     fresh: bool = Field(default=False, description="Fetch and encode every image again, whatever earlier "
                                                    "requests left (no reuse).")
+    renditions: Optional[str] = Field(default=None, description="Formats made beside each main output: a comma "
+                                                                "list of webp and avif (unset: IMGPIPE_RENDITIONS).")
+    widths: Optional[str] = Field(default=None, description="Widths in pixels each image is also made at, when "
+                                                            "narrower: e.g. 480,960 (unset: IMGPIPE_WIDTHS).")
 
 
 @op
@@ -66,7 +70,8 @@ def submit_csv(context: OpExecutionContext, config: SubmitCsvConfig, imgpipe: Im
     settings, store = imgpipe.settings(), imgpipe.store()
     data, file_name = read_csv_source(settings, config.csv)
     result = take_upload(store, imgpipe.storage(), settings,
-                         Upload(data, file_name, Source.FOLDER, webhook_url=config.webhook_url, fresh=config.fresh))
+                         Upload(data, file_name, Source.FOLDER, webhook_url=config.webhook_url, fresh=config.fresh,
+                                renditions=config.renditions, widths=config.widths))
     metadata = {"request_id": result.request_id, "file_name": result.file_name,
                 "status_url": MetadataValue.url(settings.status_url(result.request_id))}
     if not result.accepted:
@@ -140,11 +145,13 @@ class FailedRunConfig(Config):
 def end_failed_request(context: OpExecutionContext, config: FailedRunConfig, imgpipe: ImgpipeResource) -> None:
     """A run that died cannot end its requests itself: their output CSVs, `failed` status and webhooks."""
     settings, store, storage = imgpipe.settings(), imgpipe.store(), imgpipe.storage()
+    dead_run = context.instance.get_run_by_id(config.run_id)
+    run_key = dead_run.tags.get(RUN_KEY_TAG) if dead_run else None
     for request_id in config.request_ids:
         request = store.get_request(request_id)
-        # Only the run that holds a request (or never got to) may end it; a later retry may own it by now.
-        if request is None or request.status.terminal or (
-                request.run_id not in (None, config.run_id) and request.status != "queued"):
+        # Only the run that holds a request may end it: a retry may have put it back in the queue meanwhile, and
+        # the run-status sensors and their backstop may each have asked for this end.
+        if request is None or not request.held_by(config.run_id, run_key):
             context.log.info(f"request {request_id} is no longer the dead run's to end")
             continue
         completion = complete_request(settings, store, storage, request_id, config.run_id,

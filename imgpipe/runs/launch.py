@@ -164,6 +164,7 @@ def launcher_at_once(settings: Settings, store: StatusStore, *, start_here: bool
     """This process's launcher at once, over the Dagster instance in DAGSTER_HOME; None where this process has
     no instance configured (a distributed API without DAGSTER_HOME: the inbox sensor launches its requests), or
     where the instance's SQLite storage has not been made after `wait_for_storage` seconds."""
+    from imgpipe.instance import instance_at
     from imgpipe.settings import dagster_home_dir
 
     home = dagster_home_dir(settings)
@@ -174,7 +175,7 @@ def launcher_at_once(settings: Settings, store: StatusStore, *, start_here: bool
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.5)
-    return RunLauncherAtOnce(settings, store, DagsterInstance.from_config(str(home)), start_here=start_here)
+    return RunLauncherAtOnce(settings, store, instance_at(home), start_here=start_here)
 
 
 def _storage_made(home: Path) -> bool:
@@ -187,4 +188,7 @@ def _storage_made(home: Path) -> bool:
     config = yaml.safe_load((home / "dagster.yaml").read_text()) or {}
     if config.get("storage") and "sqlite" not in config["storage"]:
         return True
-    return (home / "history" / "runs.db").is_file() and (home / "schedules" / "schedules.db").is_file()
+    made = [home / "history" / "runs.db", home / "schedules" / "schedules.db"]
+    if config.get("event_log_storage"):  # the embedded one: every run's events in one file, in DAGSTER_HOME
+        made.append(home / "event_log.db")
+    return all(path.is_file() for path in made)

@@ -5,6 +5,11 @@ pandera, the image policy and the code location once, resolves every job, freeze
 worker per run. The worker starts with all of that in place and goes straight to the run (Dagster's own
 `dagster api execute_run` spends 2-3 s importing the same modules first).
 
+Where a run compresses its images in its own process (the embedded profile's in-process executor), the server also
+keeps a fork server (`imgpipe.images.compressor`) started ahead of need for the next worker, which adopts it: a
+fresh one takes an interpreter 0.2-0.4 s to start, at the start of every run. Only the worker holds that server's
+end of the pipe, so the server exits with the worker (end of file), as one of its own would.
+
 Lifetimes: the server dies with the process that started it (PR_SET_PDEATHSIG), and each worker with the server,
 so that stopping or killing a stack leaves no run worker behind; a run whose worker died that way is found by run
 monitoring (`WarmRunLauncher.check_run_worker_health`) and marked failed.
@@ -65,17 +70,52 @@ def run_worker(args, instance) -> int:
         return execute_run(instance, args.run_id, worker_identity(os.getpid()))
 
 
-def _fork_worker(line: str, server_pid: int, instances: Instances) -> int:
+class SpareCompressor:
+    """A fork server started ahead of need, for the next run worker to adopt; none where runs compress elsewhere."""
+
+    def __init__(self, wanted: bool):
+        self.wanted = wanted
+        self._spare = None
+
+    def refill(self) -> None:
+        if self.wanted and self._spare is None:
+            from imgpipe.images.compressor import start_server
+
+            self._spare = start_server()
+
+    def take(self):
+        spare, self._spare = self._spare, None
+        return spare
+
+
+def _runs_compress_here() -> bool:
+    from imgpipe.settings import load_settings
+
+    settings = load_settings()
+    return not settings.distributed and settings.executor == "in_process"
+
+
+def _fork_worker(line: str, server_pid: int, instances: Instances, spares: SpareCompressor) -> int:
     from dagster._grpc.types import ExecuteRunArgs
     from dagster._serdes import deserialize_value
 
     args = deserialize_value(line, ExecuteRunArgs)
     instance = instances.of(args)
+    spare = spares.take()
     pid = os.fork()
     if pid:
+        if spare is not None:  # the worker's now; without these ends the fork server ends with the worker
+            spare.stdin.close()
+            spare.stdout.close()
         return pid
     code = 1
     try:
+        if spare is not None:
+            from imgpipe.images.compressor import adopt_server
+
+            adopt_server(spare.pid, os.dup(spare.stdin.fileno()), os.dup(spare.stdout.fileno()))
+            spare.stdin.close()  # the copies above are the client's, these the Popen's, which no one reads
+            spare.stdout.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server's SIG_IGN would break the run's waitpid
         signal.signal(signal.SIGINT, signal.default_int_handler)
         die_with_parent(server_pid)
@@ -102,15 +142,18 @@ def serve(parent: int) -> None:
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints go to the log, never into the protocol
     instances = Instances()
+    spares = SpareCompressor(wanted=_runs_compress_here())
+    spares.refill()
     for line in sys.stdin:
         line = line.strip()
         if not line:
             continue
         try:
-            answer = {"pid": _fork_worker(line, server_pid, instances)}
+            answer = {"pid": _fork_worker(line, server_pid, instances, spares)}
         except Exception as exc:  # noqa: BLE001  the launcher reports it on the run; the server serves on
             answer = {"error": f"could not start a run worker: {type(exc).__name__}: {exc}"}
         answers.write(json.dumps(answer) + "\n")
+        spares.refill()  # after the answer: the launcher waits for that, not for the next run's fork server
 
 
 if __name__ == "__main__":
