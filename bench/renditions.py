@@ -22,7 +22,10 @@ renditions are (`rendition_encoding`: Lanczos with `reducing_gap`). The JPEG at 
 
 SSIMULACRA2 is the `ssimulacra2` package (pure Python, seconds per score at the main size): each image's
 reference half of the score is computed once per width, in worker processes that each keep their images, and is
-checked against `compute_ssimulacra2` before use. Prints tables and writes bench-results/renditions.json.
+checked against `compute_ssimulacra2` before use. The full run takes about 14 CPU-minutes, nearly all of it in
+two scoring processes (8 minutes on an idle 2-core machine); --quick, a smoke test too small to calibrate on, about
+4 minutes.
+Prints tables and writes bench-results/renditions.json.
 """
 from __future__ import annotations
 
@@ -476,7 +479,8 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, help=f"per JPEG quality; {IMAGES}, or {QUICK_IMAGES} with --quick")
-    parser.add_argument("--quick", action="store_true", help=f"only JPEG qualities {QUICK_JPEG_QUALITIES}")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"only JPEG qualities {QUICK_JPEG_QUALITIES}: a smoke test, too few images to calibrate")
     args = parser.parse_args()
     result = run(args.images or (QUICK_IMAGES if args.quick else IMAGES), quick=args.quick)
     print(table(result))

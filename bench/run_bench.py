@@ -27,7 +27,11 @@ second comes from 304s and kept outputs; each pair's speed-ups and their medians
 the fixed cost of a one-image request: what many small sellers cost over one big upload.
 `--huge`: requests of 2,000 and 20,000 small images (800x600 photographs, four per product) with the REST API
 running beside the daemon, polled all along (`GET /requests/{id}?view=summary` and pages of 100 products):
-per-image cost ratio, peak tree RSS and the worst status answer.
+per-image cost ratio, peak tree RSS, the worst status answer, and the code servers started meanwhile.
+`--lifecycle N` (bench/lifecycle.py): N one-image requests through the REST API and N through the inbox, each timed
+to its signed webhook, and the `--reuse` catalogue POSTed twice, timed from the POST.
+`--renditions N` (bench/renditions.py): the WebP and AVIF quality calibration on N photographs per JPEG quality,
+their bytes and SSIMULACRA2 against the JPEG of the same width, and the CPU of an image with renditions.
 
 Everything is printed and written to bench-results/bench.json (bench-results/huge.json for --huge).
 """
@@ -59,6 +63,8 @@ from procstat import TreeMonitor, own_cpu_seconds  # noqa: E402
 from imgpipe.images.image_policy import compress_image  # noqa: E402
 from imgpipe.settings import Settings, load_settings  # noqa: E402
 from daemon import SENSOR_INTERVAL, TERMINAL, Daemon, load, utc_epoch  # noqa: E402
+import lifecycle  # noqa: E402
+import renditions as renditions_bench  # noqa: E402
 
 HUGE_URLS_PER_PRODUCT = 4
 
@@ -365,6 +371,12 @@ def main() -> None:
                         help="small requests of 5 images dropped together, against one request of them all (0: none)")
     parser.add_argument("--fresh", action="store_true",
                         help="throughput requests with a `fresh` sidecar (reuse skipped) instead of the default path")
+    parser.add_argument("--lifecycle", type=int, default=12,
+                        help="one-image requests through the REST API and the inbox, timed to their signed webhooks, "
+                             "and the --reuse catalogue POSTed twice (bench/lifecycle.py; 0: none)")
+    parser.add_argument("--renditions", type=int, default=renditions_bench.IMAGES,
+                        help="photographs per JPEG quality for the renditions' calibration and costs "
+                             "(bench/renditions.py; 0: none)")
     parser.add_argument("--out", default="bench.json", help="file name under bench-results/")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in ("50,200" if args.quick else args.sizes).split(","))
@@ -400,10 +412,16 @@ def main() -> None:
                     print_table(mode, corpus, results["modes"][mode]["corpora"][corpus], sizes)
         if many and not args.huge_only:
             results["many_small"] = run_many_small(server, Path(tmp), corpora[0], many)
+        if args.lifecycle and not args.huge_only and "photo" in folders:
+            results["lifecycle"] = lifecycle.run(Path(tmp), server, args.lifecycle, reuse_count)
         if args.huge or args.huge_only:
             huge = {mode: run_huge(server, mode, Path(tmp)) for mode in (["process"] if args.huge_only else modes)}
             (RESULTS / "huge.json").write_text(json.dumps({"machine": machine, **huge}, indent=2, default=str))
             results["huge"] = huge
+    if args.renditions and not args.huge_only:
+        results["renditions"] = renditions_bench.run(min(args.renditions, renditions_bench.QUICK_IMAGES)
+                                                     if args.quick else args.renditions, quick=args.quick)
+        print(renditions_bench.table(results["renditions"]))
     machine["loadavg_at_end"] = os.getloadavg()
     print("\nsummary (marginal ratio from the drop, from the request; imgpipe CPU ms per image at the largest size):")
     for mode, result in results["modes"].items():

@@ -10,7 +10,8 @@ Calibrated by bench/renditions.py on the photo corpus of bench/corpus.py (crops 
 per JPEG quality, the lowest encoder quality at which the median over the photographs of (its SSIMULACRA2 - the
 JPEG's) is >= 0 at each width, the main size, 960 and 480 (bisection over the encoder quality; JPEG as the main
 output is encoded, resized with Lanczos). One quality serves every width, so one width binds (AVIF: 480; WebP:
-the main size, or 960 at q20) and the others score above the JPEG. Reproduce (about 13 CPU-minutes):
+the main size, or 960 at q20) and the others score above the JPEG. Reproduce (14 CPU-minutes in two processes;
+it prints the tables to copy here):
 
     cd /work/main && .venv/bin/python bench/renditions.py
 """
@@ -21,9 +22,9 @@ import math
 
 # Pillow's AVIF `speed` (libaom; 0 slowest and smallest .. 10) and WebP `method` (0 fastest .. 6). Measured at
 # parity with the JPEG (q40, 960 wide): bytes as a fraction of the JPEG's, and CPU per image for three renditions
-# (main size, 960, 480). AVIF speed 6: 0.50 for 2.1 s, 7: 0.57 for 1.5 s, 8: 0.64 for 0.7 s, 10: 0.66 for 0.2 s;
-# 7 is the fastest within the 0.6 goal. WebP method 2: 0.79 for 92 ms, 4: 0.76 for 231 ms, 5: 0.75 for 251 ms,
-# 6: 0.73 for 421 ms; 5 costs about what 4 does.
+# (main size, 960, 480). AVIF speed 6: 0.50 for 1.9 s, 7: 0.57 for 1.1 s, 8: 0.64 for 0.6 s, 10: 0.66 for 0.16 s;
+# 7 is the fastest within the 0.6 goal. WebP method 2: 0.79 for 127 ms, 4: 0.76 for 270 ms, 5: 0.75 for 320 ms,
+# 6: 0.73 for 517 ms; 5 is near 4's cost (equal in another run), 6 costs 1.6x. CPU varies ~30% with the load.
 AVIF_SPEED = 7
 WEBP_METHOD = 5
 
