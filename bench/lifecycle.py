@@ -177,9 +177,11 @@ def re_upload(daemon: Daemon, receiver: WebhookReceiver, server: ImageServer, co
         uploads[upload] = {"request_id": request_id,
                            "to_terminal_s": round(utc_epoch(request.completed_at) - started, 3),
                            "to_webhook_s": round(arrived - started, 3),
-                           "obtained": {way: obtained.count(way) for way in sorted(set(obtained))}}
+                           "obtained": {way: obtained.count(way) for way in sorted(set(obtained))},
+                           "phases": phases(daemon, request_id, started, arrived)}
         print(f"re-upload of {count}, {upload}: {uploads[upload]['to_terminal_s']:.2f} s from the POST to its "
-              f"terminal status, {uploads[upload]['to_webhook_s']:.2f} s to its webhook; {uploads[upload]['obtained']}",
+              f"terminal status, {uploads[upload]['to_webhook_s']:.2f} s to its webhook; {uploads[upload]['obtained']}; "
+              f"{uploads[upload]['phases']}",
               flush=True)
     speedup = round(uploads["first"]["to_terminal_s"] / uploads["second"]["to_terminal_s"], 2)
     print(f"re-upload of {count}: the second {speedup}x faster from the POST to the terminal status", flush=True)
