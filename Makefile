@@ -31,8 +31,15 @@ test-system-deps:
 services:
 	@bash deploy/test-services.sh
 
+# The restart tests (about 8 minutes, mostly waiting for stacks to start, die and end their requests) run in a
+# pytest of their own beside the rest, with folders of their own; their output follows the rest's.
 test: $(STAMP) test-system-deps services
-	$(PY) -m pytest -q -ra
+	@restart_log=$$(mktemp) && restart_tmp=$$(mktemp -d) && \
+	{ $(PY) -m pytest -q -ra -p no:cacheprovider --basetemp=$$restart_tmp imgpipe_tests/test_restart.py \
+	    >$$restart_log 2>&1 & restart=$$!; } && \
+	$(PY) -m pytest -q -ra --ignore=imgpipe_tests/test_restart.py; rest=$$?; \
+	wait $$restart; restarts=$$?; echo "== imgpipe_tests/test_restart.py"; cat $$restart_log; \
+	rm -rf $$restart_log $$restart_tmp; exit $$(( rest || restarts ))
 
 # Throughput against a warm process pool, on photographs (scikit-image's, the `bench` extra) and synthetic images,
 # under both IMGPIPE_ISOLATION modes (bench-results/bench.json). BENCH_ARGS=--quick for 50 and 200 images;
