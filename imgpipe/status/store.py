@@ -719,7 +719,7 @@ class StatusStore(IdempotencyKeys, RenditionRows):
                 con,
                 "SELECT request_id, status, obtained, count(*) AS images, sum(bytes_in) AS bytes_in,"
                 " sum(bytes_out) AS bytes_out FROM images WHERE request_id IN (SELECT unnest(?))"
-                " GROUP BY request_id, status, obtained",
+                " GROUP BY request_id, status, obtained ORDER BY request_id, status, obtained",
                 [request_ids])):
             groups[group["request_id"]].append(group)
         products_totals = dict(self._execute(
