@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-system-deps services bench clean
+.PHONY: install run test test-system-deps services bench docs clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,14 +32,20 @@ services:
 	@bash deploy/test-services.sh
 
 # The restart tests (about 8 minutes, mostly waiting for stacks to start, die and end their requests) run in a
-# pytest of their own beside the rest, with folders of their own; their output follows the rest's.
+# pytest of their own beside the rest, with folders of their own; their output follows the rest's. The exit status
+# is the rest's if it failed, else the restart tests'. Interrupted (Ctrl-C, kill), the restart pytest is stopped
+# with SIGINT and waited for (imgpipe_tests/conftest.py has it heed SIGINT, which a background job ignores); the
+# temporary log and folder go in any case.
 test: $(STAMP) test-system-deps services
-	@restart_log=$$(mktemp) && restart_tmp=$$(mktemp -d) && \
-	{ $(PY) -m pytest -q -ra -p no:cacheprovider --basetemp=$$restart_tmp imgpipe_tests/test_restart.py \
-	    >$$restart_log 2>&1 & restart=$$!; } && \
+	@restart= restart_log= restart_tmp=; \
+	trap 'rm -rf $$restart_log $$restart_tmp' EXIT; \
+	trap 'trap - INT TERM; [ -z "$$restart" ] || { kill -INT $$restart 2>/dev/null; wait $$restart; }; exit 130' INT TERM; \
+	restart_log=$$(mktemp) && restart_tmp=$$(mktemp -d) || exit 1; \
+	$(PY) -m pytest -q -ra -p no:cacheprovider --basetemp=$$restart_tmp imgpipe_tests/test_restart.py \
+	    >$$restart_log 2>&1 & restart=$$!; \
 	$(PY) -m pytest -q -ra --ignore=imgpipe_tests/test_restart.py; rest=$$?; \
 	wait $$restart; restarts=$$?; echo "== imgpipe_tests/test_restart.py"; cat $$restart_log; \
-	rm -rf $$restart_log $$restart_tmp; exit $$(( rest || restarts ))
+	[ $$rest -ne 0 ] && exit $$rest; exit $$restarts
 
 # Throughput against a warm process pool, on photographs (scikit-image's, the `bench` extra) and synthetic images,
 # under both IMGPIPE_ISOLATION modes (bench-results/bench.json). BENCH_ARGS=--quick for 50 and 200 images;
@@ -51,6 +57,19 @@ $(BENCH_STAMP): $(STAMP) setup.cfg
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/run_bench.py $(BENCH_ARGS)
+
+# The documentation site (mkdocs.yml, docs/) into build/site, with the `docs` extra (MkDocs, Material, matplotlib for
+# the charts docs/hooks.py draws from docs/data/). Strict: a broken link or a page missing from the nav fails it.
+# docs/configuration.md and docs/reference/openapi.json are generated: `.venv/bin/python -m imgpipe.docs_reference`.
+DOCS_STAMP := $(VENV)/.docs-stamp
+$(DOCS_STAMP): $(STAMP) setup.cfg
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# NO_MKDOCS_2_WARNING: Material for MkDocs (9.7 on) prints a banner about its end of life and MkDocs 2.0 on stderr;
+# it is no build warning (strict passes with it), only noise in CI's log.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,7 +19,6 @@ least CPU counts. Prints a table and writes bench-results/codec-floor-<label>.js
 from __future__ import annotations
 
 import argparse
-import ctypes
 import io
 import json
 import os
@@ -35,7 +34,7 @@ from PIL import Image, JpegImagePlugin
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import CPUS, RESULTS, corpus_stats, ensure_images  # noqa: E402
-from procstat import TreeMonitor, this_process_cpu, tree  # noqa: E402
+from procstat import TreeMonitor, keep_freed_memory, this_process_cpu, tree  # noqa: E402
 
 from imgpipe.images import compressor, image_policy, jpeg_scan, metadata, quality  # noqa: E402
 
@@ -43,16 +42,6 @@ LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}
 ISOLATED = {"timeout": 60.0, "memory_bytes": 2 << 30}
 ISOLATIONS = ("process", "pool")
 FLOOR = "floor: decode + optimised encode at half quality"
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
-
-
-def keep_freed_memory() -> None:
-    """Has this process's malloc keep the memory it frees, as a warm worker's does, so that the measures in this
-    process are of the work and not of faulting in fresh pages for each image's buffers (glibc's dynamic mmap
-    threshold would otherwise hand each decode's buffer back to the kernel and fault it in again)."""
-    libc = ctypes.CDLL(None)
-    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
 def ms_per_image(work: Callable[[bytes], object], datas: list[bytes]) -> float:

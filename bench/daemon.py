@@ -41,7 +41,6 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-
 def utc_epoch(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
 
@@ -52,19 +51,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def catalogue(urls: list[str], per_product: int = URLS_PER_PRODUCT) -> bytes:
+    """A catalogue CSV of `urls`, `per_product` of them to a product."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
+    for row, start in enumerate(range(0, len(urls), per_product), 1):
+        writer.writerow([row, f"Product {row}", ", ".join(urls[start:start + per_product])])
+    return out.getvalue().encode()
+
+
 class Daemon:
     """`dagster-daemon run` on a fresh IMGPIPE_HOME and DAGSTER_HOME, in a process group of its own; with `api`,
     `imgpipe api` beside it on the same home.
 
-    Dagster is imported only here, so that the baseline's forked workers do not carry it."""
+    Dagster is imported only here, so that the baseline's forked workers do not carry it. `name` tells its log
+    files (daemon-<name>.log, code-server-daemon-<name>.log) from other daemons'; the isolation mode by default."""
 
-    def __init__(self, work: Path, isolation: str, api: bool = False, env: dict[str, str] | None = None):
+    def __init__(self, work: Path, isolation: str, api: bool = False, env: dict[str, str] | None = None,
+                 name: str | None = None):
         self.home, self.dagster_home = work / "imgpipe_home", work / "dagster_home"
         self.dagster_home.mkdir(parents=True)
         shutil.copy(REPO / "dagster.yaml", self.dagster_home / "dagster.yaml")
         self.inbox = self.home / "inbox"
         self.store = DuckDBStatusStore(self.home / "imgpipe.duckdb")
-        self.log = RESULTS / f"daemon-{isolation}.log"
+        self.log = RESULTS / f"daemon-{name or isolation}.log"
         self.with_api = api
         self.api_port = free_port() if api else None
         # Other IMGPIPE_* settings (IMGPIPE_EXECUTOR, IMGPIPE_COMPRESS_WORKERS, ...) pass through.
@@ -80,10 +91,10 @@ class Daemon:
         self.workspace.write_text(CODE_SERVER_WORKSPACE.format(port=self.code_server_port))
 
     def __enter__(self) -> "Daemon":
-        from imgpipe.instance import instance_at
+        from imgpipe.instance import configured_instance
         # The instance's SQLite files first: two processes creating them at once can both stamp the schema
         # (alembic then finds two heads and the code location fails to load).
-        self.instance = instance_at(self.dagster_home)
+        self.instance = configured_instance(self.dagster_home)  # dagster.yaml copied in by __init__
         # A code server of its own, as `dagster dev` (`make run`) and the README's headless commands run one:
         # a daemon left to manage its own replaces it every 60 s, 5-6 s of CPU each time, and keeps the old one
         # alive while a run it launched goes on.
@@ -92,12 +103,10 @@ class Daemon:
              "-h", "127.0.0.1", "-p", str(self.code_server_port)], cwd=REPO, env=self.env,
             stdout=(RESULTS / f"code-server-{self.log.stem}.log").open("wb"), stderr=subprocess.STDOUT,
             start_new_session=True)
-        self.proc = None
         self.wait("the code server", self._code_server_up, 120)
         self.proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(self.workspace)], cwd=REPO,
                                      env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self.api = None
         if self.with_api:
             self.api = subprocess.Popen([str(BIN / "imgpipe"), "api", "--port", str(self.api_port)], cwd=REPO,
                                         env=self.env, stdout=(RESULTS / "api.log").open("wb"),
@@ -139,19 +148,17 @@ class Daemon:
                     pass
             proc.wait()
 
-    def drop(self, name: str, urls: list[str], fresh: bool, per_product: int = URLS_PER_PRODUCT) -> float:
-        """The CSV of `urls`; `fresh` (a sidecar's) makes the request fetch and encode everything, whatever
-        earlier ones left, so that throughput runs sharing URLs measure the same work."""
+    def drop(self, name: str, urls: list[str], fresh: bool, per_product: int = URLS_PER_PRODUCT,
+             sidecar: dict | None = None) -> float:
+        """The CSV of `urls`, with `sidecar` (e.g. a webhook URL) beside it; `fresh` (a sidecar's) makes the
+        request fetch and encode everything, whatever earlier ones left, so that throughput runs sharing URLs
+        measure the same work."""
         self.inbox.mkdir(parents=True, exist_ok=True)
-        if fresh:
-            (self.inbox / f"{Path(name).stem}.json").write_text(json.dumps({"fresh": True}))
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
-        for row, start in enumerate(range(0, len(urls), per_product), 1):
-            writer.writerow([row, f"Product {row}", ", ".join(urls[start:start + per_product])])
+        sidecar = {**(sidecar or {}), **({"fresh": True} if fresh else {})}
+        if sidecar:
+            (self.inbox / f"{Path(name).stem}.json").write_text(json.dumps(sidecar))
         temporary = self.inbox / f".{name}.tmp"
-        temporary.write_text(out.getvalue())
+        temporary.write_bytes(catalogue(urls, per_product))
         os.replace(temporary, self.inbox / name)
         return time.time()
 

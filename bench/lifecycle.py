@@ -21,9 +21,7 @@ Printed, and written to bench-results/lifecycle.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import http.server
-import io
 import json
 import statistics
 import sys
@@ -38,10 +36,9 @@ from standardwebhooks import Webhook
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import RESULTS, ImageServer, ensure_images  # noqa: E402
-from daemon import Daemon, load, utc_epoch  # noqa: E402
+from daemon import Daemon, catalogue, load, utc_epoch  # noqa: E402
 
 SECRET = "whsec_" + "bGlmZWN5Y2xlLWJlbmNoLXNlY3JldC0zMmJ5dGVz"
-REUSE_URLS_PER_PRODUCT = 10
 
 
 class WebhookReceiver:
@@ -88,15 +85,6 @@ class WebhookReceiver:
             if not self._changed.wait_for(lambda: request_id in self.arrived, timeout):
                 raise TimeoutError(f"no webhook for request {request_id} within {timeout:.0f} s")
             return self.arrived[request_id]
-
-
-def catalogue(urls: list[str], per_product: int) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
-    for row, start in enumerate(range(0, len(urls), per_product), 1):
-        writer.writerow([row, f"Product {row}", ", ".join(urls[start:start + per_product])])
-    return out.getvalue().encode()
 
 
 def post(api: str, csv_bytes: bytes, webhook_url: str) -> tuple[float, str]:
@@ -149,8 +137,7 @@ def one_image_requests(daemon: Daemon, receiver: WebhookReceiver, server: ImageS
     through_inbox, inbox_phases = [], []
     for i in range(count):
         name = f"latency-{i:02d}.csv"
-        (daemon.inbox / f"latency-{i:02d}.json").write_text(json.dumps({"webhook_url": receiver.url}))
-        dropped = daemon.drop(name, [urls[1 + count + i]], fresh=False)
+        dropped = daemon.drop(name, [urls[1 + count + i]], fresh=False, sidecar={"webhook_url": receiver.url})
         request = daemon.wait(f"request of {name}", lambda n=name: daemon.store.latest_request_for_file(n), 60)
         arrived, payload = receiver.wait_for(request.request_id, 120)
         through_inbox.append(arrived - dropped)
@@ -165,7 +152,7 @@ def one_image_requests(daemon: Daemon, receiver: WebhookReceiver, server: ImageS
 
 def re_upload(daemon: Daemon, receiver: WebhookReceiver, server: ImageServer, count: int, tag: str) -> dict:
     api = f"http://127.0.0.1:{daemon.api_port}"
-    csv_bytes = catalogue(server.urls("photo", count, tag=tag), REUSE_URLS_PER_PRODUCT)
+    csv_bytes = catalogue(server.urls("photo", count, tag=tag))
     uploads = {}
     for upload in ("first", "second"):
         started, request_id = post(api, csv_bytes, receiver.url)
@@ -192,7 +179,8 @@ def re_upload(daemon: Daemon, receiver: WebhookReceiver, server: ImageServer, co
 def run(work: Path, server: ImageServer, requests_count: int = 12, reuse: int = 500, repeat: int = 1) -> dict:
     with WebhookReceiver() as receiver, \
             Daemon(work / "lifecycle", "process", api=True, env={"IMGPIPE_WEBHOOK_SECRET": SECRET,
-                                                                  "IMGPIPE_SENSOR_INTERVAL": "5"}) as daemon:
+                                                                  "IMGPIPE_SENSOR_INTERVAL": "5"},
+                   name="lifecycle") as daemon:
         print(f"\n== the run lifecycle: {requests_count} one-image requests through the REST API and the inbox, "
               f"a re-upload of {reuse} photographs {repeat} time(s); load {load()}", flush=True)
         result = {"load_1min_at_start": load(),

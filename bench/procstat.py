@@ -7,6 +7,7 @@ read from its parent, the fork server, whose cutime/cstime grow by each child's 
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 TICK = os.sysconf("SC_CLK_TCK")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
 
 
 def tree(root: int) -> dict[int, int]:
@@ -62,11 +64,11 @@ def kind(pid: int, parent_kind: str | None) -> str:
     """What a process of the daemon's tree is, by its command line (or its parent's kind)."""
     if parent_kind in ("fork server", "image processes"):
         return "image processes"
+    text = command(pid)
+    if "imgpipe.images.compressor" in text:  # the spare fork server too, a child of the warm run server
+        return "fork server"
     if parent_kind == "warm run server":  # a run worker is forked, so it has its server's command line
         return "run worker (steps)"
-    text = command(pid)
-    if "imgpipe.images.compressor" in text:
-        return "fork server"
     if "imgpipe.runs.warm_server" in text:
         return "warm run server"
     if "dagster-daemon" in text:
@@ -214,6 +216,15 @@ def this_process_cpu() -> float:
     """User + system CPU seconds of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def keep_freed_memory() -> None:
+    """Has this process's malloc keep the memory it frees, as a warm worker's does, so that the measures in this
+    process are of the work and not of faulting in fresh pages for each image's buffers (glibc's dynamic mmap
+    threshold would otherwise hand each decode's buffer back to the kernel and fault it in again)."""
+    libc = ctypes.CDLL(None)
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
 def own_cpu_seconds(pids) -> float:

@@ -10,12 +10,13 @@ is decoded as imgpipe decodes it, which is also the reference every encode is sc
 renditions are (`rendition_encoding`: Lanczos with `reducing_gap`). The JPEG at a width is encoded as
 `image_policy._encode_jpeg` encodes the main output (optimised Huffman tables, the input's chroma subsampling).
 
-- Calibration: for each main-output JPEG quality, the lowest WebP and AVIF quality (at `WEBP_METHOD` and
-  `AVIF_SPEED`) whose SSIMULACRA2 score is, at every width (main size, 960, 480), not below the JPEG's: the
-  median over the images of (its score - the JPEG's) >= 0. Found by bisection over the encoder quality, from a
-  bracket around the table in `imgpipe.images.rendition_quality` (widened when the answer lies outside it), a
-  width's scores only computed while the smaller widths pass. Reported at the quality found: median bytes as a
-  fraction of the JPEG's (goals: WebP <= 0.75, AVIF <= 0.6) and the median score difference (goal: >= -1).
+- Calibration: for each main-output JPEG quality and each width (main size, 960, 480: the scales of
+  `imgpipe.images.rendition_quality.SCALES`), the lowest WebP and AVIF quality (at `WEBP_METHOD` and
+  `AVIF_SPEED`) whose SSIMULACRA2 score is not below the JPEG's at that width: the median over the images of
+  (its score - the JPEG's) >= 0. Found by bisection over the encoder quality, from a bracket around the tables in
+  `imgpipe.images.rendition_quality` (widened when the answer lies outside it). Reported at the quality found:
+  median bytes as a fraction of the JPEG's (goals: WebP <= 0.75, AVIF <= 0.6) and the median score difference
+  (goal: >= -1), per width and over every image, width and quality together.
 - Encoder effort: for each WebP `method` and AVIF `speed` considered, its parity quality at one JPEG quality and
   width, the bytes there, and the CPU and wall time per image of encoding that format's three renditions.
 - The image policy's CPU per image with renditions off, WebP, and WebP + AVIF at widths 480 and 960.
@@ -30,10 +31,10 @@ Prints tables and writes bench-results/renditions.json.
 from __future__ import annotations
 
 import argparse
-import inspect
 import io
 import json
 import multiprocessing
+import os
 import platform
 import statistics
 import sys
@@ -50,18 +51,18 @@ from ssimulacra2 import ssimulacra2 as metric
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from codec_floor import keep_freed_memory  # noqa: E402
 from corpus import CPUS, RESULTS, ensure_images  # noqa: E402
-from procstat import this_process_cpu  # noqa: E402
+from procstat import keep_freed_memory, this_process_cpu  # noqa: E402
 
 from imgpipe.images import image_policy, rendition_quality  # noqa: E402
 from imgpipe.images.quality import estimate_jpeg_quality, output_quality  # noqa: E402
 from imgpipe.images.rendition_encoding import REDUCING_GAP  # noqa: E402
+from imgpipe.images.renditions import RenditionSpec  # noqa: E402
 
 # Enough files for a dozen inputs per calibrated quality (each input quality is every 56th file).
 CORPUS_FILES = 200
 MAIN = 0  # the width of an image's main output, whatever it is
-WIDTHS = (480, 960, MAIN)  # ascending cost: a width's scores are computed only while the smaller ones pass
+WIDTHS = (480, 960, MAIN)  # ascending cost
 # The main output's qualities: half the input's, so 20-48 for the corpus's inputs of 40-95. Even ones, which three
 # input qualities round to (2q-1, 2q, 2q+1), so that the corpus holds more inputs of each.
 JPEG_QUALITIES = (20, 30, 40, 46)
@@ -84,10 +85,7 @@ LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}
 GOALS = {"WEBP": 0.75, "AVIF": 0.6}  # median bytes as a fraction of the JPEG's
 WORST_DIFFERENCE = -1.0  # SSIMULACRA2 points below the JPEG's a rendition may lose, at most
 MAPPINGS = {"WEBP": rendition_quality.webp_quality, "AVIF": rendition_quality.avif_quality}
-
-
-def efforts() -> dict[str, int]:
-    return {"WEBP": rendition_quality.WEBP_METHOD, "AVIF": rendition_quality.AVIF_SPEED}
+EFFORTS = {"WEBP": rendition_quality.WEBP_METHOD, "AVIF": rendition_quality.AVIF_SPEED}  # the encoders' efforts
 
 
 def resized(image: Image.Image, width: int) -> Image.Image:
@@ -199,6 +197,8 @@ class Scorers:
 
     def __init__(self, paths: list[Path], processes: int):
         self.count = len(paths)
+        with Image.open(paths[0]) as first:
+            self.main_width = first.width  # the corpus's images are all as wide
         self.processes = min(processes, self.count)
         context = multiprocessing.get_context("fork")
         self.workers = []
@@ -278,31 +278,31 @@ def at_quality(scorers: Scorers, image_format: str, quality: int, effort: int, j
             "ssimulacra2": round(statistics.median(candidate.scores), 2),
             "jpeg_ssimulacra2": round(statistics.median(jpeg.scores), 2),
             "median_kb": round(statistics.median(candidate.sizes) / 1000, 1),
-            "jpeg_median_kb": round(statistics.median(jpeg.sizes) / 1000, 1)}
+            "jpeg_median_kb": round(statistics.median(jpeg.sizes) / 1000, 1),
+            "per_image": {"bytes_fraction": [c / j for c, j in zip(candidate.sizes, jpeg.sizes, strict=True)],
+                          "ssimulacra2_difference": [c - j for c, j in zip(candidate.scores, jpeg.scores,
+                                                                           strict=True)]}}
     return found
 
 
-def parity_quality(scorers: Scorers, image_format: str, effort: int, jpeg_quality: int,
-                   widths: tuple[int, ...]) -> dict:
-    """The lowest quality of `image_format` at `effort` that is not below the JPEG at `jpeg_quality` at any of
-    `widths`, searched from the table's quality."""
-    binding: dict[int, str] = {}
+def parity_quality(scorers: Scorers, image_format: str, effort: int, jpeg_quality: int, width: int) -> dict:
+    """The lowest quality of `image_format` at `effort` that is not below the JPEG at `jpeg_quality` at `width`,
+    searched from the tables' quality."""
+    jpeg = scorers.measure("JPEG", jpeg_quality, 0, width)
 
     def passes(quality: int) -> bool:
-        for width in widths:
-            jpeg = scorers.measure("JPEG", jpeg_quality, 0, width)
-            if median_difference(scorers.measure(image_format, quality, effort, width), jpeg) < 0:
-                binding[quality] = width_name(width)
-                return False
-        return True
+        return median_difference(scorers.measure(image_format, quality, effort, width), jpeg) >= 0
 
-    guess = MAPPINGS[image_format](jpeg_quality)
+    guess = MAPPINGS[image_format](jpeg_quality, scale(width, scorers.main_width))
     low = max(guess - BRACKET - 1, -1)
     quality = lowest_passing(passes, low, min(100, max(low + 1, guess + BRACKET)))
     if quality is None:
         return {"quality": None, "widths": {}}
-    return {"quality": quality, "binding_width": binding.get(quality - 1),
-            "widths": at_quality(scorers, image_format, quality, effort, jpeg_quality, widths)}
+    return {"quality": quality, "widths": at_quality(scorers, image_format, quality, effort, jpeg_quality, (width,))}
+
+
+def scale(width: int, main_width: int) -> float:
+    return 1.0 if width == MAIN else width / main_width
 
 
 def width_name(width: int) -> str:
@@ -324,12 +324,31 @@ def inputs_by_quality(folder: Path, jpeg_qualities: tuple[int, ...], images: int
 
 
 def calibrate(scorers: Scorers, jpeg_quality: int) -> dict:
+    """Per format and width, the parity quality at `jpeg_quality` and how it compares to the JPEG there."""
     found = {}
-    for image_format, effort in efforts().items():
-        started, measured = time.perf_counter(), len(scorers.known)
-        found[image_format] = parity_quality(scorers, image_format, effort, jpeg_quality, WIDTHS)
-        print(f"{image_format} at JPEG {jpeg_quality}: quality {found[image_format]['quality']} "
-              f"({len(scorers.known) - measured} measures, {time.perf_counter() - started:.0f} s)", flush=True)
+    for image_format, effort in EFFORTS.items():
+        found[image_format] = {}
+        for width in WIDTHS:
+            started, measured = time.perf_counter(), len(scorers.known)
+            parity = parity_quality(scorers, image_format, effort, jpeg_quality, width)
+            found[image_format][width_name(width)] = parity
+            print(f"{image_format} at JPEG {jpeg_quality}, width {width_name(width)}: quality {parity['quality']} "
+                  f"({len(scorers.known) - measured} measures, {time.perf_counter() - started:.0f} s)", flush=True)
+    return found
+
+
+def pooled(calibration: dict) -> dict:
+    """Per format, the medians over every image, width and JPEG quality of the calibration at its parity
+    qualities: bytes as a fraction of the JPEG's and SSIMULACRA2 difference to it."""
+    found = {}
+    for image_format in EFFORTS:
+        values: dict[str, list[float]] = {"bytes_fraction": [], "ssimulacra2_difference": []}
+        for rows in calibration.values():
+            for parity in rows[image_format].values():
+                for stats in parity["widths"].values():
+                    for key, per_image in stats["per_image"].items():
+                        values[key].extend(per_image)
+        found[image_format] = {key: round(statistics.median(per_image), 3) for key, per_image in values.items()}
     return found
 
 
@@ -357,7 +376,7 @@ def compare_efforts(scorers: Scorers, paths: list[Path]) -> dict:
     for image_format, candidates in (("WEBP", WEBP_METHODS), ("AVIF", AVIF_SPEEDS)):
         rows = {}
         for effort in candidates:
-            parity = parity_quality(scorers, image_format, effort, EFFORT_JPEG_QUALITY, (EFFORT_WIDTH,))
+            parity = parity_quality(scorers, image_format, effort, EFFORT_JPEG_QUALITY, EFFORT_WIDTH)
             quality = parity["quality"]
             if quality is None:
                 rows[effort] = parity
@@ -380,12 +399,6 @@ def compare_efforts(scorers: Scorers, paths: list[Path]) -> dict:
 
 def policy_cpu(datas: list[bytes]) -> dict:
     """`compress_image`'s CPU per image with renditions off, WebP, and WebP + AVIF at `POLICY_WIDTHS`."""
-    try:
-        from imgpipe.images.renditions import RenditionSpec
-    except ImportError:
-        return {"skipped": "imgpipe.images.renditions.RenditionSpec does not exist yet"}
-    if "renditions" not in inspect.signature(image_policy.compress_image).parameters:
-        return {"skipped": "image_policy.compress_image does not take renditions= yet"}
     found = {}
     for label, formats in POLICY_FORMATS.items():
         options = {} if formats is None else {"renditions": RenditionSpec(formats=formats, widths=POLICY_WIDTHS)}
@@ -395,23 +408,26 @@ def policy_cpu(datas: list[bytes]) -> dict:
     return {"widths": list(POLICY_WIDTHS), "by_renditions": found}
 
 
-def suggested_table(calibration: dict) -> dict:
-    return {image_format: [(jpeg_quality, rows[image_format]["quality"]) for jpeg_quality, rows in calibration.items()]
-            for image_format in efforts()}
+def suggested_tables(calibration: dict) -> dict:
+    """Per format and width, the (JPEG quality, parity quality) table to copy into rendition_quality."""
+    return {image_format: {width_name(width): [(jpeg_quality, rows[image_format][width_name(width)]["quality"])
+                                               for jpeg_quality, rows in calibration.items()]
+                           for width in WIDTHS}
+            for image_format in EFFORTS}
 
 
-def run(images: int, quick: bool = False, processes: int = CPUS) -> dict:
+def run(images: int, quick: bool = False, folder: Path | None = None) -> dict:
     """Calibrate on `images` photographs per main-output quality, compare encoder efforts and measure the
-    policy."""
-    started, load_at_start = time.perf_counter(), _load()
-    folder = ensure_images("photo", CORPUS_FILES)
+    policy; on the photo corpus's first CORPUS_FILES images, or on `folder`, a photo corpus of at least as many."""
+    started, load_at_start = time.perf_counter(), os.getloadavg()
+    folder = folder or ensure_images("photo", CORPUS_FILES)
     inputs = inputs_by_quality(folder, QUICK_JPEG_QUALITIES if quick else JPEG_QUALITIES, images)
     with Image.open(inputs[EFFORT_JPEG_QUALITY][0]) as first:
         first.load()
         check_against_package(first)
     calibration, effort = {}, {}
     for jpeg_quality, paths in inputs.items():
-        scorers = Scorers(paths, processes)
+        scorers = Scorers(paths, CPUS)
         try:
             calibration[jpeg_quality] = calibrate(scorers, jpeg_quality)
             if jpeg_quality == EFFORT_JPEG_QUALITY:
@@ -423,31 +439,34 @@ def run(images: int, quick: bool = False, processes: int = CPUS) -> dict:
             "corpus": folder.name, "inputs": {q: [path.name for path in paths] for q, paths in inputs.items()},
             "widths": [width_name(w) for w in WIDTHS],
             "resize": f"Image.resize LANCZOS, reducing_gap={REDUCING_GAP}, from the decoded main image",
-            "efforts": efforts(), "goals": {"bytes_fraction": GOALS, "ssimulacra2_difference": WORST_DIFFERENCE},
-            "calibration": calibration, "suggested_table": suggested_table(calibration), "effort": effort,
+            "efforts": EFFORTS, "goals": {"bytes_fraction": GOALS, "ssimulacra2_difference": WORST_DIFFERENCE},
+            "calibration": calibration, "pooled": pooled(calibration),
+            "suggested_tables": suggested_tables(calibration), "effort": effort,
             "policy": policy, "cpus": CPUS, "python": platform.python_version(), "pillow": Image.__version__,
             "libavif": features.version("avif"), "libwebp": features.version("webp"),
-            "load_average": {"start": load_at_start, "end": _load()}, "seconds": round(time.perf_counter() - started)}
-
-
-def _load() -> tuple[float, ...]:
-    with open("/proc/loadavg") as f:
-        return tuple(float(v) for v in f.read().split()[:3])
+            "load_average": {"start": load_at_start, "end": os.getloadavg()},
+            "seconds": round(time.perf_counter() - started)}
 
 
 def table(result: dict) -> str:
     lines = [(f"Renditions against the JPEG at the same width, {result['images_per_quality']} photographs per JPEG "
               "quality (inputs of twice it), median over them "
               f"(goals: bytes WebP <= {GOALS['WEBP']}, AVIF <= {GOALS['AVIF']}; SSIMULACRA2 >= {WORST_DIFFERENCE})")]
-    lines.append(f"{'format':6s} {'JPEG q':>6s} {'q':>4s} {'binds':>5s} " + " ".join(
-        f"{name + ' bytes':>10s} {name + ' dS2':>9s}" for name in result["widths"]))
+    lines.append(f"{'format':6s} {'JPEG q':>6s} " + " ".join(
+        f"{name + ' q':>7s} {name + ' bytes':>10s} {name + ' dS2':>9s}" for name in result["widths"]))
     for image_format in result["efforts"]:
         for jpeg_quality, rows in result["calibration"].items():
-            row = rows[image_format]
-            cells = " ".join(f"{w['bytes_fraction']:10.3f} {w['ssimulacra2_difference']:+9.2f}"
-                             for w in row["widths"].values())
-            lines.append(f"{image_format:6s} {jpeg_quality:>6} {row['quality']!s:>4s} "
-                         f"{row.get('binding_width') or '-':>5s} {cells}")
+            cells = []
+            for name in result["widths"]:
+                parity = rows[image_format][name]
+                stats = parity["widths"].get(name)
+                cells.append(f"{parity['quality']!s:>7s} " + (
+                    f"{stats['bytes_fraction']:10.3f} {stats['ssimulacra2_difference']:+9.2f}" if stats else
+                    f"{'-':>10s} {'-':>9s}"))
+            lines.append(f"{image_format:6s} {jpeg_quality:>6} " + " ".join(cells))
+    for image_format, medians in result["pooled"].items():
+        lines.append(f"{image_format} over every image, width and quality: bytes {medians['bytes_fraction']:.3f} "
+                     f"of the JPEG's, SSIMULACRA2 {medians['ssimulacra2_difference']:+.2f}")
     effort = result["effort"]
     lines.append(f"\nEncoder effort at JPEG {effort['jpeg_quality']}, parity at width {effort['width']}; CPU/wall "
                  "per image for its three renditions (main, 960, 480)")
@@ -465,14 +484,12 @@ def table(result: dict) -> str:
     lines.append(f"JPEG at the three widths: {reference['cpu_ms_per_image']['cpu_ms']:.0f} ms CPU; Lanczos resize to "
                  f"960 and 480: {reference['resize_to_960_and_480']['cpu_ms']:.0f} ms CPU")
     policy = result["policy"]
-    if "skipped" in policy:
-        lines.append(f"\ncompress_image with renditions: skipped, {policy['skipped']}")
-    else:
-        lines.append(f"\ncompress_image per image, renditions at widths {policy['widths']}:")
-        lines += [f"  {label:10s} {found['cpu_ms']:8.0f} ms CPU {found['wall_ms']:8.0f} ms wall"
-                  for label, found in policy["by_renditions"].items()]
-    lines.append("\nSuggested tables: " + "; ".join(
-        f"{image_format}_TABLE = {tuple(rows)}" for image_format, rows in result["suggested_table"].items()))
+    lines.append(f"\ncompress_image per image, renditions at widths {policy['widths']}:")
+    lines += [f"  {label:10s} {found['cpu_ms']:8.0f} ms CPU {found['wall_ms']:8.0f} ms wall"
+              for label, found in policy["by_renditions"].items()]
+    lines.append("\nSuggested tables (rendition_quality, by scale: main, 960, 480):")
+    lines += [f"{image_format}_TABLES = " + "; ".join(f"{name}: {tuple(rows)}" for name, rows in by_width.items())
+              for image_format, by_width in result["suggested_tables"].items()]
     return "\n".join(lines)
 
 

@@ -419,8 +419,11 @@ def main() -> None:
             (RESULTS / "huge.json").write_text(json.dumps({"machine": machine, **huge}, indent=2, default=str))
             results["huge"] = huge
     if args.renditions and not args.huge_only:
+        # The throughput's photo corpus when it is large enough: the same first images (made by index).
+        photo = folders.get("photo") if count >= renditions_bench.CORPUS_FILES else None
         results["renditions"] = renditions_bench.run(min(args.renditions, renditions_bench.QUICK_IMAGES)
-                                                     if args.quick else args.renditions, quick=args.quick)
+                                                     if args.quick else args.renditions, quick=args.quick,
+                                                     folder=photo)
         print(renditions_bench.table(results["renditions"]))
     machine["loadavg_at_end"] = os.getloadavg()
     print("\nsummary (marginal ratio from the drop, from the request; imgpipe CPU ms per image at the largest size):")

@@ -177,7 +177,7 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
     that has not ended is refused with the reason (exit 2), the others asked for are purged all the same."""
     from imgpipe.backends import open_status_store, open_storage
     from imgpipe.defs.schedules import partition_forgetter
-    from imgpipe.instance import instance_at
+    from imgpipe.instance import configured_instance
     from imgpipe.retention import PurgePlan, parse_duration, parse_statuses, purge
     from imgpipe.settings import dagster_home_dir
 
@@ -187,7 +187,7 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
         print(f"imgpipe purge: {exc}", file=sys.stderr)
         return 2
     dagster_home = dagster_home_dir(settings)
-    instance = instance_at(dagster_home) if (dagster_home / "dagster.yaml").is_file() else None
+    instance = configured_instance(dagster_home)
     if instance is None and not args.dry_run:
         print(f"note: no Dagster instance at {dagster_home}; partitions are left as they are", file=sys.stderr)
     forget = partition_forgetter(instance, delete_runs=args.runs) if instance is not None else None

@@ -1,5 +1,5 @@
 """The Dagster code location: `build_defs(settings)` assembles the assets, jobs, sensors and resources; `defs`
-is that of this process's environment (the entry point Dagster loads)."""
+is that of this process's environment (the entry point Dagster loads), built from `settings`."""
 from __future__ import annotations
 
 from dagster import Definitions
@@ -30,9 +30,9 @@ def build_defs(settings: Settings, secrets_from_env: bool = True) -> Definitions
     )
 
 
-_settings = load_settings()
-configure_logging(_settings)  # imgpipe's own log lines (the inbox's) in IMGPIPE_LOG_FORMAT, on stderr
-defs = build_defs(_settings)
+settings = load_settings()
+configure_logging(settings)  # imgpipe's own log lines (the inbox's) in IMGPIPE_LOG_FORMAT, on stderr
+defs = build_defs(settings)
 
 
 def resolved_process_request_job():

@@ -49,6 +49,11 @@ def instance_at(home: Path) -> DagsterInstance:
             os.environ["DAGSTER_HOME"] = previous
 
 
+def configured_instance(home: Path) -> DagsterInstance | None:
+    """The Dagster instance configured in `home`/dagster.yaml (`instance_at`); None when there is no such file."""
+    return instance_at(home) if (home / "dagster.yaml").is_file() else None
+
+
 class IncompleteEnvironment(RuntimeError):
     """This process lacks variables the distributed profile needs; the message names each."""
 

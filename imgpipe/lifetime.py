@@ -8,8 +8,10 @@ import os
 import signal
 
 PR_SET_PDEATHSIG = 1
-# Looked up once, in the parent: a child between fork and exec should call, not load, the C library.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
+# The C library, loaded once (and shared: the fork server's mallopt uses it too); prctl looked up once, in the
+# parent: a child between fork and exec should call, not load, the C library.
+libc = ctypes.CDLL(None, use_errno=True)
+_prctl = libc.prctl
 
 
 def die_with_parent(expected_parent: int, signum: int = signal.SIGKILL) -> None:

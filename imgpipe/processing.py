@@ -1,9 +1,9 @@
 """A request's images processed, and the request ended: what the steps of a run do, without Dagster.
 
-`compress_images` runs a batch of a request's images (the `compress_batch` step, or a request of a shared run);
-`process_requests` takes a shared run's requests from start to end, a few at a time, each ending on its own (its
-output CSV, terminal status and webhook as soon as its own images are done) and a failure of one touching no
-other.
+`compress_images` runs a batch of a request's images (the `compress_batch` step); `process_requests` takes a
+shared run's requests from start to end (each read and run through `ImagesToDo`), a few at a time, each ending on
+its own (its output CSV, terminal status and webhook as soon as its own images are done) and a failure of one
+touching no other.
 
 IMGPIPE_REQUEST_DEADLINE counts from the start of the request's processing: the start of its own run (every
 `compress_batch` step of that run, wherever it runs, gets the same instant), or in a shared run the moment the run
@@ -66,15 +66,13 @@ def renditions_for(settings: Settings, request: RequestRow | None) -> RenditionS
 
 
 def compress_images(settings: Settings, store: StatusStore, storage: Storage, request_id: str,
-                    items: Sequence[WorkItem] | None = None, hosts: HostSlots | None = None,
-                    request: RequestRow | None = None, started_at: float | None = None) -> list[ImageResult]:
+                    items: Sequence[WorkItem] | None = None, started_at: float | None = None) -> list[ImageResult]:
     """Download and compress `items` of the request (None: all it has left), recording results as they come;
     those whose every slot is already compressed (by a step that ran before, on a worker that died) are
-    skipped. `request`: its row, when the caller has read it already. `started_at`: when the request's
-    processing started (time.time(), so that it means the same on every machine; None: now), from which
-    IMGPIPE_REQUEST_DEADLINE counts."""
+    skipped. `started_at`: when the request's processing started (time.time(), so that it means the same on
+    every machine; None: now), from which IMGPIPE_REQUEST_DEADLINE counts."""
     with store.held():
-        images = ImagesToDo.read(settings, store, storage, request_id, items, hosts, request, started_at)
+        images = ImagesToDo.read(settings, store, storage, request_id, items, started_at=started_at)
     return images.run()
 
 
@@ -85,9 +83,12 @@ class ImagesToDo:
     DuckDB a connection, 10-30 ms of CPU)."""
 
     store: StatusStore
-    request_id: str
     items: list[WorkItem]
     runner: BatchRunner
+
+    @property
+    def request_id(self) -> str:
+        return self.runner.request_id
 
     @classmethod
     def read(cls, settings: Settings, store: StatusStore, storage: Storage, request_id: str,
@@ -99,8 +100,8 @@ class ImagesToDo:
         store.mark_processing(request_id, [item.input_url for item in items])
         request = request or store.get_request(request_id)
         reuse = reuse_for(settings, store, request, items)
-        return cls(store, request_id, items, BatchRunner(settings, storage, request_id, reuse, hosts, deadline,
-                                                         renditions_for(settings, request)))
+        return cls(store, items, BatchRunner(settings, storage, request_id, reuse, hosts, deadline,
+                                             renditions_for(settings, request)))
 
     def run(self, then: Callable[[], None] | None = None) -> list[ImageResult]:
         """The images done and their results recorded; `then` in the session that records the last of them (or
@@ -143,10 +144,11 @@ def process_requests(settings: Settings, store: StatusStore, storage: Storage, r
     hosts = HostSlots(settings.per_host_connections)
 
     def one(request_id: str) -> Ended:
-        ended: list[Completion] = []
+        ended: Completion | None = None
 
         def end(run_failure: str | None = None) -> None:
-            ended.append(complete_request(settings, store, storage, request_id, run_id, run_failure=run_failure))
+            nonlocal ended
+            ended = complete_request(settings, store, storage, request_id, run_id, run_failure=run_failure)
 
         try:
             with store.held():  # its row read, its processing started and its work listed in one session
@@ -159,9 +161,9 @@ def process_requests(settings: Settings, store: StatusStore, storage: Storage, r
                 images = ImagesToDo.read(settings, store, storage, request_id, hosts=hosts, request=request)
             images.run(then=end)
         except Exception as exc:  # noqa: BLE001 - one request's failure must not end the others
-            if not ended:
+            if ended is None:
                 end(printable(f"processing failed: {type(exc).__name__}: {exc}"))
-        return Ended(request_id, ended[0])
+        return Ended(request_id, ended)
 
     with ThreadPoolExecutor(REQUESTS_AT_ONCE, thread_name_prefix="imgpipe-request") as requests, \
             ThreadPoolExecutor(REQUESTS_AT_ONCE, thread_name_prefix="imgpipe-webhook") as webhooks, \

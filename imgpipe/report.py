@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 import jinja2
 
-from imgpipe.images.renditions import ALTERNATIVE, MAIN, srcset
+from imgpipe.images.renditions import ALTERNATIVE, MAIN, served_links
 from imgpipe.status.models import ImageRow, ImageStatus, RenditionRow
 from imgpipe.status.store import RequestView, StatusStore
 
@@ -82,8 +82,7 @@ def read_report(store: StatusStore, request_id: str, *, offset: int,
         view = store.request_view(request_id, offset=offset, limit=limit)
         if view is None:
             return None
-        return view, store.renditions_of(request_id, {i.input_url for i in view.images
-                                                      if i.status is ImageStatus.COMPRESSED})
+        return view, store.renditions_of_view(view)
 
 
 def render_report(view: RequestView, *, offset: int, limit: int, signed: dict[str, str | int],
@@ -140,14 +139,13 @@ def served(image: ImageRow, rows: list[RenditionRow]) -> dict:
     if not rows:
         return {"sizes": []}
     main = next(row for row in rows if row.role == MAIN)
-    here = f"{IMAGES_BASE}{image.request_id}/"
-    folder = image.output_url.rsplit("/", 1)[0]
+    served_url = f"{IMAGES_BASE}{image.request_id}/{main.name}"
+    urls, image_srcset = served_links(image.output_url, ((row.name, row.width) for row in rows),
+                                      served_url=served_url)
     by_width: dict[int, list[dict]] = {}
     for row in sorted(rows, key=lambda row: (-row.width, row.role == ALTERNATIVE, row.format)):
-        by_width.setdefault(row.width, []).append(
-            {"format": row.format, "bytes": row.bytes, "url": f"{folder}/{row.name}"})
-    return {"served_url": here + main.name, "srcset": srcset(here + main.name, by_width),
-            "sizes": list(by_width.items())}
+        by_width.setdefault(row.width, []).append({"format": row.format, "bytes": row.bytes, "url": urls[row.name]})
+    return {"served_url": served_url, "srcset": image_srcset, "sizes": list(by_width.items())}
 
 
 def _shown(moment: datetime | None) -> str:

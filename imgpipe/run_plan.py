@@ -1,7 +1,7 @@
-"""Which queued requests share a run. A run's start costs seconds (a fresh interpreter importing Dagster and the
-code location); a marketplace sends hundreds of small CSVs at once. So requests queued together are processed in
-runs of several, each request still ending on its own; a large request keeps a run of its own, where its images
-can be spread over steps.
+"""Which queued requests share a run. Each run costs its own setup and events (its record, a process forked from
+the warm run server, its steps' and materializations' events); a marketplace sends hundreds of small CSVs at once.
+So requests queued together are processed in runs of several, each request still ending on its own; a large
+request keeps a run of its own, where its images can be spread over steps.
 """
 from __future__ import annotations
 

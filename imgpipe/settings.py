@@ -14,7 +14,7 @@ from typing import Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from imgpipe.images.renditions import RenditionSpec, RenditionSpecError, parse_formats, parse_widths
+from imgpipe.images.renditions import RenditionSpecError, canonical, parse_formats, parse_widths
 
 MIB = 1024 * 1024
 ENV_PREFIX = "IMGPIPE_"
@@ -147,12 +147,12 @@ class Settings(Limits):
     @field_validator("renditions")
     @classmethod
     def _rendition_formats(cls, formats: str) -> str:
-        return _canonical(lambda: ",".join(parse_formats(formats)))
+        return _canonical(formats, parse_formats)
 
     @field_validator("widths")
     @classmethod
     def _rendition_widths(cls, widths: str) -> str:
-        return _canonical(lambda: ",".join(map(str, parse_widths(widths))))
+        return _canonical(widths, parse_widths)
 
     @field_validator("profile")
     @classmethod
@@ -192,11 +192,6 @@ class Settings(Limits):
     @property
     def reuse_enabled(self) -> bool:
         return self.reuse == "on"
-
-    @property
-    def rendition_spec(self) -> RenditionSpec:
-        """What requests that name no renditions or widths get."""
-        return RenditionSpec.parse(self.renditions, self.widths)
 
     @property
     def retention_period(self) -> timedelta | None:
@@ -283,10 +278,10 @@ def process_environment(**overrides: str) -> dict[str, str]:
     return {**os.environ, **overrides}
 
 
-def _canonical(parse) -> str:
-    """`parse()`, with its problem as a field's (pydantic names the variable and value before it)."""
+def _canonical(text: str, parse) -> str:
+    """`canonical(text, parse)`, with its problem as a field's (pydantic names the variable and value before it)."""
     try:
-        return parse()
+        return canonical(text, parse)
     except RenditionSpecError as exc:
         raise ValueError(exc.problem) from None
 

@@ -54,12 +54,14 @@ CONTENT_TYPES = {".jpg": "image/jpeg", ".webp": "image/webp", ".png": "image/png
 THUMBNAIL_SIDES = ("before", "after")
 
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+# What a rendition's name has between its image's stem and its extension (`.w480`), as a pattern.
+WIDTH_PATTERN = r"\.w[0-9]{1,5}"
 # An image: a main output (`r1-p2.jpg`) or a rendition of one (`r1-p2.w480.avif`).
-_IMAGE_NAME = re.compile(rf"[0-9A-Za-z_-]{{1,64}}(\.w[0-9]{{1,5}})?\.({'|'.join(IMAGE_EXTENSIONS)})")
+_IMAGE_NAME = re.compile(rf"[0-9A-Za-z_-]{{1,64}}({WIDTH_PATTERN})?\.({'|'.join(IMAGE_EXTENSIONS)})")
 _THUMBNAIL_NAME = re.compile(r"[0-9A-Za-z_-]{1,64}\.(before|after)\.jpg")
 _RENDITIONS_NAME = re.compile(r"[0-9A-Za-z_-]{1,64}\.renditions\.json")
 _CONTENT_NAME = re.compile(
-    rf"[0-9a-f]{{64}}((\.w[0-9]{{1,5}})?\.({'|'.join(IMAGE_EXTENSIONS)})|\.(before|after)\.jpg|\.renditions\.json)")
+    rf"[0-9a-f]{{64}}(({WIDTH_PATTERN})?\.({'|'.join(IMAGE_EXTENSIONS)})|\.(before|after)\.jpg|\.renditions\.json)")
 RENDITIONS_SUFFIX = ".renditions.json"
 MAX_NAME_BYTES = 255
 
@@ -378,10 +380,17 @@ class LocalStorage(Storage):
 
     def _delete_prefixed(self, prefix: str) -> None:
         path = self.path(prefix)
-        # With the temporary files of interrupted writes (`.<name>.<random>.tmp`).
-        for name in (f"{path.name}*", f".{path.name}*.tmp"):
-            for found in path.parent.glob(name):
-                found.unlink(missing_ok=True)
+        # With the temporary files of interrupted writes (`.<name>.<random>.tmp`); one listing of the folder.
+        start, temporary = path.name, f".{path.name}"
+        try:
+            with os.scandir(path.parent) as entries:
+                names = [entry.name for entry in entries]
+        except (FileNotFoundError, NotADirectoryError, PermissionError):  # nothing there, as glob() finds nothing
+            return
+        for name in names:
+            if name.startswith(start) or (name.startswith(temporary) and name.endswith(".tmp")
+                                          and len(name) >= len(temporary) + len(".tmp")):
+                (path.parent / name).unlink(missing_ok=True)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -10,6 +10,7 @@ import base64
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -39,6 +40,11 @@ os.environ.update({
 })
 for name in ("IMGPIPE_API_TOKEN", "IMGPIPE_WEBHOOK_URL", "IMGPIPE_PROFILE"):
     os.environ.pop(name, None)
+
+
+def pytest_configure(config):
+    # A shell's background job (`make test`'s restart pytest) starts with SIGINT ignored: let Ctrl-C stop it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session, exitstatus):

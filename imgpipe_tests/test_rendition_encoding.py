@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, ImageCms, JpegImagePlugin
+from PIL import Image, JpegImagePlugin
 
 from imgpipe.images.image_policy import compress_image
 from imgpipe.images.rendition_encoding import make_renditions
 from imgpipe.images.rendition_quality import avif_quality
 from imgpipe.images.renditions import RenditionSpec
 from imgpipe_tests.images import illustration, noisy_gradient, photo_like
+from imgpipe_tests.test_image_policy import LIMITS, SRGB_PROFILE, encode
 
-LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}
-SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 ALL = RenditionSpec.parse("webp,avif", "480,960,2000")
 LARGE = b"x" * 10_000_000  # more than any encode of the images here: a reference every alternative is below
-
-
-def encode(image: Image.Image, image_format: str, **params) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, image_format, **params)
-    return buffer.getvalue()
 
 
 def opened(data: bytes) -> Image.Image:
@@ -140,3 +133,23 @@ def test_the_avif_quality_follows_the_main_outputs():
         sizes.append(len(result.renditions[0].data))
         assert avif_quality(result.quality_out) < 100
     assert sizes[1] < sizes[0]
+
+
+def test_each_width_is_encoded_at_the_quality_of_its_scale(monkeypatch):
+    """The narrower rendition follows the table of its scale (its width over the image's), the main size its own."""
+    from imgpipe.images import rendition_quality
+
+    image = photo_like(600, 400, seed=11)
+    spec = RenditionSpec.parse("avif", "300")
+
+    def avif_bytes(tables) -> dict[int, int]:
+        monkeypatch.setattr(rendition_quality, "AVIF_TABLES", tables)
+        renditions = make_renditions(image, spec, fallback=lambda pixels: LARGE, fallback_format="JPEG",
+                                     main_format="JPEG", main_bytes=len(LARGE), jpeg_quality=40,
+                                     profile_for=lambda mode: None)
+        return {r.width: len(r.data) for r in renditions if r.format == "AVIF"}
+
+    narrow_low = avif_bytes({1.0: ((40, 90),), 0.5: ((40, 10),)})
+    narrow_high = avif_bytes({1.0: ((40, 10),), 0.5: ((40, 90),)})
+    assert narrow_low[300] < narrow_high[300]
+    assert narrow_low[600] > narrow_high[600]

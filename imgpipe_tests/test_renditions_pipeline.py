@@ -21,6 +21,7 @@ from imgpipe_tests.asgi import asgi_get
 from imgpipe_tests.images import illustration
 from imgpipe_tests.pipeline import process_here
 from imgpipe_tests.servers import CatalogServer
+from imgpipe_tests.test_retention import made_old
 
 BASE = "http://127.0.0.1:8000"
 CHROME = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
@@ -196,7 +197,7 @@ def test_purge_leaves_no_file_of_a_purged_request_and_kept_renditions_go_with_th
     older_urls = [r["url"] for image in images_of(app, older) for r in image["renditions"]]
     newer_urls = [r["url"] for image in images_of(app, newer) for r in image["renditions"]]
     shas = {i.input_sha256 for i in store.images(older)}
-    store._run(("UPDATE requests SET created_at = created_at - INTERVAL '1 day' WHERE request_id = ?", [older]))
+    made_old(store, older)
 
     [purged] = purge(store, storage, PurgePlan(older_than=parse_duration("12h"), statuses=parse_statuses(None)))
 
@@ -210,7 +211,7 @@ def test_purge_leaves_no_file_of_a_purged_request_and_kept_renditions_go_with_th
     kept = {key for key in stored_keys(storage) if any(sha in key for sha in shas)}
     assert {key.rsplit(".", 2)[-2] for key in kept} >= {"w480", "w640", "w1200"}
 
-    store._run(("UPDATE requests SET created_at = created_at - INTERVAL '1 day' WHERE request_id = ?", [newer]))
+    made_old(store, newer)
     assert [o.request.request_id for o in purge(store, storage, PurgePlan(
         older_than=parse_duration("12h"), statuses=parse_statuses(None)))] == [newer]
     assert stored_keys(storage) == before  # no file of either request, nor of what was kept for them

@@ -12,16 +12,15 @@ from dagster import DagsterRun, DagsterRunStatus, RunsFilter, build_sensor_conte
 from dagster._core.utils import make_new_run_id
 
 from imgpipe.backends import open_storage
-from imgpipe.defs.sensors import due_after
-from imgpipe.run_plan import OWN_RUN_IMAGES
-from imgpipe.intake.intake import Upload, take_upload
-from imgpipe.runs.launch import RunLauncherAtOnce
-from imgpipe.status.models import Source
-
 from imgpipe.definitions import build_defs
-from imgpipe.settings import Settings
+from imgpipe.defs.sensors import due_after
+from imgpipe.intake.intake import Upload, take_upload
+from imgpipe.run_plan import OWN_RUN_IMAGES
+from imgpipe.runs.launch import RunLauncherAtOnce
 from imgpipe.runs.tags import request_tag
+from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
+from imgpipe.status.models import Source
 from imgpipe.status.store import utcnow
 from imgpipe_tests.servers import drop_into_inbox, product_csv
 

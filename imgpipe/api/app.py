@@ -3,8 +3,8 @@
 An upload goes straight through the intake (`take_upload`): validated once, kept in the storage
 (`requests/<id>/input.csv`, or `rejected/<id>/` beside `errors.json`) and recorded, `queued` with its image slots
 or `rejected`. Status is read from the store (`GET /requests/{id}` whole, paged or summarized, `GET /requests` a
-page of summaries, the HTML report, `/metrics`: all paged or aggregated in SQL); images, thumbnails and output CSVs from the storage. The app never
-reads the environment: `imgpipe.cli` passes the settings in.
+page of summaries, the HTML report, `/metrics`: all paged or aggregated in SQL); images, thumbnails and output
+CSVs from the storage. The app never reads the environment: `imgpipe.cli` passes the settings in.
 
 Modules: `uploads` (the body, streamed through python-multipart under limits), `auth` (the bearer token),
 `models` (request and response bodies), `errors` (the one error shape), `openapi` (what FastAPI cannot infer),
@@ -284,8 +284,10 @@ class Api:
             raise ApiError(404, f"request {request_id} ended {row.status} without an output CSV")
         return Response(data, media_type=CSV_MEDIA_TYPE)
 
-    async def _stored(self, read, request_id: str, name: str, *, missing: str) -> bytes:
-        """A file the storage holds under a name it accepts; 404 for any other name or a missing file."""
+    async def _stored(self, read: Callable[[str, str], T | None], request_id: str, name: str, *,
+                      missing: str) -> T:
+        """What `read` finds of the request under a name the storage accepts; 404 for any other name or a missing
+        file."""
         try:
             data = await run_in_threadpool(read, request_id, name)
         except ValueError:  # a name the pipeline never writes
@@ -307,12 +309,8 @@ class Api:
         `accept` and `width` (`serve_image`). Only names the pipeline writes are looked up, so a folder, a `..` or
         any other path is a 404 before the storage is asked."""
         request_id, _, name = path.partition("/")
-        try:
-            served = await run_in_threadpool(serve_image, self.storage, request_id, name, accept, width)
-        except ValueError:  # a name the pipeline never writes
-            served = None
-        if served is None:
-            raise ApiError(404, f"no image {path[:200]}")
+        served = await self._stored(functools.partial(serve_image, self.storage, accept=accept, width=width),
+                                    request_id, name, missing=f"no image {path[:200]}")
         # A slot's files are written once (a retry only fills slots that failed), so caches may keep them a day;
         # one answer per Accept where that chooses the file.
         headers = {"Cache-Control": IMAGE_CACHE_CONTROL, **({"Vary": "Accept"} if served.negotiated else {})}

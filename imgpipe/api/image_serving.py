@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgpipe.images.renditions import RenditionSet, main_stem, negotiate
-from imgpipe.storage import Storage, content_type_of
+from imgpipe.storage import Storage, checked_image_name, content_type_of
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ def serve_image(storage: Storage, request_id: str, name: str, accept: str | None
                 width: int | None) -> ServedImage | None:
     """The file `name` of the request, or for an image with renditions the one `negotiate` chooses for `accept`
     and `width`; None when there is none. ValueError for a request ID or name the pipeline never writes."""
-    stem = main_stem(name)
+    stem = main_stem(checked_image_name(name))  # a name the pipeline never writes costs no read
     record = storage.read_renditions(request_id, stem) if stem else None
     if record is not None:
         renditions = RenditionSet.from_json(record)

@@ -23,8 +23,7 @@ from imgpipe.images.fetcher import FetchError, FetchLimits, FetchResult, HostQue
 from imgpipe.images.image_policy import POLICY_VERSION
 from imgpipe.images.rendition_files import RequestRenditions
 from imgpipe.images.renditions import RenditionSpec
-from imgpipe.images.url_safety import netloc_of
-from imgpipe.images.url_safety import AllowList
+from imgpipe.images.url_safety import AllowList, netloc_of
 from imgpipe.settings import Settings, env_name
 from imgpipe.status.models import ContentOutput, ImageResult, ImageSlot, ImageStatus, Obtained, ReuseCandidate
 from imgpipe.storage import Storage
@@ -162,6 +161,7 @@ class BatchRunner:
         deadline = min(started + self.settings.image_timeout, self.deadline)
         candidate = self.reuse.candidates.get(item.input_url) if self.reuse else None
         kept = candidate.output if candidate else None
+        refused = None  # a kept output `_reuse` has already turned down for this image
         try:
             if kept and (candidate.etag or candidate.last_modified):
                 download = self._fetch(item, deadline, Validators(candidate.etag, candidate.last_modified,
@@ -171,6 +171,7 @@ class BatchRunner:
                     if reused:
                         return reused
                     # The kept output is gone, or lacks renditions asked for: the whole image again.
+                    refused = kept
                     download = self._fetch(item, deadline)
             else:
                 download = self._fetch(item, deadline)
@@ -184,7 +185,8 @@ class BatchRunner:
         keep = self.reuse is not None and not download.no_store
         if keep:
             known = kept if candidate and candidate.input_sha256 == sha256 else self.reuse.find_output(sha256)
-            if known:
+            # Not the output refused above once more: its files and record were just read, and found wanting.
+            if known and not _same_output(known, refused):
                 reused = self._reuse(item, known, Obtained.SAME_CONTENT, download, started, sha256)
                 if reused:
                     return reused
@@ -281,6 +283,11 @@ def _validators_to_keep(download: FetchResult, kept_extension: str | None) -> di
         return {"etag": None, "last_modified": None, "validated_url": None, "kept_extension": None}
     return {"etag": download.etag, "last_modified": download.last_modified, "validated_url": download.url,
             "kept_extension": kept_extension}
+
+
+def _same_output(output: ContentOutput, other: ContentOutput | None) -> bool:
+    return other is not None and (output is other or (output.input_sha256, output.extension)
+                                  == (other.input_sha256, other.extension))
 
 
 def _failed(item: WorkItem, error: str, bytes_in: int | None = None) -> ImageResult:

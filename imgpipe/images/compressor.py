@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import ctypes
 import fcntl
 import gc
 import importlib
@@ -52,11 +51,11 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Callable, NoReturn
+from typing import BinaryIO, Callable, NoReturn
 
 from imgpipe.images.image_policy import CompressedImage, ImageRejected
 from imgpipe.images.renditions import RenditionSpec
-from imgpipe.lifetime import die_with_parent
+from imgpipe.lifetime import die_with_parent, libc
 
 MIB = 1024 * 1024  # not imported from imgpipe.settings: the server's heap stays without pydantic
 
@@ -216,12 +215,13 @@ class ForkServerClient:
         with self._lock:
             return self._process.pid if self._process is not None and self._owner_pid == os.getpid() else None
 
-    def adopt(self, pid: int, requests_fd: int, answers_fd: int) -> None:
+    def adopt(self, pid: int, requests: int | BinaryIO, answers: int | BinaryIO) -> None:
         """Use the fork server `pid`, started ahead of need by this process's parent (the warm run server), over
-        the ends of its pipes this process inherited, instead of starting one: that takes an interpreter 0.2-0.4 s
-        to start and import the image policy, at the start of each run."""
+        the ends of its pipes this process inherited (file descriptors, or the unbuffered files of the parent's
+        Popen), instead of starting one: that takes an interpreter 0.2-0.4 s to start and import the image
+        policy, at the start of each run."""
         with self._lock:
-            self._serve_through(_AdoptedServer(pid, requests_fd, answers_fd))
+            self._serve_through(_AdoptedServer(pid, requests, answers))
 
     def _running_server(self) -> subprocess.Popen | _AdoptedServer:
         if self._process is None or self._owner_pid != os.getpid() or self._process.poll() is not None:
@@ -271,10 +271,10 @@ class _AdoptedServer:
     child, so its exit status is not ours to know. Like a server of our own, it exits at the end of its requests
     (this process's end of the pipe, the only one left open)."""
 
-    def __init__(self, pid: int, requests_fd: int, answers_fd: int):
+    def __init__(self, pid: int, requests: int | BinaryIO, answers: int | BinaryIO):
         self.pid = pid
-        self.stdin = os.fdopen(requests_fd, "wb", buffering=0)
-        self.stdout = os.fdopen(answers_fd, "rb", buffering=0)
+        self.stdin = os.fdopen(requests, "wb", buffering=0) if isinstance(requests, int) else requests
+        self.stdout = os.fdopen(answers, "rb", buffering=0) if isinstance(answers, int) else answers
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
@@ -303,9 +303,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def adopt_server(pid: int, requests_fd: int, answers_fd: int) -> None:
+def adopt_server(pid: int, requests: int | BinaryIO, answers: int | BinaryIO) -> None:
     """This process's compressions go to the fork server `pid` (see `ForkServerClient.adopt`)."""
-    _client.adopt(pid, requests_fd, answers_fd)
+    _client.adopt(pid, requests, answers)
 
 
 def _server_environment() -> dict[str, str]:
@@ -639,10 +639,7 @@ def main() -> None:
     _widen(answers_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the caller, whose exit ends this server
     global _libc
-    try:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        pass
+    _libc = libc  # loaded as `imgpipe.lifetime` was imported (a C library that fails to load fails that import)
     # Everything imported so far is shared with every child; frozen, no collection in a child touches (and so
     # copies) those pages, and none here walks them again.
     gc.collect()

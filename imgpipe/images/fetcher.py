@@ -611,7 +611,6 @@ def fetch(
     # Without a deadline of its own, the download deadline bounds the whole call, and its error says just that.
     cut_short = f"download took longer than {limits.deadline:g} s" if deadline is None else (
         "download stopped at the image's deadline")
-    first_host = netloc_of(url)
     failures: list[FetchError] = []
     while True:
         try:
@@ -624,6 +623,7 @@ def fetch(
             wait, why_not = _next_wait(exc, len(failures), limits.attempts, until)
             if wait is not None:
                 # The host's other downloads may have it given up, before the wait or during it.
+                first_host = netloc_of(url) if hosts else ""
                 given_up = hosts and hosts.refusal(first_host)
                 if not given_up:
                     time.sleep(wait)  # holding no connection slot: the exchange is over

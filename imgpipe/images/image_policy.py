@@ -82,7 +82,7 @@ def compress_image(data: bytes, *, max_pixels: int, max_frames: int,
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with _open(data) as source:
-                return _compress(data, source, max_pixels, max_frames, renditions or RenditionSpec())
+                return _compress(data, source, max_pixels, max_frames, renditions)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _beyond_pillow_limit(exc, max_pixels) from None
 
@@ -98,7 +98,7 @@ def _open(data: bytes) -> ImageFile.ImageFile:
 
 
 def _compress(data: bytes, source: ImageFile.ImageFile, max_pixels: int, max_frames: int,
-              spec: RenditionSpec) -> CompressedImage:
+              spec: RenditionSpec | None) -> CompressedImage:
     is_jpeg = source.format in ("JPEG", "MPO")
     # Read before any transform: a transposed copy is no longer a JPEG, and "keep" would lose the sampling.
     # Anything but a JPEG gets -1, the encoder's default (4:2:0).
@@ -114,28 +114,32 @@ def _compress(data: bytes, source: ImageFile.ImageFile, max_pixels: int, max_fra
         raise _corrupt(exc) from None
 
     quality_out = output_quality(quality_in)
+    # The image's profile for pixels of a mode, read once a mode: the main encode and every rendition's use it.
+    profile_for = functools.cache(functools.partial(_profile_for, icc_profile=icc_profile))
     if frame_count == 1 and _is_opaque(frames[0]):
         image, out_format, extension = _without_alpha(frames[0]), "JPEG", ".jpg"
-        profile = _profile_for(image.mode, icc_profile)
+        profile = profile_for(image.mode)
 
         def encode(pixels: Image.Image) -> bytes:
             return _encode_jpeg(pixels, quality_out, subsampling, profile)
+
+        output = encode(image)
     else:
         image, out_format, extension = frames[0], "WEBP", ".webp"
         loop = source.info.get("loop", 1)  # a GIF without a loop count plays once
-        profile = _profile_for("RGB", icc_profile)
+        profile = profile_for("RGB")
 
         def encode(pixels: Image.Image) -> bytes:
             return _encode_webp([pixels], durations[:1], loop, quality_out, profile)
 
-    output = encode(image) if frame_count == 1 else _encode_webp(frames, durations, loop, quality_out, profile)
+        output = _encode_webp(frames, durations, loop, quality_out, profile)
     chosen = _smallest(data, source, output, out_format, extension, quality_out)
     thumbnail_before = _thumbnail(image)
     # Of the same pixels; a rendition's fallback is encoded as the main output is.
     renditions = make_renditions(
         image, spec, fallback=encode, fallback_format=out_format, main_format=chosen.format,
         main_bytes=len(chosen.data), jpeg_quality=quality_out,
-        profile_for=functools.partial(_profile_for, icc_profile=icc_profile)) if spec and frame_count == 1 else ()
+        profile_for=profile_for) if spec and frame_count == 1 else ()
 
     return CompressedImage(
         data=chosen.data,

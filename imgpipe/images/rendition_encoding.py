@@ -5,9 +5,10 @@ main encode's format (the `fallback` encoder: the same JPEG settings as the main
 image with transparency). At those widths and at the image's own: each asked format, kept only when smaller than
 the fallback (or the main output) of its width. Metadata as in the main output: none but the ICC profile.
 
-Encoders: WebP at `webp_quality(q)` with `method=WEBP_METHOD`, AVIF (Pillow's own plugin, libavif) at
-`avif_quality(q)` with `speed=AVIF_SPEED` and one thread, where q is the main output's JPEG quality
-(`imgpipe.images.rendition_quality`, calibrated against the JPEG of the same width).
+Encoders: WebP at `webp_quality(q, scale)` with `method=WEBP_METHOD`, AVIF (Pillow's own plugin, libavif) at
+`avif_quality(q, scale)` with `speed=AVIF_SPEED` and one thread, where q is the main output's JPEG quality and
+scale the rendition's width over the image's (`imgpipe.images.rendition_quality`, calibrated against the JPEG of
+the same width).
 """
 from __future__ import annotations
 
@@ -45,25 +46,25 @@ def make_renditions(image: Image.Image, spec: RenditionSpec, *, fallback: Callab
             format = PILLOW_FORMATS[name]
             if format == own_format:  # that file is this width's already
                 continue
-            data = _ENCODERS[format](pixels, jpeg_quality, profile_for)
+            data = _ENCODERS[format](pixels, jpeg_quality, width / image.width, profile_for)
             if len(data) < reference:
                 made.append(Rendition(format, width, pixels.height, data))
     return tuple(made)
 
 
-def _webp(pixels: Image.Image, jpeg_quality: int, profile_for: ProfileFor) -> bytes:
+def _webp(pixels: Image.Image, jpeg_quality: int, scale: float, profile_for: ProfileFor) -> bytes:
     output = io.BytesIO()
     # WebP holds RGB(A) only (Pillow converts grey), so a profile must describe RGB.
-    pixels.save(output, "WEBP", quality=webp_quality(jpeg_quality), method=WEBP_METHOD,
+    pixels.save(output, "WEBP", quality=webp_quality(jpeg_quality, scale), method=WEBP_METHOD,
                 icc_profile=profile_for("RGB"))
     return output.getvalue()
 
 
-def _avif(pixels: Image.Image, jpeg_quality: int, profile_for: ProfileFor) -> bytes:
+def _avif(pixels: Image.Image, jpeg_quality: int, scale: float, profile_for: ProfileFor) -> bytes:
     output = io.BytesIO()
     # One thread: the compressor already runs an image per core, where the encoder's own threads would contend.
     # icc_profile is always given: Pillow would otherwise copy the decoded image's own, whatever the mode.
-    pixels.save(output, "AVIF", quality=avif_quality(jpeg_quality), speed=AVIF_SPEED, max_threads=1,
+    pixels.save(output, "AVIF", quality=avif_quality(jpeg_quality, scale), speed=AVIF_SPEED, max_threads=1,
                 icc_profile=profile_for("L" if pixels.mode == "L" else "RGB"), exif=b"", xmp=b"")
     return output.getvalue()
 

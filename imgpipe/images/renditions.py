@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
-from imgpipe.images.rendition_quality import AVIF_SPEED, WEBP_METHOD, avif_quality, webp_quality
+from imgpipe.images.rendition_quality import AVIF_SPEED, SCALES, WEBP_METHOD, avif_quality, webp_quality
+from imgpipe.storage import CONTENT_TYPES, WIDTH_PATTERN
+from imgpipe.text import ascii_int
 
 # As requests name them, in their canonical order, and as Pillow names them.
 FORMATS = ("webp", "avif")
@@ -25,15 +28,16 @@ ALTERNATIVE_FORMATS = frozenset(PILLOW_FORMATS.values())
 # A fallback's format, by preference: an image without transparency has a JPEG fallback, one with it a WebP.
 FALLBACK_FORMATS = ("JPEG", "WEBP")
 EXTENSIONS = {"JPEG": ".jpg", "WEBP": ".webp", "AVIF": ".avif", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp"}
-MEDIA_TYPES = {"JPEG": "image/jpeg", "WEBP": "image/webp", "AVIF": "image/avif", "PNG": "image/png",
-               "GIF": "image/gif", "BMP": "image/bmp"}
+MEDIA_TYPES = {format: CONTENT_TYPES[extension] for format, extension in EXTENSIONS.items()}
 MAX_WIDTHS = 8  # each width costs an encode per format, in the image's own process and time
 MAX_WIDTH = 16383  # the widest image WebP can hold
 # In a plan, the fallback of a width (its format depends on the image).
 FALLBACK = "fallback"
 MAIN, ALTERNATIVE = "main", "alternative"  # the other roles of a file
 
-_NAME = re.compile(r"(?P<stem>[0-9A-Za-z_-]{1,64})(?P<width>\.w[0-9]{1,5})?\.[a-z]{3,4}")
+_NAME = re.compile(rf"(?P<stem>[0-9A-Za-z_-]{{1,64}})(?P<width>{WIDTH_PATTERN})?\.[a-z]{{3,4}}")
+# A width is read with as many digits as int() reads by default (a zero-padded one as well); one longer is none.
+_WIDTH_DIGITS = sys.int_info.default_max_str_digits
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -62,13 +66,24 @@ def parse_widths(text: str) -> tuple[int, ...]:
     for part in (part.strip() for part in text.split(",")):
         if not part:
             continue
-        if not (part.isascii() and part.isdigit() and 1 <= int(part) <= MAX_WIDTH):
+        width = ascii_int(part, _WIDTH_DIGITS)
+        if width is None or not 1 <= width <= MAX_WIDTH:
             raise RenditionSpecError("widths", text, f"names {part!r}, which is not a width in pixels "
                                                      f"(a whole number from 1 to {MAX_WIDTH})")
-        widths.add(int(part))
+        widths.add(width)
     if len(widths) > MAX_WIDTHS:
         raise RenditionSpecError("widths", text, f"names {len(widths)} widths, more than {MAX_WIDTHS}")
     return tuple(sorted(widths))
+
+
+def canonical(text: str, parse: Callable[[str], Iterable[object]]) -> str:
+    """A comma list as `parse` (`parse_formats`, `parse_widths`) reads it, written the one way (`avif, WEBP` is
+    `webp,avif`); RenditionSpecError as `parse` raises it."""
+    return _comma_list(parse(text))
+
+
+def _comma_list(items: Iterable[object]) -> str:
+    return ",".join(map(str, items))
 
 
 @dataclass(frozen=True)
@@ -95,11 +110,11 @@ class RenditionSpec:
 
     @property
     def formats_text(self) -> str:
-        return ",".join(self.formats)
+        return _comma_list(self.formats)  # canonical already (`__post_init__`)
 
     @property
     def widths_text(self) -> str:
-        return ",".join(map(str, self.widths))
+        return _comma_list(self.widths)
 
 
 @dataclass(frozen=True)
@@ -145,8 +160,10 @@ def main_stem(name: str) -> str | None:
 def encoder_settings(jpeg_quality: int) -> str:
     """The encoders' settings for the renditions of a main output at `jpeg_quality`: a kept output's renditions
     are reused only while these are the same (a new calibration makes them again)."""
-    return (f"webp q{webp_quality(jpeg_quality)} m{WEBP_METHOD}; "
-            f"avif q{avif_quality(jpeg_quality)} s{AVIF_SPEED}")
+    def qualities(mapping) -> str:  # at each calibrated scale, which the qualities of every other one follow
+        return "/".join(str(mapping(jpeg_quality, scale)) for scale in SCALES)
+
+    return f"webp q{qualities(webp_quality)} m{WEBP_METHOD}; avif q{qualities(avif_quality)} s{AVIF_SPEED}"
 
 
 @dataclass(frozen=True)
@@ -341,3 +358,13 @@ def srcset(url: str, widths: Iterable[int]) -> str:
     ordered = sorted(set(widths))
     return ", ".join(f"{url} {w}w" if w == ordered[-1] else f"{url}?w={w} {w}w" for w in ordered)
 
+
+def served_links(output_url: str, files: Iterable[tuple[str, int]], *,
+                 served_url: str | None = None) -> tuple[dict[str, str], str]:
+    """For the image at `output_url` whose URL answers with `files` (name and width of each): each file's URL by
+    its name (a rendition is served beside its main output), and the `srcset` of the image at `served_url`
+    (`output_url` unless given: a page may reach the same URL by another way)."""
+    files = list(files)
+    folder = output_url.rsplit("/", 1)[0]
+    return ({name: f"{folder}/{name}" for name, _ in files},
+            srcset(output_url if served_url is None else served_url, (width for _, width in files)))

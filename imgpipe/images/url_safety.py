@@ -11,7 +11,7 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import idna
 
@@ -237,13 +237,7 @@ def check_url(url: str, allow: AllowList, resolver: Resolver = socket.getaddrinf
     """Check `url` and resolve its host once; raise UnsafeUrl or UnresolvableHost, else say where to connect."""
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeUrl(f"blocked: URL is longer than {MAX_URL_LENGTH} characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise UnsafeUrl(f"blocked: not a valid URL ({exc})") from exc
-    if parts.scheme not in DEFAULT_PORTS:
-        raise UnsafeUrl(f"blocked: scheme {parts.scheme!r} is not http or https")
+    parts, port = _split(url)
     if "@" in parts.netloc:
         raise UnsafeUrl("blocked: URL has user info")
     if not parts.hostname:
@@ -252,13 +246,8 @@ def check_url(url: str, allow: AllowList, resolver: Resolver = socket.getaddrinf
         raise UnsafeUrl("blocked: port 0 is not a valid port")
     port = port or DEFAULT_PORTS[parts.scheme]
 
-    literal = _ip_literal(parts.hostname)
-    if literal is not None:
-        host = str(literal)
-        addresses = [literal]
-    else:
-        host = _normalise_hostname(parts.hostname)
-        addresses = _resolve(host, port, resolver)
+    host, literal = _host(parts.hostname)
+    addresses = [literal] if literal is not None else _resolve(host, port, resolver)
 
     for ip in addresses:
         reason = _why_not_public(ip)
@@ -276,13 +265,31 @@ def netloc_of(url: str) -> str:
     step counts its downloads to a host and gives a host up. "" for a URL the check would refuse as it is spelled
     (its fetch fails at once)."""
     try:
-        parts = urlsplit(url)
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
-        literal = _ip_literal(parts.hostname or "")
-        host = str(literal) if literal is not None else _normalise_hostname(parts.hostname or "")
-    except (ValueError, KeyError, UnsafeUrl):
+        parts, port = _split(url)
+        host, _literal = _host(parts.hostname or "")
+    except ValueError:  # UnsafeUrl is one
         return ""
-    return _netloc(parts.scheme, host, port)
+    return _netloc(parts.scheme, host, port or DEFAULT_PORTS[parts.scheme])
+
+
+def _split(url: str) -> tuple[SplitResult, int | None]:
+    """`url`'s parts and the port it names (None: none, the scheme's); UnsafeUrl for a URL that does not parse or
+    whose scheme is not http or https."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeUrl(f"blocked: not a valid URL ({exc})") from exc
+    if parts.scheme not in DEFAULT_PORTS:
+        raise UnsafeUrl(f"blocked: scheme {parts.scheme!r} is not http or https")
+    return parts, port
+
+
+def _host(hostname: str) -> tuple[str, IPAddress | None]:
+    """The host as the checks compare it (an IP literal in canonical form, else the normalised name), and the
+    address it is when it is an IP literal; UnsafeUrl for neither."""
+    literal = _ip_literal(hostname)
+    return (str(literal), literal) if literal is not None else (_normalise_hostname(hostname), None)
 
 
 def _netloc(scheme: str, host: str, port: int) -> str:

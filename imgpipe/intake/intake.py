@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from imgpipe.images.renditions import RenditionSpecError, parse_formats, parse_widths
+from imgpipe.images.renditions import RenditionSpecError, canonical, parse_formats, parse_widths
 from imgpipe.intake.csv_schema import RowError, UploadRejected, parse_upload
 from imgpipe.settings import Limits
 from imgpipe.status.idempotency import KeyTaken
@@ -182,8 +182,8 @@ def rendition_problems(renditions: str | None, widths: str | None) -> list[RowEr
 
 
 def _canonical(value: str | None, parse) -> str | None:
-    """A comma list as `parse` reads it, written the one way (`avif, WEBP` is `webp,avif`)."""
-    return None if value is None else ",".join(map(str, parse(value)))
+    """`canonical`, of a comma list an upload may leave out (None)."""
+    return None if value is None else canonical(value, parse)
 
 
 def _readable(content: bytes | Path, limits: Limits) -> bytes | None:

@@ -24,7 +24,8 @@ from typing import Sequence
 from dagster import DagsterInstance, DagsterRunStatus, RunRequest, RunsFilter
 
 from imgpipe.backends import processing_run_limit
-from imgpipe.runs.tags import CODE_LOCATION_NAME, KIND_TAG, PROCESS_REQUEST, PROCESS_REQUESTS, REQUEST_TAG, RUN_KEY_TAG, request_tag
+from imgpipe.runs.tags import (CODE_LOCATION_NAME, KIND_TAG, PROCESS_REQUEST, PROCESS_REQUESTS, REQUEST_TAG,
+                                RUN_KEY_TAG, request_tag)
 from imgpipe.run_plan import OWN_RUN_IMAGES, single_run_key
 from imgpipe.settings import Settings
 from imgpipe.status.models import RequestRow, RequestStatus
@@ -164,31 +165,34 @@ def launcher_at_once(settings: Settings, store: StatusStore, *, start_here: bool
     """This process's launcher at once, over the Dagster instance in DAGSTER_HOME; None where this process has
     no instance configured (a distributed API without DAGSTER_HOME: the inbox sensor launches its requests), or
     where the instance's SQLite storage has not been made after `wait_for_storage` seconds."""
-    from imgpipe.instance import instance_at
+    from imgpipe.instance import configured_instance
     from imgpipe.settings import dagster_home_dir
 
     home = dagster_home_dir(settings)
     if not (home / "dagster.yaml").is_file():
         return None
+    storage = _storage_files(home)
     deadline = time.monotonic() + wait_for_storage
-    while not _storage_made(home):
+    while not all(path.is_file() for path in storage):
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.5)
-    return RunLauncherAtOnce(settings, store, instance_at(home), start_here=start_here)
+    instance = configured_instance(home)
+    return None if instance is None else RunLauncherAtOnce(settings, store, instance, start_here=start_here)
 
 
-def _storage_made(home: Path) -> bool:
-    """Whether the instance's storage exists. An instance on SQLite (the embedded default, no `storage:` in
-    dagster.yaml) is made by the first process that opens it, and two processes making it at once stamp its
-    schema twice (alembic then finds two heads, and the instance is unusable): so only the daemon makes it,
-    and the others open it once it is there."""
+def _storage_files(home: Path) -> list[Path]:
+    """The files whose existence means the instance's storage is made (none for storage other than SQLite). An
+    instance on SQLite (the embedded default, no `storage:` in dagster.yaml) is made by the first process that
+    opens it, and two processes making it at once stamp its schema twice (alembic then finds two heads, and the
+    instance is unusable): so only the daemon makes it, and the others open it once it is there."""
     import yaml
 
     config = yaml.safe_load((home / "dagster.yaml").read_text()) or {}
     if config.get("storage") and "sqlite" not in config["storage"]:
-        return True
-    made = [home / "history" / "runs.db", home / "schedules" / "schedules.db"]
-    if config.get("event_log_storage"):  # the embedded one: every run's events in one file, in DAGSTER_HOME
-        made.append(home / "event_log.db")
-    return all(path.is_file() for path in made)
+        return []
+    files = [home / "history" / "runs.db", home / "schedules" / "schedules.db"]
+    # An `event_log_storage` key is the embedded one: every run's events in one consolidated file in DAGSTER_HOME.
+    if config.get("event_log_storage"):
+        files.append(home / "event_log.db")
+    return files

@@ -26,13 +26,18 @@ import os
 import signal
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 from imgpipe.lifetime import die_with_parent
 from imgpipe.runs.tags import CODE_LOCATION_NAME
 
+if TYPE_CHECKING:
+    from imgpipe.settings import Settings
 
-def warm_up() -> None:
-    """Everything a run imports and resolves before its first event, done once here for every worker."""
+
+def warm_up() -> Settings:
+    """Everything a run imports and resolves before its first event, done once here for every worker; the
+    settings the code location was built from (this process's environment)."""
     import importlib
 
     from dagster._core.execution.api import execute_run_iterator  # noqa: F401  the run's machinery
@@ -41,6 +46,7 @@ def warm_up() -> None:
     repository = definitions.defs.get_repository_def()
     for job in repository.get_all_jobs():
         repository.get_job(job.name)
+    return definitions.settings
 
 
 class Instances:
@@ -88,10 +94,7 @@ class SpareCompressor:
         return spare
 
 
-def _runs_compress_here() -> bool:
-    from imgpipe.settings import load_settings
-
-    settings = load_settings()
+def _runs_compress_here(settings: Settings) -> bool:
     return not settings.distributed and settings.executor == "in_process"
 
 
@@ -113,9 +116,7 @@ def _fork_worker(line: str, server_pid: int, instances: Instances, spares: Spare
         if spare is not None:
             from imgpipe.images.compressor import adopt_server
 
-            adopt_server(spare.pid, os.dup(spare.stdin.fileno()), os.dup(spare.stdout.fileno()))
-            spare.stdin.close()  # the copies above are the client's, these the Popen's, which no one reads
-            spare.stdout.close()
+            adopt_server(spare.pid, spare.stdin, spare.stdout)  # the Popen's ends, the client's from now on
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server's SIG_IGN would break the run's waitpid
         signal.signal(signal.SIGINT, signal.default_int_handler)
         die_with_parent(server_pid)
@@ -135,14 +136,14 @@ def serve(parent: int) -> None:
     die_with_parent(parent)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the terminal is the stack's to handle
-    warm_up()
+    settings = warm_up()
     gc.collect()
     gc.freeze()  # a worker's collector then never touches (and so copies) the pages it shares with the server
     server_pid = os.getpid()
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints go to the log, never into the protocol
     instances = Instances()
-    spares = SpareCompressor(wanted=_runs_compress_here())
+    spares = SpareCompressor(wanted=_runs_compress_here(settings))
     spares.refill()
     for line in sys.stdin:
         line = line.strip()

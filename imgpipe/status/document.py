@@ -11,7 +11,7 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
-from imgpipe.images.renditions import MAIN, srcset
+from imgpipe.images.renditions import MAIN, served_links
 from imgpipe.report_links import report_url
 from imgpipe.settings import Settings
 from imgpipe.status.models import ImageStatus, Obtained, RenditionRow, RequestStatus
@@ -141,8 +141,7 @@ def stored_document(store: StatusStore, request_id: str, *, view: str = "full", 
     paged = offset is not None or limit is not None
     with store.held():  # one session for both reads
         found = store.request_view(request_id, offset=offset or 0, limit=limit, with_products=not summary)
-        renditions = store.renditions_of(request_id, {i.input_url for i in found.images
-                                                      if i.status is ImageStatus.COMPRESSED}) if found else {}
+        renditions = store.renditions_of_view(found)
     if found is None:
         return None
     if summary:
@@ -165,10 +164,10 @@ def _rendition_fields(output_url: str | None, rows: list[RenditionRow]) -> dict:
     """`renditions` and `srcset` of an image whose URL answers with the files `rows`."""
     if not rows or not output_url:
         return {}
-    folder = output_url.rsplit("/", 1)[0]  # a rendition is served beside its main output
+    urls, image_srcset = served_links(output_url, ((row.name, row.width) for row in rows))
     return {"renditions": [RenditionModel(format=row.format.lower(), width=row.width, bytes=row.bytes,
-                                          url=f"{folder}/{row.name}") for row in rows if row.role != MAIN],
-            "srcset": srcset(output_url, (row.width for row in rows))}
+                                          url=urls[row.name]) for row in rows if row.role != MAIN],
+            "srcset": image_srcset}
 
 
 def stored_summaries(store: StatusStore, *, statuses: list[RequestStatus] | None = None, limit: int,

@@ -6,11 +6,14 @@ answers with (its main output and each rendition), for the status document, the 
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import pandas as pd
 
-from imgpipe.status.models import ImageResult, RenditionRow
+from imgpipe.status.models import ImageResult, ImageStatus, RenditionRow
+
+if TYPE_CHECKING:
+    from imgpipe.status.store import RequestView
 
 RENDITIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS renditions (
@@ -58,6 +61,14 @@ class RenditionRows:
                                [request_id, *([wanted] if wanted is not None else [])]):
             found.setdefault(row.input_url, []).append(row)
         return found
+
+    def renditions_of_view(self, view: RequestView | None) -> dict[str, list[RenditionRow]]:
+        """`renditions_of` the compressed images of `view` (as `request_view` read them; call it in the same
+        `held()` session, so that they are read together); none for no view."""
+        if view is None:
+            return {}
+        return self.renditions_of(view.request.request_id, {image.input_url for image in view.images
+                                                            if image.status is ImageStatus.COMPRESSED})
 
     def _bytes_out_by_format(self, con: Any) -> dict[tuple[str, str], int]:
         """Inside `metrics`: bytes served, by (kind, format in lower case): `main` outputs of the compressed

@@ -148,6 +148,8 @@ ADDED_COLUMNS = (
 _REMEMBER_PURGED = "INSERT INTO purged_requests VALUES (?, ?) ON CONFLICT DO NOTHING"
 EXISTING_COLUMNS = ("SELECT table_name, column_name FROM information_schema.columns"
                     " WHERE table_schema = current_schema()")
+# The columns of a batch of results (`record_results`): a result's renditions go to a table of their own.
+_RESULT_COLUMNS = [f.name for f in fields(ImageResult) if f.name != "renditions"]
 
 
 def upgrades(before: set[tuple[str, str]], after: set[tuple[str, str]]) -> list[str]:
@@ -448,8 +450,7 @@ class StatusStore(IdempotencyKeys, RenditionRows):
         now = utcnow()
         # vars, not asdict: asdict deep-copies every field (20 us a result here, against 0.7) for str and int values.
         batch = pd.DataFrame([{**vars(r), "status": str(r.status), "obtained": r.obtained and str(r.obtained)}
-                              for r in results],
-                             columns=[f.name for f in fields(ImageResult) if f.name != "renditions"]).astype(
+                              for r in results], columns=_RESULT_COLUMNS).astype(
             {column: "Int64" for column in ("bytes_in", "bytes_out", "quality_in", "quality_out")})
 
         def work(con) -> None:
