@@ -31,21 +31,22 @@ test-system-deps:
 services:
 	@bash deploy/test-services.sh
 
-# The restart tests (about 8 minutes, mostly waiting for stacks to start, die and end their requests) run in a
-# pytest of their own beside the rest, with folders of their own; their output follows the rest's. The exit status
-# is the rest's if it failed, else the restart tests'. Interrupted (Ctrl-C, kill), the restart pytest is stopped
-# with SIGINT and waited for (imgpipe_tests/conftest.py has it heed SIGINT, which a background job ignores); the
-# temporary log and folder go in any case.
+# Two pytests side by side, as most of these tests wait on other processes: the slow ones that stand up whole stacks
+# (test_restart.py: stacks started, killed and started again; test_distributed.py: Celery workers, PostgreSQL, S3;
+# about 14 minutes together) in the background, with folders of their own, and the rest in the foreground; the
+# background's output follows the rest's. The exit status is the rest's if it failed, else the background's.
+# Interrupted (Ctrl-C, kill), the background pytest is stopped with SIGINT and waited for
+# (imgpipe_tests/conftest.py has it heed SIGINT, which a background job ignores); its log and folder go in any case.
+SLOW_TESTS := imgpipe_tests/test_restart.py imgpipe_tests/test_distributed.py
 test: $(STAMP) test-system-deps services
-	@restart= restart_log= restart_tmp=; \
-	trap 'rm -rf $$restart_log $$restart_tmp' EXIT; \
-	trap 'trap - INT TERM; [ -z "$$restart" ] || { kill -INT $$restart 2>/dev/null; wait $$restart; }; exit 130' INT TERM; \
-	restart_log=$$(mktemp) && restart_tmp=$$(mktemp -d) || exit 1; \
-	$(PY) -m pytest -q -ra -p no:cacheprovider --basetemp=$$restart_tmp imgpipe_tests/test_restart.py \
-	    >$$restart_log 2>&1 & restart=$$!; \
-	$(PY) -m pytest -q -ra --ignore=imgpipe_tests/test_restart.py; rest=$$?; \
-	wait $$restart; restarts=$$?; echo "== imgpipe_tests/test_restart.py"; cat $$restart_log; \
-	[ $$rest -ne 0 ] && exit $$rest; exit $$restarts
+	@slow= slow_log= slow_tmp=; \
+	trap 'rm -rf $$slow_log $$slow_tmp' EXIT; \
+	trap 'trap - INT TERM; [ -z "$$slow" ] || { kill -INT $$slow 2>/dev/null; wait $$slow; }; exit 130' INT TERM; \
+	slow_log=$$(mktemp) && slow_tmp=$$(mktemp -d) || exit 1; \
+	$(PY) -m pytest -q -ra -p no:cacheprovider --basetemp=$$slow_tmp $(SLOW_TESTS) >$$slow_log 2>&1 & slow=$$!; \
+	$(PY) -m pytest -q -ra $(addprefix --ignore=,$(SLOW_TESTS)); rest=$$?; \
+	wait $$slow; slow_status=$$?; echo "== $(SLOW_TESTS)"; cat $$slow_log; \
+	[ $$rest -ne 0 ] && exit $$rest; exit $$slow_status
 
 # Throughput against a warm process pool, on photographs (scikit-image's, the `bench` extra) and synthetic images,
 # under both IMGPIPE_ISOLATION modes (bench-results/bench.json). BENCH_ARGS=--quick for 50 and 200 images;
