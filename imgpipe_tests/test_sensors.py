@@ -169,19 +169,30 @@ def test_a_request_launched_at_once_is_never_also_asked_for_by_the_sensor(home):
     launcher = RunLauncherAtOnce(settings, store, instance, start_here=False)
     storage = open_storage(settings)
 
+    asked_by_sensor: list[str] = []
+    stop = threading.Event()
+    ticks = threading.Condition()
+    ticks_done = 0
+
     def upload_and_launch(index: int) -> tuple[str, str | None]:  # as the API does
         upload = Upload(GOOD.replace("Chair", f"Chair {index}").encode(), f"u{index}.csv", Source.API)
         request_id = take_upload(store, storage, settings, upload).request_id
-        time.sleep(index % 4 * 0.4)  # some launches come late: the sensor's tick takes those first
+        if index % 4 == 3:  # a launch that comes late: a whole tick of the sensor sees the request first
+            with ticks:
+                seen = ticks_done
+                assert ticks.wait_for(lambda: ticks_done >= seen + 2, timeout=60)
+        else:
+            time.sleep(index % 4 * 0.4)  # launches a little late, which the sensor's tick may or may not beat
         return request_id, launcher.launch(request_id)
 
-    asked_by_sensor: list[str] = []
-    stop = threading.Event()
-
     def tick():
+        nonlocal ticks_done
         while not stop.is_set():
             for run in evaluate((settings, *home[1:])).run_requests:
                 asked_by_sensor.extend(run.run_config["ops"]["process_requests"]["config"]["request_ids"])
+            with ticks:
+                ticks_done += 1
+                ticks.notify_all()
 
     ticker = threading.Thread(target=tick)
     ticker.start()
