@@ -50,14 +50,15 @@ import requests  # noqa: E402
 
 from imgpipe.images import compressor, image_policy  # noqa: E402
 from imgpipe.images.batch import BatchRunner, WorkItem  # noqa: E402
-from imgpipe.images.fetcher import FetchLimits, HostSlots, fetch  # noqa: E402
 from imgpipe.images.image_policy import POLICY_VERSION, compress_image  # noqa: E402
-from imgpipe.images.url_safety import AllowList  # noqa: E402
+from imgpipe.net.download import FetchLimits, fetch  # noqa: E402
+from imgpipe.net.host_slots import HostSlots  # noqa: E402
+from imgpipe.net.url_safety import AllowList  # noqa: E402
 from imgpipe.processing import reuse_for  # noqa: E402
 from imgpipe.settings import Settings  # noqa: E402
 from imgpipe.status.duckdb_store import DuckDBStatusStore  # noqa: E402
 from imgpipe.status.models import ImageResult, ImageStatus, Source  # noqa: E402
-from imgpipe.storage import LocalStorage  # noqa: E402
+from imgpipe.storage.local import LocalStorage  # noqa: E402
 
 LIMITS = {"max_pixels": 50_000_000, "max_frames": 1000}
 
@@ -95,7 +96,7 @@ def record_request(store, request_id: str, products) -> None:
 
 def server_pids() -> list[int]:
     return [pid for pid, parent in tree(os.getpid()).items()
-            if "imgpipe.images.compressor" in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")]
+            if "imgpipe.images.fork_server" in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")]
 
 
 def process_cpu() -> dict:
@@ -230,12 +231,12 @@ def parse_perf(path: Path) -> dict:
 
 CATEGORIES = [  # (part, pattern in a frame "function (file:line)"); the first that a stack holds counts it
     ("reuse lookup by SHA-256 (a DuckDB session per new image)", r"content_output|find_output|kept_content"),
-    ("status writes (DuckDB: record_results, mark_processing)", r"status/store\.py|duckdb"),
-    ("storage writes and links", r"imgpipe/storage\.py|imgpipe/files\.py"),
+    ("status writes (DuckDB: record_results, mark_processing)", r"status/(store|image_rows)\.py|duckdb"),
+    ("storage writes and links", r"imgpipe/storage/|imgpipe/files\.py"),
     ("SHA-256", r"hashlib|hexdigest|\(batch\.py:\d+\).*sha256|sha256"),
-    ("compressor client (pickle, pipe, answers)", r"images/compressor\.py"),
+    ("compressor client (pickle, pipe, answers)", r"images/(compressor|fork_server_protocol)\.py"),
     ("download: SSRF checks and DNS", r"url_safety\.py|getaddrinfo"),
-    ("download: HTTP (fetcher, urllib3, http.client, sockets)", r"fetcher\.py|urllib3|http/client\.py|socket\.py|ssl\.py"),
+    ("download: HTTP (fetcher, urllib3, http.client, sockets)", r"imgpipe/net/|urllib3|http/client\.py|socket\.py|ssl\.py"),
     ("thread pool and waiting", r"concurrent/futures|threading\.py"),
 ]
 

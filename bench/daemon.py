@@ -72,7 +72,7 @@ class Daemon:
                  name: str | None = None):
         self.home, self.dagster_home = work / "imgpipe_home", work / "dagster_home"
         self.dagster_home.mkdir(parents=True)
-        shutil.copy(REPO / "dagster.yaml", self.dagster_home / "dagster.yaml")
+        shutil.copy(REPO / "imgpipe" / "package_data" / "dagster.yaml", self.dagster_home / "dagster.yaml")
         self.inbox = self.home / "inbox"
         self.store = DuckDBStatusStore(self.home / "imgpipe.duckdb")
         self.log = RESULTS / f"daemon-{name or isolation}.log"

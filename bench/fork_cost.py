@@ -4,7 +4,7 @@
 
 Three ways to compress the same 1632x1224 JPEGs (photographs, or `--corpus synthetic`) on every core:
 1. pool: a persistent process per core (the throughput benchmark's baseline, without its downloads);
-2. fork server: `imgpipe.compressor.compress_isolated`, each image in a child of the lean fork server;
+2. fork server: `imgpipe.images.compressor.compress_isolated`, each image in a child of the lean fork server;
 3. fork from caller: each image in a child forked from this process, as imgpipe did before the fork server.
 The caller first imports the code location, so that it is as large as a Dagster step process. Each round runs
 all three, so that load from elsewhere hits them alike; images/s and the ratios to the pool are printed.

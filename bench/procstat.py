@@ -65,7 +65,7 @@ def kind(pid: int, parent_kind: str | None) -> str:
     if parent_kind in ("fork server", "image processes"):
         return "image processes"
     text = command(pid)
-    if "imgpipe.images.compressor" in text:  # the spare fork server too, a child of the warm run server
+    if "imgpipe.images.fork_server" in text:  # the spare fork server too, a child of the warm run server
         return "fork server"
     if parent_kind == "warm run server":  # a run worker is forked, so it has its server's command line
         return "run worker (steps)"

@@ -1,4 +1,4 @@
-"""The one place that turns the profile into backends (contract section 11): the status store, the storage,
+"""The one place that turns the profile into backends (docs/scaling.md): the status store, the storage,
 where steps run, how widely a request is spread over steps, and how step outputs travel between machines.
 
 `embedded` (the default): DuckDB under IMGPIPE_HOME, folders under IMGPIPE_HOME, steps in the run's process.
@@ -13,15 +13,17 @@ from typing import TYPE_CHECKING
 
 from imgpipe.settings import Settings
 from imgpipe.status.store import StatusStore
-from imgpipe.storage import LocalStorage, S3Storage, Storage, split_s3_url
+from imgpipe.storage.interface import Storage
+from imgpipe.storage.local import LocalStorage
+from imgpipe.storage.s3 import S3Storage, split_s3_url
 
 if TYPE_CHECKING:
     from dagster import ExecutorDefinition
 
-# A step costs 0.4-1.4 s of orchestration in a process of its own, far more than an image, so steps take
-# batches. In the run's process (the default) a single batch already keeps every core busy (downloads in
-# threads, one process per image); with a step per process, a couple of batches per concurrent step let them
-# overlap.
+# A step costs far more orchestration than an image, so steps take batches
+# (docs/performance.md#the-run-lifecycle-one-image-and-a-re-upload, "Fewer steps"). In the run's process (the
+# default) a single batch already keeps every core busy (downloads in threads, one process per image); with a step
+# per process, a couple of batches per concurrent step let them overlap.
 BATCHES_PER_CONCURRENT_STEP = 2
 
 
@@ -109,10 +111,10 @@ def celery_config(settings: Settings) -> dict:
 
 
 def step_executor(settings: Settings) -> ExecutorDefinition:
-    """In-process by default: a step then costs milliseconds instead of the 0.4-1.4 s of a step process, and
-    parallelism and isolation come from the batch runner's one process per image. The multiprocess executor
-    is one setting away; forkserver with the project preloaded starts each of its steps from an
-    already-imported interpreter. The distributed profile sends every step to Celery workers."""
+    """In-process by default: a step then costs far less than a step process of its own, and parallelism and
+    isolation come from the batch runner's one process per image. The multiprocess executor is one setting away;
+    forkserver with the project preloaded starts each of its steps from an already-imported interpreter. The
+    distributed profile sends every step to Celery workers."""
     from dagster import in_process_executor, multiprocess_executor
 
     if settings.distributed:

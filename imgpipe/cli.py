@@ -1,4 +1,4 @@
-"""The `imgpipe` command (contract section 8).
+"""The `imgpipe` command (docs/getting-started.md#command-line).
 
 Exit codes: 0 done (a request that completed with some failed images too), 1 the request failed or the API
 could not be reached, 2 the input was refused (invalid CSV, unknown request), 130 interrupted while waiting.
@@ -126,7 +126,7 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
 def retry(args: argparse.Namespace, settings: Settings) -> int:
     from imgpipe.backends import open_status_store, open_storage
     from imgpipe.status.document import request_document
-    from imgpipe.status.store import NotRetryable
+    from imgpipe.status.request_rows import NotRetryable
 
     store = open_status_store(settings)
     try:
@@ -176,9 +176,9 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
     """Whole requests older than --older-than: their files, rows and Dagster partitions; prints each ID. A request
     that has not ended is refused with the reason (exit 2), the others asked for are purged all the same."""
     from imgpipe.backends import open_status_store, open_storage
-    from imgpipe.defs.schedules import partition_forgetter
     from imgpipe.instance import configured_instance
     from imgpipe.retention import PurgePlan, parse_duration, parse_statuses, purge
+    from imgpipe.runs.partitions import partition_forgetter
     from imgpipe.settings import dagster_home_dir
 
     try:
@@ -237,60 +237,68 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgpipe", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    api = commands.add_parser("api", help="serve the REST API")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
-    api.set_defaults(run=run_api)
+    api_parser = commands.add_parser("api", help="serve the REST API")
+    api_parser.add_argument("--host", default="127.0.0.1")
+    api_parser.add_argument("--port", type=int, default=8000)
+    api_parser.set_defaults(run=run_api)
 
-    up = commands.add_parser("up", help="the whole embedded stack: sample images, REST API and Dagster UI")
-    up.add_argument("--api-port", type=int, default=8000)
-    up.add_argument("--ui-port", type=int, default=3000)
-    up.add_argument("--samples-port", type=int, default=8001)
-    up.add_argument("--no-sample", action="store_true", help="do not drop the sample CSV into the inbox")
-    up.set_defaults(run=run_stack)
+    up_parser = commands.add_parser("up", help="the whole embedded stack: sample images, REST API and Dagster UI")
+    up_parser.add_argument("--api-port", type=int, default=8000)
+    up_parser.add_argument("--ui-port", type=int, default=3000)
+    up_parser.add_argument("--samples-port", type=int, default=8001)
+    up_parser.add_argument("--no-sample", action="store_true", help="do not drop the sample CSV into the inbox")
+    up_parser.set_defaults(run=run_stack)
 
-    upload = commands.add_parser("submit", help="upload a CSV through the REST API")
-    upload.add_argument("file", metavar="FILE.csv")
-    upload.add_argument("--webhook-url", help="called when the request ends")
-    upload.add_argument("--wait", action="store_true", help="show progress until the request ends")
-    upload.add_argument("--api", help="the API's base URL (default: $IMGPIPE_API_URL, else http://127.0.0.1:8000)")
-    upload.add_argument("--token", help="bearer token (default: $IMGPIPE_API_TOKEN)")
-    upload.add_argument("--idempotency-key", help="the same key again returns the same request")
-    upload.add_argument("--renditions", metavar="FORMATS",
-                        help="also make each image as these formats: webp, avif or webp,avif (default: "
-                             "$IMGPIPE_RENDITIONS of the pipeline; '' for none)")
-    upload.add_argument("--widths", metavar="PIXELS",
-                        help="also make each image at these widths where narrower, e.g. 480,960 (default: "
-                             "$IMGPIPE_WIDTHS of the pipeline; '' for none)")
-    upload.set_defaults(run=submit)
+    add_submit_command(commands)
 
-    again = commands.add_parser("retry", help="process again the images of a request that are not compressed")
-    again.add_argument("request_id", metavar="REQUEST_ID")
-    again.add_argument("--wait", action="store_true", help="show progress until the request ends")
-    again.set_defaults(run=retry)
+    retry_parser = commands.add_parser("retry", help="process again the images of a request that are not compressed")
+    retry_parser.add_argument("request_id", metavar="REQUEST_ID")
+    retry_parser.add_argument("--wait", action="store_true", help="show progress until the request ends")
+    retry_parser.set_defaults(run=retry)
 
-    show = commands.add_parser("status", help="print a request's status summary (as GET /requests/{id}?view=summary)")
-    show.add_argument("request_id", metavar="REQUEST_ID")
-    show.add_argument("--products", action="store_true",
-                      help="the whole document, every product and image (as GET /requests/{id})")
-    show.set_defaults(run=status)
+    status_parser = commands.add_parser(
+        "status", help="print a request's status summary (as GET /requests/{id}?view=summary)")
+    status_parser.add_argument("request_id", metavar="REQUEST_ID")
+    status_parser.add_argument("--products", action="store_true",
+                               help="the whole document, every product and image (as GET /requests/{id})")
+    status_parser.set_defaults(run=status)
 
-    forget = commands.add_parser("purge", help="remove whole requests older than a duration")
-    forget.add_argument("--older-than", required=True, metavar="DURATION",
-                        help="by creation time: 90s, 15m, 12h or 30d")
-    forget.add_argument("--dry-run", action="store_true", help="list what would be purged, delete nothing")
-    forget.add_argument("--status", metavar="S,...",
-                        help="only requests in these statuses (default: every terminal status; a queued or "
-                             "processing request is refused until its run is cancelled)")
-    forget.add_argument("--runs", action="store_true", help="delete the requests' Dagster runs too")
-    forget.set_defaults(run=purge)
+    purge_parser = commands.add_parser("purge", help="remove whole requests older than a duration")
+    purge_parser.add_argument("--older-than", required=True, metavar="DURATION",
+                              help="by creation time: 90s, 15m, 12h or 30d")
+    purge_parser.add_argument("--dry-run", action="store_true", help="list what would be purged, delete nothing")
+    purge_parser.add_argument("--status", metavar="S,...",
+                              help="only requests in these statuses (default: every terminal status; a queued or "
+                                   "processing request is refused until its run is cancelled)")
+    purge_parser.add_argument("--runs", action="store_true", help="delete the requests' Dagster runs too")
+    purge_parser.set_defaults(run=purge)
 
-    work = commands.add_parser("worker", help="a Celery worker for the distributed profile's steps")
-    work.add_argument("--name", default="imgpipe@%h", help="the worker's Celery name (default: imgpipe@%%h)")
-    work.add_argument("--concurrency", type=int, default=1, help="steps at a time (default: 1)")
-    work.add_argument("--loglevel", default="INFO")
-    work.set_defaults(run=worker)
+    worker_parser = commands.add_parser("worker", help="a Celery worker for the distributed profile's steps")
+    worker_parser.add_argument("--name", default="imgpipe@%h",
+                               help="the worker's Celery name (default: imgpipe@%%h)")
+    worker_parser.add_argument("--concurrency", type=int, default=1, help="steps at a time (default: 1)")
+    worker_parser.add_argument("--loglevel", default="INFO")
+    worker_parser.set_defaults(run=worker)
     return parser
+
+
+def add_submit_command(commands) -> None:
+    """`imgpipe submit` and its options, on the `commands` of `build_parser`."""
+    submit_parser = commands.add_parser("submit", help="upload a CSV through the REST API")
+    submit_parser.add_argument("file", metavar="FILE.csv")
+    submit_parser.add_argument("--webhook-url", help="called when the request ends")
+    submit_parser.add_argument("--wait", action="store_true", help="show progress until the request ends")
+    submit_parser.add_argument("--api", help="the API's base URL (default: $IMGPIPE_API_URL, else "
+                                             "http://127.0.0.1:8000)")
+    submit_parser.add_argument("--token", help="bearer token (default: $IMGPIPE_API_TOKEN)")
+    submit_parser.add_argument("--idempotency-key", help="the same key again returns the same request")
+    submit_parser.add_argument("--renditions", metavar="FORMATS",
+                               help="also make each image as these formats: webp, avif or webp,avif (default: "
+                                    "$IMGPIPE_RENDITIONS of the pipeline; '' for none)")
+    submit_parser.add_argument("--widths", metavar="PIXELS",
+                               help="also make each image at these widths where narrower, e.g. 480,960 (default: "
+                                    "$IMGPIPE_WIDTHS of the pipeline; '' for none)")
+    submit_parser.set_defaults(run=submit)
 
 
 def main(argv: list[str] | None = None) -> int:

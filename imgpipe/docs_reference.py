@@ -63,7 +63,7 @@ OTHER_VARIABLES = """\
 # What the documentation says about a setting beyond its field's description: hand-written, one entry per field at
 # most, appended to the description in the table. A key that is no field fails the generator.
 NOTES: dict[str, str] = {
-    "home": "With `make run`, `./data` of the repository (git-ignored but for `data/samples/`).",
+    "home": "With `make run`, `./data` of the repository (git-ignored but for `data/samples`, the sample CSV).",
     "api_token": "`Authorization: Bearer <token>`, for every call but `/healthz` and `/images/` (see "
                  "[REST API](api.md#rest-api)).",
     "webhook_secret": "`whsec_` + base64. The file is `$IMGPIPE_HOME/webhook_secret`. The distributed profile needs "

@@ -1,4 +1,4 @@
-"""The distributed profile's Dagster instance (`deploy/distributed/dagster.yaml` names both classes here).
+"""The distributed profile's Dagster instance (`package_data/distributed/dagster.yaml` names both classes here).
 
 `DistributedInstance` refuses to load in a process whose environment lacks what the profile needs: the
 IMGPIPE_* settings of the distributed profile (the code location this process runs, or launches runs of, reads
@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,8 @@ from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from imgpipe.settings import Settings, env_name
 
 # The instance configuration `imgpipe worker` checks when it has no DAGSTER_HOME of its own: the one the
-# repository ships, which the daemon's steps bring with them.
-SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "distributed" / "dagster.yaml"
+# package ships, which the daemon's steps bring with them.
+SHIPPED_CONFIG = resources.files("imgpipe") / "package_data" / "distributed" / "dagster.yaml"
 
 
 def instance_at(home: Path) -> DagsterInstance:
@@ -82,7 +84,7 @@ def ref_variables(ref: InstanceRef) -> list[str]:
     return list(names)
 
 
-def file_variables(path: Path) -> list[str]:
+def file_variables(path: Traversable) -> list[str]:
     """The environment variables a dagster.yaml reads; none when there is no such file."""
     try:
         text = path.read_text()
@@ -113,7 +115,7 @@ def environment_problems(environ: Mapping[str, str], instance_variables: list[st
 def worker_problems(environ: Mapping[str, str]) -> list[str]:
     """What `imgpipe worker` lacks, before it takes a step: a step loads the daemon's instance in the worker's
     environment, so the variables are those of $DAGSTER_HOME/dagster.yaml when the worker has one, else of the
-    dagster.yaml the repository ships."""
+    dagster.yaml the package ships."""
     home = environ.get("DAGSTER_HOME", "").strip()
     config = Path(home) / "dagster.yaml" if home and (Path(home) / "dagster.yaml").is_file() else SHIPPED_CONFIG
     return environment_problems(environ, file_variables(config), str(config))

@@ -22,7 +22,6 @@ import functools
 import http.server
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import threading
 import time
 import urllib.request
 from datetime import datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
@@ -39,15 +39,19 @@ from imgpipe.lifetime import die_with_parent
 from imgpipe.logs import configure_logging
 from imgpipe.progress import ProgressBoard, tenth
 from imgpipe.report import duration, percent_saved
+from imgpipe.runs.tags import CODE_LOCATION_NAME
 from imgpipe.settings import Settings, dagster_home_dir, process_environment
 from imgpipe.status.document import request_links
-from imgpipe.status.models import RequestRow, RequestStatus
-from imgpipe.status.store import StatusStore, StoreBusy, utcnow
-from imgpipe.storage import Storage, errors_key
+from imgpipe.status.models import RequestRow, RequestStatus, utcnow
+from imgpipe.status.store import StatusStore, StoreBusy
+from imgpipe.storage.interface import Storage
+from imgpipe.storage.keys import errors_key
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = REPO_ROOT / "data" / "samples"
-SAMPLE_PORT_IN_CSV = 8001  # data/samples/products.csv names its images on 127.0.0.1:8001
+# Found in the package wherever it is installed, the checkout (make run) or site-packages (`pip install .`).
+PACKAGE_DATA = resources.files("imgpipe") / "package_data"
+INSTANCE_CONFIG = PACKAGE_DATA / "dagster.yaml"
+SAMPLES = PACKAGE_DATA / "samples"
+SAMPLE_PORT_IN_CSV = 8001  # samples/products.csv names its images on 127.0.0.1:8001
 POLL_SECONDS = 1.0
 # Requests are looked for again this far back: each process writes its own clock's time into updated_at.
 LOOK_BACK = timedelta(seconds=3)
@@ -63,8 +67,8 @@ QUIET_WARNINGS = (
 )
 
 
-def serve_samples(port: int) -> http.server.ThreadingHTTPServer:
-    handler = functools.partial(_QuietHandler, directory=str(SAMPLES / "images"))
+def serve_samples(port: int, images: Path) -> http.server.ThreadingHTTPServer:
+    handler = functools.partial(_QuietHandler, directory=str(images))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -88,7 +92,7 @@ def stack_settings(settings: Settings, samples_port: int, api_port: int) -> Sett
 
 def prepare_dagster_home(home: Path) -> None:
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    (home / "dagster.yaml").write_bytes(INSTANCE_CONFIG.read_bytes())
 
 
 def sample_csv(samples_port: int) -> bytes:
@@ -259,27 +263,29 @@ def run_stack(settings: Settings, samples_port: int = 8001, api_port: int = 8000
                 api_log=str(api_log))
     env = children_environment(settings, dagster_home)
     started_at = utcnow()
-    samples = serve_samples(samples_port)
-    children: list[subprocess.Popen] = []
-    try:
-        children.append(_start([sys.executable, "-m", "imgpipe.cli", "api", "--port", str(api_port)], env,
-                               api_log, cwd=REPO_ROOT))
-        # From DAGSTER_HOME itself, so that dagster dev finds no other dagster.yaml in its working folder to warn
-        # about (the repository's, which this home holds a copy of).
-        children.append(_start([str(Path(sys.executable).parent / "dagster"), "dev", "-w",
-                                str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(ui_port)], env,
-                               dagster_log, cwd=dagster_home))
-        return _serve(settings, console, children, samples_port, api_port, ui_port, submit_sample, started_at)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        stopping = time.monotonic()
-        if children:
-            console.say("stopping...", event="stopping")
-        _stop(children)
-        samples.shutdown()
-        if children:
-            console.say(f"stopped in {time.monotonic() - stopping:.1f} s", event="stopped")
+    with resources.as_file(SAMPLES / "images") as sample_images:
+        samples = serve_samples(samples_port, sample_images)
+        children: list[subprocess.Popen] = []
+        try:
+            # Both from DAGSTER_HOME: `python -m` puts its working folder first on sys.path, so no `imgpipe`
+            # folder where the person stands shadows the installed package, and `dagster dev` finds no other
+            # dagster.yaml there to warn about. `-m`: Dagster names the code location after its module, the name
+            # runs launched by the API give it (CODE_LOCATION_NAME).
+            children.append(_start([sys.executable, "-m", "imgpipe.cli", "api", "--port", str(api_port)], env,
+                                   api_log, cwd=dagster_home))
+            children.append(_start([str(Path(sys.executable).parent / "dagster"), "dev", "-m", CODE_LOCATION_NAME,
+                                    "-h", "127.0.0.1", "-p", str(ui_port)], env, dagster_log, cwd=dagster_home))
+            return _serve(settings, console, children, samples_port, api_port, ui_port, submit_sample, started_at)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            stopping = time.monotonic()
+            if children:
+                console.say("stopping...", event="stopping")
+            _stop(children)
+            samples.shutdown()
+            if children:
+                console.say(f"stopped in {time.monotonic() - stopping:.1f} s", event="stopped")
 
 
 def _start(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen:

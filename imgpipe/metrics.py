@@ -19,8 +19,7 @@ from typing import Callable, Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from imgpipe.status.models import ImageStatus, Obtained, RequestStatus
-from imgpipe.status.store import StoreMetrics
+from imgpipe.status.models import ImageStatus, Obtained, RequestStatus, StoreMetrics
 
 # Upper bounds in seconds, for both durations: a download of a few KB from a near host to a slow 60 s image.
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

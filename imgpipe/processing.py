@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 from imgpipe.images.batch import BatchRunner, Reuse, WorkItem, work_items
-from imgpipe.images.fetcher import HostSlots
 from imgpipe.images.image_policy import POLICY_VERSION
 from imgpipe.images.renditions import RenditionSpec
+from imgpipe.net.host_slots import HostSlots
 from imgpipe.output.completion import Completion, complete_request
 from imgpipe.settings import Settings
 from imgpipe.status.models import ImageResult, RequestRow, RequestStatus
 from imgpipe.status.store import StatusStore
-from imgpipe.storage import Storage
+from imgpipe.storage.interface import Storage
 from imgpipe.text import printable
 from imgpipe.webhooks.delivery import deliver
 
@@ -45,7 +45,7 @@ def reuse_for(settings: Settings, store: StatusStore, request: RequestRow | None
 
     def find_output(sha256: str):
         # One session lists what is kept, once for the batch; only a hash among them costs a session of its own.
-        # A session per new image (DuckDB opens in 10-30 ms of CPU, under one lock) cost more than its encode.
+        # A session per new image cost more than its encode (docs/performance.md#where-the-time-goes-per-image).
         nonlocal kept
         with listing:
             if kept is None:
@@ -80,7 +80,7 @@ def compress_images(settings: Settings, store: StatusStore, storage: Storage, re
 class ImagesToDo:
     """A request's images left to do and how (reuse, renditions, deadline), read from the status store; `read`
     inside `store.held()`, so that it takes one session with whatever else the caller reads (a session costs
-    DuckDB a connection, 10-30 ms of CPU)."""
+    DuckDB a connection: docs/performance.md#the-run-lifecycle-one-image-and-a-re-upload, "Status sessions")."""
 
     store: StatusStore
     items: list[WorkItem]

@@ -18,8 +18,8 @@ from urllib.parse import urlencode, urlsplit
 import jinja2
 
 from imgpipe.images.renditions import ALTERNATIVE, MAIN, served_links
-from imgpipe.status.models import ImageRow, ImageStatus, RenditionRow
-from imgpipe.status.store import RequestView, StatusStore
+from imgpipe.status.models import ImageRow, ImageStatus, RenditionRow, RequestView
+from imgpipe.status.store import StatusStore
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -1,7 +1,8 @@
-"""Retention (contract section 12): whole requests older than a duration are purged, their files or objects,
-their rows in every table and their Dagster partition. A compressed output that a request still kept reuses
-stays; one no kept request uses any more goes with the last request that used it. A request that has not ended is
-refused (contract section 13): its run would write files after the purge, files no later purge could find.
+"""Retention (docs/operations.md#re-uploads-politeness-and-retention): whole requests older than a duration are
+purged, their files or objects, their rows in every table and their Dagster partition. A compressed output that a
+request still kept reuses stays; one no kept request uses any more goes with the last request that used it. A
+request that has not ended is refused: its run would write files after the purge, files no later purge could
+find.
 
 Used by `imgpipe purge` and, when IMGPIPE_RETENTION_DAYS is set, by a daily Dagster schedule.
 """
@@ -12,9 +13,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Iterable
 
-from imgpipe.status.models import TERMINAL_STATUSES, RequestRow, RequestStatus
-from imgpipe.status.store import NotPurgeable, StatusStore, utcnow
-from imgpipe.storage import Storage
+from imgpipe.status.models import TERMINAL_STATUSES, RequestRow, RequestStatus, utcnow
+from imgpipe.status.retention_rows import NotPurgeable
+from imgpipe.status.store import StatusStore
+from imgpipe.storage.interface import Storage
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")  # \d would take any Unicode digit
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

@@ -8,15 +8,22 @@ import io
 from dagster import DagsterInstance, execute_job, reconstructable
 
 from imgpipe.backends import open_status_store, open_storage
-from imgpipe.definitions import resolved_process_request_job
+from imgpipe.definitions import defs
 from imgpipe.images.batch import work_items
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.output.completion import complete_request
 from imgpipe.processing import compress_images
+from imgpipe.runs.tags import REQUEST_ASSET_JOB
 from imgpipe.settings import Settings
 from imgpipe.status.models import Source
 
 HEADER = ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
+
+
+def resolved_process_request_job():
+    """The processing job bound to its resources, for `reconstructable` runs outside the daemon: the multiprocess
+    executor re-imports it in every step process."""
+    return defs.resolve_job_def(REQUEST_ASSET_JOB)
 
 
 def submit(settings: Settings, csv_text: str, name: str, webhook_url: str | None = None) -> str:

@@ -302,7 +302,8 @@ class IsolatedHome:
     env: dict
 
     @classmethod
-    def create(cls, root: Path, public_base_url: str, dagster_yaml: Path = REPO / "dagster.yaml") -> "IsolatedHome":
+    def create(cls, root: Path, public_base_url: str,
+               dagster_yaml: Path = REPO / "imgpipe" / "package_data" / "dagster.yaml") -> "IsolatedHome":
         dagster_home = root / "dagster_home"
         dagster_home.mkdir(parents=True)
         shutil.copy(dagster_yaml, dagster_home / "dagster.yaml")

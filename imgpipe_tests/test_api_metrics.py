@@ -16,8 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imgpipe.backends import open_storage
 from imgpipe.intake.intake import Upload, take_upload
-from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus, Source
-from imgpipe.status.store import utcnow
+from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus, Source, utcnow
 from imgpipe_tests.servers import REPO, IsolatedHome, free_port, wait_for
 
 TOKEN = "metrics-token"

@@ -245,7 +245,7 @@ def test_the_output_csv_assets_metadata_links_the_report(api_server):
     ended by the real `complete_request`: its `report_url` is the report's lasting path, which the token opens."""
     from dagster import MetadataValue
 
-    from imgpipe.defs.assets import request_metadata
+    from imgpipe.defs.metadata import request_metadata
     from imgpipe.output.completion import complete_request
 
     server = api_server(IMGPIPE_API_TOKEN=TOKEN)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from imgpipe.defs.assets import MAX_LISTED_FAILURES, failures_table
+from imgpipe.defs.metadata import MAX_LISTED_FAILURES, failures_table
 from imgpipe.status.models import ImageRow
 
 

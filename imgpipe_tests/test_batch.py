@@ -12,7 +12,7 @@ import pytest
 from imgpipe.images.batch import BatchRunner, WorkItem, split_into_batches, work_items
 from imgpipe.settings import Settings
 from imgpipe.status.models import ImageSlot
-from imgpipe.storage import LocalStorage
+from imgpipe.storage.local import LocalStorage
 from imgpipe_tests.images import save_jpeg
 
 

@@ -17,7 +17,7 @@ from imgpipe.processing import reuse_for
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import ImageResult, ImageStatus, Obtained
-from imgpipe.storage import LocalStorage
+from imgpipe.storage.local import LocalStorage
 
 
 def runner(tmp_path) -> BatchRunner:

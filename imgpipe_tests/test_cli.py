@@ -245,7 +245,7 @@ def test_purge_prints_each_request_it_removes_and_dry_run_removes_nothing(home_s
     for request_id in ("r-old", "r-new"):
         seed_finished_request(home_store, request_id)
     seed_processing_request(home_store, "r-old-running")
-    from imgpipe.status.store import utcnow
+    from imgpipe.status.models import utcnow
 
     long_ago = utcnow().replace(year=2000)
     home_store._run(*[("UPDATE requests SET created_at = ? WHERE request_id = ?", [long_ago, r])

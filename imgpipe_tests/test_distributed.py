@@ -64,8 +64,8 @@ class DistributedStack:
     """`imgpipe worker`s, `dagster-daemon` and `imgpipe api` over PostgreSQL, a broker and the S3 server. Each
     process has folders of its own under `root/<name>/`: `home` (IMGPIPE_HOME), `tmp` (TMPDIR) and, for the
     daemon and this test's own process, `dagster_home` (DAGSTER_HOME, holding a copy of
-    deploy/distributed/dagster.yaml). The API never loads the Dagster instance; a worker rebuilds it for each
-    step from the instance's description that comes with the step."""
+    imgpipe/package_data/distributed/dagster.yaml). The API never loads the Dagster instance; a worker rebuilds
+    it for each step from the instance's description that comes with the step."""
 
     def __init__(self, root: Path, database_url: str, s3_env: dict, bucket: str, broker_url: str,
                  workers: tuple[str, ...], env: dict[str, str]):
@@ -100,7 +100,7 @@ class DistributedStack:
             folder.mkdir(parents=True, exist_ok=True)
         if "dagster_home" in folders:
             (folders["dagster_home"] / "dagster.yaml").write_bytes(
-                (REPO / "deploy" / "distributed" / "dagster.yaml").read_bytes())
+                (REPO / "imgpipe" / "package_data" / "distributed" / "dagster.yaml").read_bytes())
         return {**self.env, "IMGPIPE_HOME": str(folders["home"]), "TMPDIR": str(folders["tmp"]),
                 **({"DAGSTER_HOME": str(folders["dagster_home"])} if "dagster_home" in folders else {})}
 

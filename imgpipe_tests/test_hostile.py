@@ -35,8 +35,8 @@ from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.output.output_csv import OutputRow, render_output_csv
 from imgpipe.settings import MIB, Limits, Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
-from imgpipe.storage import LocalStorage
-from imgpipe.images.url_safety import AllowList
+from imgpipe.storage.local import LocalStorage
+from imgpipe.net.url_safety import AllowList
 from imgpipe.status.models import Source
 from imgpipe.webhooks.attempt import attempt_delivery
 from imgpipe_tests import faults

@@ -26,10 +26,10 @@ from imgpipe.intake.intake import KEY_WAIT_SECONDS, IntakeResult, KeyPending, Up
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.idempotency import KeyTaken
-from imgpipe.status.models import RequestRow, Source
+from imgpipe.status.models import RequestRow, Source, utcnow
 from imgpipe.status.postgres_store import PostgresStatusStore
-from imgpipe.status.store import utcnow
-from imgpipe.storage import LocalStorage, input_key
+from imgpipe.storage.keys import input_key
+from imgpipe.storage.local import LocalStorage
 from imgpipe_tests.api_processes import api_process
 from imgpipe_tests.servers import wait_for
 from imgpipe_tests.test_api import CSV, CSV_WITH_3_PROBLEMS

@@ -1,7 +1,7 @@
-"""The distributed profile's Dagster instance (`deploy/distributed/dagster.yaml`, `imgpipe/instance.py`), over
-the real PostgreSQL and an S3 server (moto): step logs staged with no TMPDIR set, and every process of the
-profile (the daemon, the UI, `imgpipe worker`, `imgpipe api`) refusing to start, naming the variable, when one
-it needs is missing, instead of starting and accepting work it can never do."""
+"""The distributed profile's Dagster instance (`imgpipe/package_data/distributed/dagster.yaml`,
+`imgpipe/instance.py`), over the real PostgreSQL and an S3 server (moto): step logs staged with no TMPDIR set, and
+every process of the profile (the daemon, the UI, `imgpipe worker`, `imgpipe api`) refusing to start, naming the
+variable, when one it needs is missing, instead of starting and accepting work it can never do."""
 from __future__ import annotations
 
 import os
@@ -21,7 +21,7 @@ from imgpipe.instance import IncompleteEnvironment
 from imgpipe_tests.servers import REPO
 
 BIN = Path(sys.executable).parent
-DISTRIBUTED_YAML = REPO / "deploy" / "distributed" / "dagster.yaml"
+DISTRIBUTED_YAML = REPO / "imgpipe" / "package_data" / "distributed" / "dagster.yaml"
 LOGS_PREFIX = "deploy-t/dagster-logs"
 
 
@@ -94,7 +94,7 @@ def test_a_process_missing_a_variable_refuses_to_start_naming_it(distributed_env
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGPIPE_", "DAGSTER_", "AWS_"))
            and k != "TMPDIR"}
     env.update({k: v for k, v in distributed_env.items() if k != missing})
-    if process == "worker":  # a worker has no DAGSTER_HOME: it checks the dagster.yaml the repository ships
+    if process == "worker":  # a worker has no DAGSTER_HOME: it checks the dagster.yaml the package ships
         env.pop("DAGSTER_HOME")
     log = tmp_path / f"{process}.log"
     with open(log, "wb") as out:

@@ -14,7 +14,8 @@ from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import Source
-from imgpipe.storage import LocalStorage, input_key
+from imgpipe.storage.keys import input_key
+from imgpipe.storage.local import LocalStorage
 from imgpipe_tests.servers import drop_into_inbox
 
 GOOD = "S. No.,Product Name,Input Image Urls\n1,Chair,\"https://img.example/a.jpg, https://img.example/b.jpg\"\n"

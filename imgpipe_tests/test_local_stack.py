@@ -22,8 +22,7 @@ from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.local_stack import Console, Watcher, sample_csv
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
-from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus, Source
-from imgpipe.status.store import utcnow
+from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus, Source, utcnow
 from imgpipe_tests.servers import IsolatedHome, drop_into_inbox, free_port, wait_for
 from imgpipe_tests.stack import processes_with
 

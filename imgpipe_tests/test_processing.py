@@ -9,7 +9,7 @@ from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import Source
-from imgpipe.storage import LocalStorage
+from imgpipe.storage.local import LocalStorage
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.pipeline import csv_for
 

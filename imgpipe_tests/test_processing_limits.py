@@ -15,9 +15,8 @@ from imgpipe import processing
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.settings import Settings, load_settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
-from imgpipe.status.models import Source
-from imgpipe.status.store import utcnow
-from imgpipe.storage import LocalStorage
+from imgpipe.status.models import Source, utcnow
+from imgpipe.storage.local import LocalStorage
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.pipeline import csv_for, read_output, run, slots_of, submit
 from imgpipe_tests.servers import ImageServer

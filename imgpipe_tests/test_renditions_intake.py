@@ -16,7 +16,7 @@ from imgpipe.processing import renditions_for
 from imgpipe.settings import Settings, load_settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import RequestRow, utcnow
-from imgpipe.storage import LocalStorage
+from imgpipe.storage.local import LocalStorage
 
 GOOD = "S. No.,Product Name,Input Image Urls\n1,Chair,https://img.example/a.jpg\n"
 

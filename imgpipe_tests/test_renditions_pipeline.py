@@ -13,12 +13,14 @@ import boto3
 import pytest
 
 from imgpipe.api.app import create_app
-from imgpipe.defs.assets import rendition_metadata
+from imgpipe.defs.metadata import rendition_metadata
 from imgpipe.images.image_policy import POLICY_VERSION
 from imgpipe.retention import PurgePlan, parse_duration, parse_statuses, purge
-from imgpipe.storage import LocalStorage, S3Storage
+from imgpipe.storage.local import LocalStorage
+from imgpipe.storage.s3 import S3Storage
 from imgpipe_tests.asgi import asgi_get
 from imgpipe_tests.images import illustration
+from imgpipe_tests.kept_content import has_content
 from imgpipe_tests.pipeline import process_here
 from imgpipe_tests.servers import CatalogServer
 from imgpipe_tests.test_retention import made_old
@@ -215,4 +217,4 @@ def test_purge_leaves_no_file_of_a_purged_request_and_kept_renditions_go_with_th
     assert [o.request.request_id for o in purge(store, storage, PurgePlan(
         older_than=parse_duration("12h"), statuses=parse_statuses(None)))] == [newer]
     assert stored_keys(storage) == before  # no file of either request, nor of what was kept for them
-    assert not storage.has_content(POLICY_VERSION, next(iter(shas)), ".jpg")
+    assert not has_content(storage, POLICY_VERSION, next(iter(shas)), ".jpg")

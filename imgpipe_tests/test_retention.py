@@ -15,18 +15,19 @@ from dagster import instance_for_test
 
 from imgpipe.api.app import create_app
 from imgpipe.defs.resources import ImgpipeResource
-from imgpipe.defs.schedules import partition_forgetter, purge_old_requests_job
+from imgpipe.defs.schedules import purge_old_requests_job
 from imgpipe.images.batch import work_items
 from imgpipe.images.image_policy import POLICY_VERSION
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.output.completion import complete_request
 from imgpipe.processing import compress_images
 from imgpipe.retention import PurgePlan, parse_duration, parse_statuses, purge
-from imgpipe.status.models import Obtained, Source
-from imgpipe.status.store import utcnow
-from imgpipe.storage import THUMBNAIL_SIDES, errors_key, image_key, input_key, output_key, thumbnail_key
+from imgpipe.runs.partitions import partition_forgetter
+from imgpipe.status.models import Obtained, Source, utcnow
+from imgpipe.storage.keys import THUMBNAIL_SIDES, errors_key, image_key, input_key, output_key, thumbnail_key
 from imgpipe_tests.asgi import asgi_get
 from imgpipe_tests.images import save_jpeg
+from imgpipe_tests.kept_content import has_content
 from imgpipe_tests.pipeline import csv_for, process_here
 
 BASE = "http://127.0.0.1:8000"
@@ -62,8 +63,8 @@ def test_purge_removes_exactly_the_old_requests_and_keeps_what_the_others_reuse(
         assert store.products(request_id) == [] and store.purged_at(request_id) is not None
         assert not storage.exists(input_key(request_id)) and not storage.exists(output_key(request_id))
     for sha256 in only_old:
-        assert not storage.has_content(POLICY_VERSION, sha256, ".jpg")
-    assert storage.has_content(POLICY_VERSION, shared.input_sha256, ".jpg")  # still reused by request 4
+        assert not has_content(storage, POLICY_VERSION, sha256, ".jpg")
+    assert has_content(storage, POLICY_VERSION, shared.input_sha256, ".jpg")  # still reused by request 4
 
     app = create_app(settings)
     for request_id in kept:
@@ -146,7 +147,7 @@ def test_a_rejected_request_and_one_whose_outputs_another_still_uses_are_purged(
     assert store.get_request(rejected) is None and not storage.exists(errors_key(rejected))
     assert [key for key in files_of(store, first) if storage.exists(key)] == []
     [kept] = store.images(second)
-    assert storage.has_content(POLICY_VERSION, kept.input_sha256, ".jpg")
+    assert has_content(storage, POLICY_VERSION, kept.input_sha256, ".jpg")
 
 
 def test_the_retention_schedule_purges_the_old_requests_that_have_ended_and_no_other(backends):

@@ -20,8 +20,7 @@ from imgpipe.runs.launch import RunLauncherAtOnce
 from imgpipe.runs.tags import request_tag
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
-from imgpipe.status.models import Source
-from imgpipe.status.store import utcnow
+from imgpipe.status.models import Source, utcnow
 from imgpipe_tests.servers import drop_into_inbox, product_csv
 
 GOOD = "S. No.,Product Name,Input Image Urls\n1,Chair,https://img.example/a.jpg\n"

@@ -10,7 +10,8 @@ from imgpipe.defs.resources import ImgpipeResource
 from imgpipe.settings import SECRET_FIELDS, Settings, env_name
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.postgres_store import PostgresStatusStore
-from imgpipe.storage import LocalStorage, S3Storage
+from imgpipe.storage.local import LocalStorage
+from imgpipe.storage.s3 import S3Storage
 
 DISTRIBUTED = {
     "IMGPIPE_HOME": "/srv/imgpipe",

@@ -18,9 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from dagster import execute_job, instance_for_test, reconstructable
 
-from imgpipe.definitions import resolved_process_request_job
 from imgpipe.webhooks.delivery import deliver
-from imgpipe_tests.pipeline import submit as submit_csv
+from imgpipe_tests.pipeline import resolved_process_request_job, submit as submit_csv
 from imgpipe.settings import Settings, load_settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe_tests.images import save_jpeg

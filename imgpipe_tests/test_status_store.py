@@ -19,18 +19,13 @@ from imgpipe.output.completion import complete_request
 from imgpipe.processing import compress_images
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
-from imgpipe.status.models import (
-    ImageResult,
-    ImageSlot,
-    ImageStatus,
-    RenditionRow,
-    RequestRow,
-    RequestStatus,
-    Source,
-)
+from imgpipe.status.models import (ImageResult, ImageSlot, ImageStatus, RenditionRow, RequestRow, RequestStatus,
+                                   Source, utcnow)
 from imgpipe.status.postgres_store import PostgresStatusStore
-from imgpipe.status.store import NotPurgeable, NotRetryable, StatusStore, StoreBusy, utcnow
-from imgpipe.storage import LocalStorage
+from imgpipe.status.request_rows import NotRetryable
+from imgpipe.status.retention_rows import NotPurgeable
+from imgpipe.status.store import StatusStore, StoreBusy
+from imgpipe.storage.local import LocalStorage
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.pipeline import csv_for
 

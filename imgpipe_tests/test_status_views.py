@@ -8,8 +8,7 @@ from datetime import timedelta
 import pytest
 
 from imgpipe.metrics import BUCKETS
-from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus
-from imgpipe.status.store import utcnow
+from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus, utcnow
 from imgpipe_tests.test_status_store import accept, manifest
 
 

@@ -16,17 +16,11 @@ from imgpipe_tests.asgi import asgi_get
 from imgpipe.intake.inbox import Inbox
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
-from imgpipe.storage import (
-    LocalStorage,
-    S3Storage,
-    Storage,
-    errors_key,
-    image_key,
-    input_key,
-    output_key,
-    rejected_key,
-    split_s3_url,
-)
+from imgpipe.storage.interface import Storage
+from imgpipe.storage.keys import errors_key, image_key, input_key, output_key, rejected_key
+from imgpipe.storage.local import LocalStorage
+from imgpipe.storage.s3 import S3Storage, split_s3_url
+from imgpipe_tests.kept_content import has_content
 
 BASE = "http://127.0.0.1:8000"
 GOOD = b"S. No.,Product Name,Input Image Urls\n1,Chair,https://img.example/a.jpg\n"
@@ -93,7 +87,7 @@ def test_kept_renditions_are_linked_as_a_requests_own_and_go_with_their_kept_ima
 
     storage.delete_content(3, sha)
 
-    assert not storage.has_content(3, sha, ".jpg") and storage.read_content_renditions(3, sha) is None
+    assert not has_content(storage, 3, sha, ".jpg") and storage.read_content_renditions(3, sha) is None
     with pytest.raises(Exception):  # every file named after the hash is gone
         storage.link_content_renditions(3, sha, [".w480.jpg"], "r9", "r1-p2")
     assert storage.read_image("r9", "r1-p1.w480.avif") == b"small avif"  # the request's own stays its own

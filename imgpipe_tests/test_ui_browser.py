@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from imgpipe.status.duckdb_store import DuckDBStatusStore
-from imgpipe.storage import LocalStorage
+from imgpipe.storage.local import LocalStorage
 from imgpipe_tests.images import illustration, save_jpeg
 from imgpipe_tests.pipeline import process_here
 from imgpipe_tests.servers import (

@@ -3,8 +3,8 @@ import socket
 
 import pytest
 
-from imgpipe.images.url_safety import (AllowList, UnresolvableHost, UnsafeUrl, check_url, is_public_address,
-                                       netloc_of)
+from imgpipe.net.url_safety import (AllowList, UnresolvableHost, UnsafeUrl, check_url, is_public_address,
+                                    netloc_of)
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"

@@ -13,7 +13,7 @@ import pytest
 import standardwebhooks
 
 from imgpipe.webhooks.signing import signed_headers
-from imgpipe.images.url_safety import AllowList
+from imgpipe.net.url_safety import AllowList
 from imgpipe.settings import Settings
 from imgpipe.webhooks.attempt import attempt_delivery
 from imgpipe.webhooks.message import build_payload, event_type, message_id

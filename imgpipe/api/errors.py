@@ -9,6 +9,7 @@ import http
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -73,9 +74,10 @@ async def on_http_exception(request: Request, exc: StarletteHTTPException) -> JS
 
 def allowed_methods(request: Request) -> list[str]:
     """The methods of every route of the request's path: Starlette's 405 names those of the first route only, and
-    a path can have several (`GET` and `POST /requests`)."""
+    a path can have several (`GET` and `POST /requests`). The app's routes are in routers it includes, which
+    FastAPI keeps whole: `iter_route_contexts` lists the routes inside them."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    for route in iter_route_contexts(request.app.router.routes):
         match, _ = route.matches(request.scope)
         if match is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgpipe.images.renditions import RenditionSet, main_stem, negotiate
-from imgpipe.storage import Storage, checked_image_name, content_type_of
+from imgpipe.storage.interface import Storage
+from imgpipe.storage.keys import checked_image_name, content_type_of
 
 
 @dataclass(frozen=True)

@@ -1,2 +1,2 @@
-"""The Dagster layer, thin: the `imgpipe` resource, the partitioned assets, the jobs and the sensors.
-`imgpipe.definitions` assembles them."""
+"""The Dagster layer, thin: the `imgpipe` resource, the partitioned assets, what their materializations record, the
+jobs, the sensors and the retention schedule. `imgpipe.definitions` assembles them."""

@@ -18,31 +18,26 @@ from dagster import (
 )
 from pydantic import Field
 
+from imgpipe import processing
 from imgpipe.backends import step_executor
-from imgpipe.defs.assets import (
-    compressed_images,
-    output_checks,
-    output_csv,
-    request_metadata,
-    upload_manifest,
-    webhook,
-    webhook_metadata,
-)
+from imgpipe.defs.assets import compressed_images, output_csv, upload_manifest, webhook
+from imgpipe.defs.metadata import output_checks, request_metadata, webhook_metadata
 from imgpipe.defs.resources import ImgpipeResource
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.intake.launchpad import read_csv_source
-from imgpipe.output.completion import complete_request
-from imgpipe.processing import process_requests as process_requests_here
+from imgpipe.output.completion import Completion, end_dead_run_requests
 from imgpipe.runs.launch import RunLauncherAtOnce
-from imgpipe.runs.tags import KIND_TAG, PROCESS_REQUEST, PROCESS_REQUESTS, RUN_KEY_TAG
+from imgpipe.runs.tags import KIND_TAG, PROCESS_REQUESTS_JOB, REQUEST_ASSET_JOB, RUN_KEY_TAG
 from imgpipe.settings import Settings
 from imgpipe.status.models import Source
+from imgpipe.status.store import StatusStore
 from imgpipe.webhooks.delivery import deliver
 
-def process_request_job(settings: Settings):
-    """An asset job (resolved against the assets when `Definitions` is built)."""
+
+def request_asset_job(settings: Settings):
+    """A request's partition of the asset job (resolved against the assets when `Definitions` is built)."""
     return define_asset_job(
-        PROCESS_REQUEST,
+        REQUEST_ASSET_JOB,
         selection=AssetSelection.assets(upload_manifest, compressed_images, output_csv, webhook),
         executor_def=step_executor(settings),
         tags={KIND_TAG: "process"},
@@ -101,32 +96,38 @@ def process_requests(context: OpExecutionContext, config: RequestsConfig, imgpip
     settings, store, storage = imgpipe.settings(), imgpipe.store(), imgpipe.storage()
     again = context.run.parent_run_id is not None  # a re-execution from the UI
     processed = []
-    for ended in process_requests_here(settings, store, storage, config.request_ids, context.run.run_id,
-                                       again=again):
+    for ended in processing.process_requests(settings, store, storage, config.request_ids, context.run.run_id,
+                                             again=again):
         if ended.completion is None:
             context.log.info(f"request {ended.request_id}: already ended, nothing to do")
             continue
-        completion, request_id = ended.completion, ended.request_id
-        processed.append(request_id)
-        context.log.info(f"request {request_id}: {completion.status}")
-        manifest = store.manifest(request_id)
-        for key, metadata in ((upload_manifest.key, {"images": len(manifest)}),
-                              (compressed_images.key, {"images": completion.counts["total"]}),
-                              (output_csv.key, request_metadata(completion))):
-            context.log_event(AssetMaterialization(asset_key=key, partition=request_id, metadata=metadata))
-        for name, passed, metadata in output_checks(manifest, completion):
-            context.log_event(AssetCheckEvaluation(asset_key=output_csv.key, check_name=name, passed=passed,
-                                                   metadata=metadata, partition=request_id,
-                                                   severity=AssetCheckSeverity.ERROR))
+        processed.append(ended.request_id)
+        context.log.info(f"request {ended.request_id}: {ended.completion.status}")
+        record_request(context, store, ended.request_id, ended.completion)
     for request_id in processed:  # the webhooks' first minute is over once all are done
         context.log_event(AssetMaterialization(asset_key=webhook.key, partition=request_id,
                                                metadata=webhook_metadata(store, request_id)))
 
 
+def record_request(context: OpExecutionContext, store: StatusStore, request_id: str,
+                   completion: Completion) -> None:
+    """The ended request's materializations of the first three assets, and the output CSV's checks, as its own
+    run's steps record them."""
+    manifest = store.manifest(request_id)
+    for key, metadata in ((upload_manifest.key, {"images": len(manifest)}),
+                          (compressed_images.key, {"images": completion.counts["total"]}),
+                          (output_csv.key, request_metadata(completion))):
+        context.log_event(AssetMaterialization(asset_key=key, partition=request_id, metadata=metadata))
+    for name, passed, metadata in output_checks(manifest, completion):
+        context.log_event(AssetCheckEvaluation(asset_key=output_csv.key, check_name=name, passed=passed,
+                                               metadata=metadata, partition=request_id,
+                                               severity=AssetCheckSeverity.ERROR))
+
+
 def process_requests_job(settings: Settings):
     """Several small requests in one run, its one step where the profile runs steps (a Celery worker in the
     distributed profile)."""
-    @job(name=PROCESS_REQUESTS, tags={KIND_TAG: "process"}, executor_def=step_executor(settings),
+    @job(name=PROCESS_REQUESTS_JOB, tags={KIND_TAG: "process"}, executor_def=step_executor(settings),
          description="Several small requests in one run: each processed and ended on its own, each its "
                      "partition's materialization.")
     def shared_run():
@@ -147,15 +148,11 @@ def end_failed_request(context: OpExecutionContext, config: FailedRunConfig, img
     settings, store, storage = imgpipe.settings(), imgpipe.store(), imgpipe.storage()
     dead_run = context.instance.get_run_by_id(config.run_id)
     run_key = dead_run.tags.get(RUN_KEY_TAG) if dead_run else None
-    for request_id in config.request_ids:
-        request = store.get_request(request_id)
-        # Only the run that holds a request may end it: a retry may have put it back in the queue meanwhile, and
-        # the run-status sensors and their backstop may each have asked for this end.
-        if request is None or not request.held_by(config.run_id, run_key):
+    for request_id, completion in end_dead_run_requests(settings, store, storage, config.request_ids,
+                                                        config.run_id, run_key, config.reason):
+        if completion is None:
             context.log.info(f"request {request_id} is no longer the dead run's to end")
             continue
-        completion = complete_request(settings, store, storage, request_id, config.run_id,
-                                      run_failure=config.reason)
         context.log.info(f"request {request_id} ended as failed: {config.reason}")
         if completion.webhook_id:
             state = deliver(settings, store, completion.webhook_id, inline=True)
@@ -184,5 +181,5 @@ def deliver_webhook_job():
 
 
 def jobs_for(settings: Settings) -> list:
-    return [process_request_job(settings), process_requests_job(settings), submit_csv_job, end_failed_run_job,
+    return [request_asset_job(settings), process_requests_job(settings), submit_csv_job, end_failed_run_job,
             deliver_webhook_job]

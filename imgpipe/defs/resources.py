@@ -14,7 +14,7 @@ from pydantic import model_validator
 from imgpipe.backends import open_status_store, open_storage
 from imgpipe.settings import SECRET_FIELDS, Settings, env_name
 from imgpipe.status.store import StatusStore
-from imgpipe.storage import Storage
+from imgpipe.storage.interface import Storage
 
 
 class ImgpipeResource(ConfigurableResource, Settings):

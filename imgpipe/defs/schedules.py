@@ -1,33 +1,12 @@
 """Retention in Dagster: with IMGPIPE_RETENTION_DAYS set, a daily schedule runs `purge_old_requests_job`, which
 purges the requests older than that (`imgpipe.retention`) and their dynamic partitions."""
-from dagster import (
-    DagsterInstance,
-    DefaultScheduleStatus,
-    OpExecutionContext,
-    RunsFilter,
-    ScheduleDefinition,
-    job,
-    op,
-)
+from dagster import DefaultScheduleStatus, OpExecutionContext, ScheduleDefinition, job, op
 
-from imgpipe.defs.assets import requests_partitions
-from imgpipe.runs.tags import KIND_TAG, REQUEST_TAG
 from imgpipe.defs.resources import ImgpipeResource
 from imgpipe.retention import PurgePlan, parse_statuses, purge
+from imgpipe.runs.partitions import partition_forgetter
+from imgpipe.runs.tags import KIND_TAG
 from imgpipe.settings import Settings
-
-
-def partition_forgetter(instance: DagsterInstance, delete_runs: bool):
-    """Removes a purged request's dynamic partition (its materializations go with it from the asset's view), and
-    with `delete_runs` its runs too."""
-    def forget(request_id: str) -> None:
-        if delete_runs:
-            for record in instance.get_run_records(RunsFilter(tags={REQUEST_TAG: request_id})):
-                instance.delete_run(record.dagster_run.run_id)
-        if instance.has_dynamic_partition(requests_partitions.name, request_id):
-            instance.delete_dynamic_partition(requests_partitions.name, request_id)
-
-    return forget
 
 
 @op

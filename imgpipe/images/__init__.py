@@ -1,2 +1,2 @@
-"""One image's way: URL safety, the safe fetcher, the quality estimate, the image policy, the isolated
-compressor, and the batch runner inside a step."""
+"""One image's way: the quality estimate, the image policy, the isolated compressor, and the batch runner inside a
+step (which downloads through `imgpipe.net`)."""

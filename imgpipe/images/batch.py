@@ -19,14 +19,16 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from imgpipe.images.compressor import compress_isolated
-from imgpipe.images.fetcher import FetchError, FetchLimits, FetchResult, HostQueue, HostSlots, Validators, fetch
 from imgpipe.images.image_policy import POLICY_VERSION
 from imgpipe.images.rendition_files import RequestRenditions
 from imgpipe.images.renditions import RenditionSpec
-from imgpipe.images.url_safety import AllowList, netloc_of
+from imgpipe.net.download import FetchLimits, FetchResult, Validators, fetch
+from imgpipe.net.errors import FetchError
+from imgpipe.net.host_slots import HostQueue, HostSlots
+from imgpipe.net.url_safety import AllowList, netloc_of
 from imgpipe.settings import Settings, env_name
 from imgpipe.status.models import ContentOutput, ImageResult, ImageSlot, ImageStatus, Obtained, ReuseCandidate
-from imgpipe.storage import Storage
+from imgpipe.storage.interface import Storage
 from imgpipe.text import printable
 
 

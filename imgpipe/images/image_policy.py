@@ -1,7 +1,7 @@
 """The image policy of contract section 9: how one downloaded image is decoded, checked and re-encoded.
 
-Runs inside a short-lived child process (`imgpipe.images.compressor`), so it logs nothing and starts no threads;
-every problem with the image itself is an `ImageRejected` carrying a reason fit for the status store.
+Runs inside a short-lived child process (`imgpipe.images.compression_worker`), so it logs nothing and starts no
+threads; every problem with the image itself is an `ImageRejected` carrying a reason fit for the status store.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from imgpipe.images.image_policy import POLICY_VERSION, CompressedImage
 from imgpipe.images.renditions import RenditionSet, RenditionSpec, encoder_settings, rendition_suffix
 from imgpipe.status.models import RenditionRow
-from imgpipe.storage import Storage
+from imgpipe.storage.interface import Storage
 
 
 class RequestRenditions:

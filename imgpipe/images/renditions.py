@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from imgpipe.images.rendition_quality import AVIF_SPEED, SCALES, WEBP_METHOD, avif_quality, webp_quality
-from imgpipe.storage import CONTENT_TYPES, WIDTH_PATTERN
+from imgpipe.storage.keys import CONTENT_TYPES, WIDTH_PATTERN
 from imgpipe.text import ascii_int
 
 # As requests name them, in their canonical order, and as Pillow names them.

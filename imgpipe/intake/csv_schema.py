@@ -1,4 +1,5 @@
-"""What a valid upload is (contract section 3), and turning uploaded bytes into the manifest.
+"""What a valid upload is (docs/getting-started.md#handing-over-a-csv), and turning uploaded bytes into the
+manifest.
 
 The manifest is long: one row per image slot. `ManifestModel` is the single definition of a valid one; it is
 also the Dagster type of the manifest asset. `parse_upload` does only what a schema cannot (decoding, header

@@ -1,4 +1,5 @@
-"""The folder drop (contract section 2): files in `inbox/` handed to the one intake, `take_upload`.
+"""The folder drop (docs/getting-started.md#handing-over-a-csv): files in `inbox/` handed to the one intake,
+`take_upload`.
 
 A file is first claimed: its sidecar, then the file itself, are renamed into `inbox/.claimed/<request_id>/`
 (a name the inbox never offers), so the bytes validated are the bytes kept, whatever is dropped under the
@@ -28,7 +29,7 @@ from imgpipe.intake.intake import IntakeResult, Upload, as_text, new_request_id,
 from imgpipe.settings import Settings
 from imgpipe.status.models import Source
 from imgpipe.status.store import StatusStore
-from imgpipe.storage import Storage
+from imgpipe.storage.interface import Storage
 
 log = logging.getLogger(__name__)
 

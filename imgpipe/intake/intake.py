@@ -23,7 +23,8 @@ from imgpipe.settings import Limits
 from imgpipe.status.idempotency import KeyTaken
 from imgpipe.status.models import RequestRow, Source
 from imgpipe.status.store import StatusStore
-from imgpipe.storage import ERRORS_NAME, Storage
+from imgpipe.storage.interface import Storage
+from imgpipe.storage.keys import ERRORS_NAME
 from imgpipe.text import printable
 
 # Below the 255 bytes most file systems allow in a name.

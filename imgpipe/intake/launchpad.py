@@ -7,8 +7,8 @@ import dataclasses
 import urllib.parse
 from pathlib import Path
 
-from imgpipe.images.fetcher import FetchLimits, fetch
-from imgpipe.images.url_safety import AllowList
+from imgpipe.net.download import FetchLimits, fetch
+from imgpipe.net.url_safety import AllowList
 from imgpipe.settings import Settings
 
 

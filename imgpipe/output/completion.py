@@ -1,19 +1,21 @@
 """Ending a request: the output CSV, the terminal status, and the webhook queued in the outbox.
 
-Used by the output CSV asset when a run finishes and by the `end_failed_run` job when a run dies. The order is
-the contract's: the output CSV and the outbox entry are written first, the terminal status last, so a reader
-that sees the status finds everything else in place.
+Used by the output CSV asset and the run of several requests when a request's work is done, and by
+`end_failed_run_job` when a run dies (`end_dead_run_requests`). The output CSV and the outbox entry are written
+first, the terminal status last (docs/getting-started.md#status), so a reader that sees the status finds
+everything else in place.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Iterator, Sequence
 
 from imgpipe.output.output_csv import OutputRow, render_output_csv
 from imgpipe.settings import Settings
 from imgpipe.status.models import ImageRow, ImageStatus, RequestStatus, image_counts
 from imgpipe.status.store import StatusStore
-from imgpipe.storage import Storage, StoredObject
+from imgpipe.storage.interface import Storage, StoredObject
 from imgpipe.webhooks.message import build_payload, event_type, message_id
 
 
@@ -77,3 +79,17 @@ def complete_request(settings: Settings, store: StatusStore, storage: Storage, r
                                   event_type=event_type(status), payload=payload)
         store.finish_request(request_id, status, error)
     return Completion(status, counts, csv_object, csv_bytes, images, webhook_id, error, renditions)
+
+
+def end_dead_run_requests(settings: Settings, store: StatusStore, storage: Storage, request_ids: Sequence[str],
+                          run_id: str, run_key: str | None, reason: str) -> Iterator[tuple[str, Completion | None]]:
+    """Ends as failed, for `reason`, each of `request_ids` that the dead run `run_id` (launched under `run_key`)
+    still holds; yields each request with its completion, None for one that is no longer the run's to end. Only
+    the run that holds a request may end it: a retry may have put it back in the queue meanwhile, and the
+    run-status sensors and their backstop may each have asked for this end."""
+    for request_id in request_ids:
+        request = store.get_request(request_id)
+        if request is None or not request.held_by(run_id, run_key):
+            yield request_id, None
+        else:
+            yield request_id, complete_request(settings, store, storage, request_id, run_id, run_failure=reason)

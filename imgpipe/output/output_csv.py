@@ -1,4 +1,4 @@
-"""The output CSV of a request (contract section 5), as bytes; no I/O here.
+"""The output CSV of a request (docs/index.md, the example at the top), as bytes; no I/O here.
 
 One row per input row, in input order. Each URL cell lists its slots in input order joined by ", "; a failed
 slot is an empty string, so a reader that splits on "," and strips finds every output URL at the index of

@@ -8,31 +8,30 @@ One request never gets two runs, whatever the timing:
   launches the run, and nobody else does;
 - a run launched at once carries the inbox sensor's name and the run key in its tags, exactly as the sensor's
   own run would, so Dagster's run-key check skips it should the sensor ask for it too;
-- the sensor asks for the run of a key given at once only after DIRECT_LAUNCH_GRACE (the launching process may
-  have died between the key and the run), and a launch at once that took longer than half of that gives up
-  before submitting, leaving it to the sensor.
+- the sensor asks for the run of a key given at once only after DIRECT_LAUNCH_GRACE (`imgpipe.run_plan`; the
+  launching process may have died between the key and the run), and a launch at once that took longer than half
+  of that gives up before submitting, leaving it to the sensor.
 """
 from __future__ import annotations
 
 import sys
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
 from dagster import DagsterInstance, DagsterRunStatus, RunRequest, RunsFilter
 
 from imgpipe.backends import processing_run_limit
-from imgpipe.runs.tags import (CODE_LOCATION_NAME, KIND_TAG, PROCESS_REQUEST, PROCESS_REQUESTS, REQUEST_TAG,
-                                RUN_KEY_TAG, request_tag)
-from imgpipe.run_plan import OWN_RUN_IMAGES, single_run_key
+from imgpipe.run_plan import DIRECT_LAUNCH_GRACE, OWN_RUN_IMAGES, single_run_key
+from imgpipe.runs.partitions import requests_partitions
+from imgpipe.runs.tags import (CODE_LOCATION_NAME, KIND_TAG, PROCESS_REQUESTS_JOB, REQUEST_ASSET_JOB, RUN_KEY_TAG,
+                                SINGLE_REQUEST_TAG, request_tag)
 from imgpipe.settings import Settings
 from imgpipe.status.models import RequestRow, RequestStatus
 from imgpipe.status.store import StatusStore
 
 INBOX_SENSOR = "inbox_sensor"
-DIRECT_LAUNCH_GRACE = timedelta(seconds=60)
 RUNS_GOING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
               DagsterRunStatus.STARTED]
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -53,11 +52,13 @@ def run_request(settings: Settings, run_key: str, requests: Sequence[RequestRow]
     tags = {RUN_KEY_TAG: run_key, **{request_tag(r.request_id): "true" for r in requests}}
     if len(requests) == 1:
         request = requests[0]
-        tags |= {REQUEST_TAG: request.request_id, "imgpipe/source": request.source,
+        tags |= {SINGLE_REQUEST_TAG: request.request_id, "imgpipe/source": request.source,
                  "imgpipe/file_name": (request.file_name or "")[:200]}
         if run_key == single_run_key(request) and (request.total_images or 0) >= asset_job_from(settings):
-            return RunRequest(run_key=run_key, partition_key=request.request_id, job_name=PROCESS_REQUEST, tags=tags)
-    return RunRequest(run_key=run_key, job_name=PROCESS_REQUESTS, tags={**tags, "imgpipe/requests": str(len(requests))},
+            return RunRequest(run_key=run_key, partition_key=request.request_id, job_name=REQUEST_ASSET_JOB,
+                              tags=tags)
+    return RunRequest(run_key=run_key, job_name=PROCESS_REQUESTS_JOB,
+                      tags={**tags, "imgpipe/requests": str(len(requests))},
                       run_config={"ops": {"process_requests": {"config": {
                           "request_ids": [r.request_id for r in requests]}}}})
 
@@ -114,7 +115,7 @@ class RunLauncherAtOnce:
         location = self._code_location()
         repository = location.get_repository(next(iter(location.get_repository_names())))
         remote_job = repository.get_full_job(request.job_name)
-        self.instance.add_dynamic_partitions("requests", [partition])
+        self.instance.add_dynamic_partitions(requests_partitions.name, [partition])
         if request.partition_key is not None:
             job_def = self._job_definition(request.job_name)
             request = request.with_resolved_tags_and_config(

@@ -2,13 +2,15 @@
 
 A run still gets an OS process of its own, but not a fresh interpreter: this server imports Dagster, pandas,
 pandera, the image policy and the code location once, resolves every job, freezes its heap, and then forks a run
-worker per run. The worker starts with all of that in place and goes straight to the run (Dagster's own
-`dagster api execute_run` spends 2-3 s importing the same modules first).
+worker per run. The worker starts with all of that in place and goes straight to the run, where Dagster's own
+`dagster api execute_run` imports the same modules first
+(docs/operations.md#runs-launched-at-once-started-warm-supervised).
 
 Where a run compresses its images in its own process (the embedded profile's in-process executor), the server also
-keeps a fork server (`imgpipe.images.compressor`) started ahead of need for the next worker, which adopts it: a
-fresh one takes an interpreter 0.2-0.4 s to start, at the start of every run. Only the worker holds that server's
-end of the pipe, so the server exits with the worker (end of file), as one of its own would.
+keeps a fork server (`imgpipe.images.fork_server`) started ahead of need for the next worker, which adopts it: a
+fresh one would start an interpreter at the start of every run
+(docs/performance.md#the-run-lifecycle-one-image-and-a-re-upload, "A fork server ready"). Only the worker holds
+that server's end of the pipe, so the server exits with the worker (end of file), as one of its own would.
 
 Lifetimes: the server dies with the process that started it (PR_SET_PDEATHSIG), and each worker with the server,
 so that stopping or killing a stack leaves no run worker behind; a run whose worker died that way is found by run

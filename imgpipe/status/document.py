@@ -1,4 +1,4 @@
-"""The status document of a request (contract section 6, `GET /requests/{id}`), built from the status store.
+"""The status document of a request (docs/api.md#rest-api, `GET /requests/{id}`), built from the status store.
 
 One definition of its shape, as pydantic models: the REST API answers with it (and documents it in its OpenAPI
 schema), the CLI prints it and waits on it. No HTTP code here.
@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 from imgpipe.images.renditions import MAIN, served_links
 from imgpipe.report_links import report_url
 from imgpipe.settings import Settings
-from imgpipe.status.models import ImageStatus, Obtained, RenditionRow, RequestStatus
-from imgpipe.status.store import RequestView, StatusStore
-from imgpipe.storage import Storage
+from imgpipe.status.models import ImageStatus, Obtained, RenditionRow, RequestStatus, RequestView
+from imgpipe.status.store import StatusStore
+from imgpipe.storage.interface import Storage
 
 
 class RowErrorModel(BaseModel):

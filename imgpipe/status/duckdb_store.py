@@ -16,7 +16,8 @@ from typing import Callable, Iterator, Sequence
 import duckdb
 import pandas as pd
 
-from imgpipe.status.store import EXISTING_COLUMNS, SCHEMA, StatusStore, T, upgrades
+from imgpipe.status.schema import EXISTING_COLUMNS, SCHEMA, upgrades
+from imgpipe.status.store import StatusStore, T
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
@@ -34,9 +35,9 @@ class DuckDBStatusStore(StatusStore):
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """This thread's operations inside share one session, opened once: opening the file takes DuckDB 10-30 ms
-        of CPU, more than most operations. Other processes wait for the file meanwhile, so a caller holds it only
-        around a few quick operations, never around a download or a call to another store of the same file."""
+        """This thread's operations inside share one session, opened once: opening the file costs DuckDB more CPU
+        than most operations. Other processes wait for the file meanwhile, so a caller holds it only around a few
+        quick operations, never around a download or a call to another store of the same file."""
         if getattr(self._held, "con", None) is not None:
             yield
             return

@@ -1,4 +1,4 @@
-"""Idempotency keys in the status store (contract section 13): one key names one request, however many API
+"""Idempotency keys in the status store (docs/api.md#rest-api): one key names one request, however many API
 processes receive it at once.
 
 An upload with a key first claims the key for the request ID it is about to record (`claim_idempotency_key`: the

@@ -1,11 +1,12 @@
-"""What the status store holds (contract section 4), as typed rows and the two status vocabularies."""
+"""What the status store holds (docs/getting-started.md#status), as typed rows and the two status vocabularies, and
+the views its reads for people and dashboards answer with."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Iterable
+from typing import Any, Iterable
 
 
 def utcnow() -> datetime:
@@ -38,7 +39,7 @@ class ImageStatus(StrEnum):
 
 
 class Obtained(StrEnum):
-    """How a compressed image was obtained (contract section 12)."""
+    """How a compressed image was obtained (docs/operations.md#re-uploads-politeness-and-retention)."""
 
     FETCHED = "fetched"  # downloaded and encoded
     NOT_MODIFIED = "not_modified"  # the source answered 304 and the kept output was reused
@@ -53,6 +54,15 @@ def image_counts(statuses: Iterable[str]) -> dict[str, int]:
     return {"total": sum(counts.values()), **counts}
 
 
+def grouped_image_counts(groups: Iterable[dict]) -> dict[str, int]:
+    """`image_counts` from rows of (`status`, `images`): how many images are in each status."""
+    counts = image_counts(())
+    for group in groups:
+        counts[group["status"]] += int(group["images"])
+        counts["total"] += int(group["images"])
+    return counts
+
+
 class Source(StrEnum):
     FOLDER = "folder"
     API = "api"
@@ -64,6 +74,12 @@ class _Row:
     @classmethod
     def from_mapping(cls, row: dict):
         return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+
+
+def row_dicts(cursor: Any) -> list[dict]:
+    """The rows a cursor read, each a mapping of its columns (what `from_mapping` takes)."""
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
 
 @dataclass(frozen=True)
@@ -250,3 +266,48 @@ class OutboxEntry:
     payload: bytes
     attempts: int
     first_attempt_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """A request as `request_view` reads it: `groups` holds one dict per (status, obtained) of its images with
+    `images`, `bytes_in` and `bytes_out`; `products` and `images` are the page asked for."""
+
+    request: RequestRow
+    groups: list[dict]
+    products_total: int
+    products: list[ProductRow]
+    images: list[ImageRow]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return grouped_image_counts(self.groups)
+
+    def compressed_total(self, column: str) -> int:
+        return sum(int(g[column] or 0) for g in self.groups if g["status"] == "compressed")
+
+    def obtained(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for group in self.groups:
+            if group["obtained"]:
+                found[group["obtained"]] = found.get(group["obtained"], 0) + int(group["images"])
+        return found
+
+
+@dataclass(frozen=True)
+class StoreMetrics:
+    """The status store's aggregates for /metrics; each histogram is (cumulative counts per bucket of
+    `buckets`, count, sum)."""
+
+    requests_by_status: dict[str, int]
+    images_by_status: dict[str, int]
+    images_by_obtained: dict[str, int]
+    bytes_in: int
+    bytes_out: int
+    buckets: tuple[float, ...]
+    download_seconds: tuple[tuple[int, ...], int, float]
+    compress_seconds: tuple[tuple[int, ...], int, float]
+    webhook_attempts: dict[str, int]
+    oldest_queued_at: datetime | None
+    read_at: datetime
+    bytes_out_by_format: dict[tuple[str, str], int]  # by (main or rendition, format)

@@ -1,4 +1,4 @@
-"""The distributed profile's status store: the same tables in PostgreSQL (contract section 11).
+"""The distributed profile's status store: the same tables in PostgreSQL (docs/scaling.md#scaling-out).
 
 A short-lived connection per operation too, every transaction SERIALIZABLE and run again (with the same
 jittered backoff) on a serialization failure or deadlock, so that read-then-write methods such as
@@ -15,7 +15,8 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2.extras import execute_values
 
-from imgpipe.status.store import EXISTING_COLUMNS, SCHEMA, StatusStore, T, upgrades
+from imgpipe.status.schema import EXISTING_COLUMNS, SCHEMA, upgrades
+from imgpipe.status.store import StatusStore, T
 
 # SQLSTATEs after which the whole transaction is simply run again: serialization_failure, deadlock_detected.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})

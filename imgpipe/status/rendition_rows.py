@@ -1,19 +1,16 @@
 """Renditions in the status store (issue #25): for each image of a request that has renditions, the files its URL
 answers with (its main output and each rendition), for the status document, the report, the asset metadata and
 /metrics. Serving an image does not read them: it negotiates from the record kept beside the image's files
-(imgpipe.storage `write_renditions`), so that images are answered while the pipeline holds the store.
+(imgpipe.storage.interface `write_renditions`), so that images are answered while the pipeline holds the store.
 """
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from imgpipe.status.models import ImageResult, ImageStatus, RenditionRow
-
-if TYPE_CHECKING:
-    from imgpipe.status.store import RequestView
+from imgpipe.status.models import ImageResult, ImageStatus, RenditionRow, RequestView
 
 RENDITIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS renditions (

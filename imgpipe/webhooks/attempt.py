@@ -1,10 +1,11 @@
-"""One webhook delivery attempt (contract section 7): a signed POST to a checked address, never a redirect."""
+"""One webhook delivery attempt (docs/api.md#webhook): a signed POST to a checked address, never a redirect."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imgpipe.images import fetcher
-from imgpipe.images.url_safety import AllowList
+from imgpipe.net.errors import FetchError
+from imgpipe.net.post import post
+from imgpipe.net.url_safety import AllowList
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,9 @@ def attempt_delivery(url: str, body: bytes, headers: dict, *, allow: AllowList, 
                      read_timeout: float = 10) -> AttemptResult:
     """POST once. Never raises for anything the receiver or the network does: every attempt becomes a row."""
     try:
-        response = fetcher.post(url, body, headers, allow=allow, connect_timeout=connect_timeout,
-                                read_timeout=read_timeout)
-    except fetcher.FetchError as exc:
+        response = post(url, body, headers, allow=allow, connect_timeout=connect_timeout,
+                        read_timeout=read_timeout)
+    except FetchError as exc:
         # Only a refused URL is final; any other failure to talk to the receiver may pass.
         outcome = "blocked" if exc.kind == "blocked" else "retry"
         return AttemptResult(None, str(exc), None, outcome)

@@ -1,7 +1,7 @@
-"""Delivering queued webhooks from the outbox, one signed attempt at a time (contract section 7).
+"""Delivering queued webhooks from the outbox, one signed attempt at a time (docs/api.md#webhook).
 
 The `webhook` asset, the step after the output CSV, makes the inline attempts (the first three, within 60 s)
-and waits between them; the `deliver_webhooks` job, launched by a sensor when attempts fall due, makes every
+and waits between them; the `deliver_webhook_job`, launched by a sensor when attempts fall due, makes every
 later one and picks up anything a crashed process left behind. An attempt claims its entry for a lease first,
 so two processes never send the same attempt.
 """
@@ -11,9 +11,10 @@ import time
 from datetime import timedelta
 from typing import Callable
 
-from imgpipe.images.url_safety import AllowList
+from imgpipe.net.url_safety import AllowList
 from imgpipe.settings import Settings
-from imgpipe.status.store import StatusStore, utcnow
+from imgpipe.status.models import utcnow
+from imgpipe.status.store import StatusStore
 from imgpipe.webhooks.attempt import attempt_delivery
 from imgpipe.webhooks.retry import RetryPolicy
 from imgpipe.webhooks.signing import load_or_create_secret, signed_headers
@@ -56,7 +57,3 @@ def deliver(settings: Settings, store: StatusStore, webhook_id: str, *, inline: 
             return state
         sleep(delay)
 
-
-def deliver_due(settings: Settings, store: StatusStore) -> dict[str, str | None]:
-    """One attempt for every entry that is due: the `deliver_webhooks` job."""
-    return {webhook_id: deliver(settings, store, webhook_id, inline=False) for webhook_id in store.due_webhook_ids()}

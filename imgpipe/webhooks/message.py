@@ -1,4 +1,4 @@
-"""What a webhook says (contract section 7): its event type, its JSON body and its message ID."""
+"""What a webhook says (docs/api.md#webhook): its event type, its JSON body and its message ID."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""When to try a webhook again after a failed attempt (contract section 7)."""
+"""When to try a webhook again after a failed attempt (docs/api.md#webhook)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

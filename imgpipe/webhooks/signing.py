@@ -1,4 +1,4 @@
-"""Standard Webhooks signatures (contract section 7): the secret, the signed headers, and verification.
+"""Standard Webhooks signatures (docs/api.md#webhook): the secret, the signed headers, and verification.
 
 A secret is `whsec_` + base64 of the key bytes. The signature of a message is
 `v1,` + base64(HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{body}")), so a receiver can check the

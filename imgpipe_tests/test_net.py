@@ -9,10 +9,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from imgpipe.images import fetcher
-from imgpipe.images.fetcher import FetchError, FetchLimits, HostSlots, fetch, post
+from imgpipe.net import pools
+from imgpipe.net.deadline import Deadline, _watchdog
+from imgpipe.net.download import FetchLimits, fetch
+from imgpipe.net.errors import FetchError
+from imgpipe.net.host_slots import HostSlots
+from imgpipe.net.post import post
+from imgpipe.net.url_safety import AllowList
 from imgpipe.settings import Limits
-from imgpipe.images.url_safety import AllowList
 
 IMAGE = os.urandom(200_000)
 REDIRECT_CODES = (301, 302, 303, 307, 308)
@@ -335,12 +339,12 @@ def test_a_kept_connection_is_under_the_deadline_of_each_call_that_takes_it_up(k
 
 
 def test_ended_calls_leave_no_deadline_behind_and_a_running_one_still_expires():
-    watchdog = fetcher._watchdog
+    watchdog = _watchdog
     for _ in range(5000):
-        with fetcher._Deadline(60, "download") as deadline:
+        with Deadline(60, "download") as deadline:
             deadline.start()
     assert len(watchdog._heap) < 2200  # ended ones are dropped in bulk, not kept for their full minute
-    with fetcher._Deadline(0.2, "download") as deadline:
+    with Deadline(0.2, "download") as deadline:
         deadline.start()
         time.sleep(0.6)
         assert deadline.expired
@@ -388,7 +392,7 @@ def tls_server(certificates, monkeypatch):
     context.sni_callback = lambda sock, name, ctx: server.server_names.append(name)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     # Trust the test CA instead of the public roots.
-    monkeypatch.setattr(fetcher, "CA_BUNDLE", str(certificates / "ca.pem"))
+    monkeypatch.setattr(pools, "CA_BUNDLE", str(certificates / "ca.pem"))
     yield server
     server.shutdown()
     server.server_close()

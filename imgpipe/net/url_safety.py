@@ -1,4 +1,4 @@
-"""Decides whether a user-supplied URL may be fetched (contract section 10).
+"""Decides whether a user-supplied URL may be fetched (the network rules of docs/safety.md#safety).
 
 Pure logic: the only I/O is one DNS resolution through an injectable resolver. The caller must connect to
 `CheckedTarget.ip` and nowhere else; resolving the name again would let a DNS answer that changed in between

@@ -1,6 +1,6 @@
-"""Polite fetching and conditional requests (contract section 12), against real servers on 127.0.0.1: at most
-`per_host` connections to one host, retries with backoff that wait out Retry-After within the deadline, and
-If-None-Match / If-Modified-Since answered 304."""
+"""Polite fetching and conditional requests (docs/operations.md#re-uploads-politeness-and-retention), against
+real servers on 127.0.0.1: at most `per_host` connections to one host, retries with backoff that wait out
+Retry-After within the deadline, and If-None-Match / If-Modified-Since answered 304."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,9 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from imgpipe.images import fetcher
-from imgpipe.images.fetcher import UNANSWERED_IN_A_ROW, FetchError, FetchLimits, HostSlots, Validators, fetch, post
-from imgpipe.images.url_safety import AllowList
+from imgpipe.net import download, host_slots
+from imgpipe.net.download import FetchLimits, Validators, fetch
+from imgpipe.net.errors import FetchError
+from imgpipe.net.host_slots import UNANSWERED_IN_A_ROW, HostSlots
+from imgpipe.net.post import post
+from imgpipe.net.url_safety import AllowList
 from imgpipe_tests.servers import CatalogServer
 
 IMAGE = os.urandom(50_000)
@@ -324,7 +327,7 @@ def test_a_blocked_url_is_never_retried(scripted):
 
 def test_backoff_has_full_jitter_doubling_from_half_a_second_up_to_eight():
     for failed, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (9, 8.0)]:
-        waits = [fetcher._backoff(failed) for _ in range(2000)]
+        waits = [download._backoff(failed) for _ in range(2000)]
         assert 0 <= min(waits) < ceiling * 0.05 and ceiling * 0.95 < max(waits) <= ceiling
 
 
@@ -427,7 +430,7 @@ def test_validators_unfit_to_send_back_are_neither_kept_nor_sent(scripted):
 
 
 def test_a_host_given_up_is_tried_again_once_its_time_is_over(monkeypatch):
-    monkeypatch.setattr(fetcher, "GIVEN_UP_SECONDS", 0.3)
+    monkeypatch.setattr(host_slots, "GIVEN_UP_SECONDS", 0.3)
     hosts = HostSlots(per_host=2)
     for index in range(UNANSWERED_IN_A_ROW):
         hosts.unanswered("dead.example", f"http://dead.example/{index}.jpg")
