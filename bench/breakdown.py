@@ -48,6 +48,7 @@ from procstat import cpu_times, this_process_cpu, tree  # noqa: E402
 
 import requests  # noqa: E402
 
+from imgpipe.backends import Backends  # noqa: E402
 from imgpipe.images import compressor, image_policy  # noqa: E402
 from imgpipe.images.batch import BatchRunner, WorkItem  # noqa: E402
 from imgpipe.images.image_policy import POLICY_VERSION, compress_image  # noqa: E402
@@ -69,7 +70,7 @@ def per_image_ms(function, count: int) -> float:
     return round(1000 * (this_process_cpu() - before) / count, 2)
 
 
-def setup_request(home: Path, request_id: str, urls: list[str]) -> tuple[Settings, DuckDBStatusStore, LocalStorage]:
+def setup_request(home: Path, request_id: str, urls: list[str]) -> Backends:
     settings = Settings.from_env({"IMGPIPE_HOME": str(home), "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1",
                                   "IMGPIPE_ISOLATION": os.environ.get("IMGPIPE_ISOLATION", "process")})
     settings.home_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,7 @@ def setup_request(home: Path, request_id: str, urls: list[str]) -> tuple[Setting
     products = [(str(row + 1), f"Product {row + 1}", urls[row * 10:(row + 1) * 10])
                 for row in range((len(urls) + 9) // 10)]
     record_request(store, request_id, products)
-    return settings, store, LocalStorage(settings.home_dir, settings.public_base_url)
+    return Backends(settings, store, LocalStorage(settings.home_dir, settings.public_base_url))
 
 
 def record_request(store, request_id: str, products) -> None:
@@ -119,12 +120,13 @@ def process_cpu() -> dict:
     return result
 
 
-def run_batch(settings, store, storage, request_id: str, urls: list[str], keep: bool) -> dict:
+def run_batch(backends: Backends, request_id: str, urls: list[str], keep: bool) -> dict:
+    store = backends.store
     items = [WorkItem(url, f"r{i // 10 + 1}-p{i % 10 + 1}") for i, url in enumerate(urls)]
     store.mark_processing(request_id, urls)
     # As `compress_batch` makes it (imgpipe.processing.reuse_for): what earlier requests left, unless `fresh`.
-    reuse = reuse_for(settings, store, store.get_request(request_id), items) if keep else None
-    runner = BatchRunner(settings, storage, request_id, reuse)
+    reuse = reuse_for(backends, store.get_request(request_id), items) if keep else None
+    runner = BatchRunner(backends.settings, backends.storage, request_id, reuse)
     report_ms = []
 
     def report(done):  # this thread's CPU only (the others go on meanwhile)
@@ -193,7 +195,7 @@ def parts(urls: list[str], datas: list[bytes], home: Path) -> dict:
     out["storage, fresh image (3 files)"] = per_image_ms(fresh_writes, len(images))
     out["storage, kept image (3 files by content + 3 hard links)"] = per_image_ms(kept_writes, len(images))
     # Status writes: groups as the batch reports them, about once a second (some tens of images each).
-    _, store, _ = setup_request(home / "status", "rs", urls)
+    store = setup_request(home / "status", "rs", urls).store
     results = [ImageResult(url, ImageStatus.COMPRESSED, output_path=f"/x/{i}.jpg", output_url=f"http://x/{i}.jpg",
                            bytes_in=180_000, bytes_out=90_000, quality_in=80, quality_out=40, format_out="JPEG",
                            input_sha256=f"{i:064x}", download_seconds=0.01, compress_seconds=0.02,
@@ -295,15 +297,15 @@ def main() -> None:
                 result["parts_ms"] = parts(urls, datas, tmp / "parts")
                 print(json.dumps(result["parts_ms"], indent=1), flush=True)
             # Warm the fork server up, then the whole batch, twice (fresh requests: nothing to reuse yet).
-            settings, store, storage = setup_request(tmp / "home", "warm", urls[:8])
-            run_batch(settings, store, storage, "warm", urls[:8], keep=True)
+            backends = setup_request(tmp / "home", "warm", urls[:8])
+            run_batch(backends, "warm", urls[:8], keep=True)
             for keep, name in ((True, "batch"), (False, "batch_fresh")):
                 batches = []
                 for attempt in range(args.repeat):
                     home = tmp / f"home-{name}-{attempt}"
-                    settings, store, storage = setup_request(home, f"b{attempt}", urls)
+                    backends = setup_request(home, f"b{attempt}", urls)
                     batches.append({"load_1min": os.getloadavg()[0],
-                                    **run_batch(settings, store, storage, f"b{attempt}", urls, keep=keep)})
+                                    **run_batch(backends, f"b{attempt}", urls, keep=keep)})
                     print(name, json.dumps(batches[-1]), flush=True)
                     shutil.rmtree(home, ignore_errors=True)
                 result[name] = min(batches, key=lambda b: b["cpu_ms_total"])
@@ -321,11 +323,11 @@ def main() -> None:
 
 def strace_batch(tmp: Path, request_id: str, pid: int, urls: list[str]) -> dict:
     """System calls per image of process `pid` (and its children) while a batch of `urls` runs."""
-    settings, store, storage = setup_request(tmp / f"strace-{request_id}", request_id, urls)
+    backends = setup_request(tmp / f"strace-{request_id}", request_id, urls)
     out = tmp / f"strace-{request_id}.txt"
     proc = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(pid)], stderr=subprocess.DEVNULL)
     time.sleep(1)
-    run_batch(settings, store, storage, request_id, urls, keep=True)
+    run_batch(backends, request_id, urls, keep=True)
     proc.send_signal(signal.SIGINT)
     proc.wait()
     return strace_counts(out, len(urls))
@@ -335,12 +337,12 @@ def profile(tmp: Path, urls: list[str], label: str) -> dict:
     found = {}
     n = len(urls)
     # perf stat over this process and the fork server (children inherit the counters).
-    settings, store, storage = setup_request(tmp / "perf", "p", urls)
+    backends = setup_request(tmp / "perf", "p", urls)
     perf_out = tmp / "perf.txt"
     perf = perf_stat([os.getpid(), *server_pids()], 0, perf_out)
     if perf:
         time.sleep(0.5)
-        batch = run_batch(settings, store, storage, "p", urls, keep=True)
+        batch = run_batch(backends, "p", urls, keep=True)
         perf.send_signal(signal.SIGINT)
         perf.wait()
         values = parse_perf(perf_out)
@@ -353,13 +355,13 @@ def profile(tmp: Path, urls: list[str], label: str) -> dict:
         found["strace_step_process_calls_per_image"] = strace_batch(tmp, "s2", os.getpid(), urls[:150])
     py_spy = Path(sys.executable).parent / "py-spy"
     if py_spy.exists():
-        settings, store, storage = setup_request(tmp / "pyspy", "y", urls)
+        backends = setup_request(tmp / "pyspy", "y", urls)
         raw = tmp / "pyspy.txt"
         proc = subprocess.Popen([str(py_spy), "record", "--pid", str(os.getpid()), "--format", "raw", "--rate", "250",
                                  "--nonblocking", "--threads", "-o", str(raw)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)
-        run_batch(settings, store, storage, "y", urls, keep=True)
+        run_batch(backends, "y", urls, keep=True)
         proc.send_signal(signal.SIGINT)
         proc.wait()
         if raw.exists():

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import MAKERS  # noqa: E402
 
-import imgpipe.definitions  # noqa: E402,F401  (the caller's size, as in a step process)
+from imgpipe.definitions import defs  # noqa: E402
 from imgpipe.images.compressor import compress_isolated  # noqa: E402
 from imgpipe.images.image_policy import compress_image  # noqa: E402
 
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--corpus", default="photo", choices=sorted(MAKERS))
     args = parser.parse_args()
+    defs()  # the code location loaded: the caller's size, as in a step process
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(8):
             MAKERS[args.corpus](Path(folder) / f"{seed}.jpg", seed)

@@ -1,5 +1,6 @@
-"""The one place that turns the profile into backends (docs/scaling.md): the status store, the storage,
-where steps run, how widely a request is spread over steps, and how step outputs travel between machines.
+"""The one place that turns the profile into backends (docs/scaling.md): the status store and the storage (opened
+together, with their settings, as `Backends`), where steps run, how widely a request is spread over steps, and
+how step outputs travel between machines.
 
 `embedded` (the default): DuckDB under IMGPIPE_HOME, folders under IMGPIPE_HOME, steps in the run's process.
 `distributed`: PostgreSQL, an S3-compatible bucket, steps on Celery workers. The Dagster resource, the REST
@@ -9,6 +10,7 @@ functions that need them: the API and the CLI never pay for them.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from imgpipe.settings import Settings
@@ -43,6 +45,20 @@ def open_storage(settings: Settings) -> Storage:
     if settings.distributed:
         return S3Storage(settings.storage_url, settings.public_base_url)
     return LocalStorage(settings.home_dir, settings.public_base_url)
+
+
+@dataclass(frozen=True)
+class Backends:
+    """The settings and the status store and storage they chose: what the intake, the processing, the end of a
+    request and the readers of its document work with, handed around together."""
+
+    settings: Settings
+    store: StatusStore
+    storage: Storage
+
+
+def open_backends(settings: Settings) -> Backends:
+    return Backends(settings, open_status_store(settings), open_storage(settings))
 
 
 def step_concurrency() -> int:

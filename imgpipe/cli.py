@@ -10,11 +10,15 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
 from imgpipe.progress import wait_until_terminal
 from imgpipe.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from imgpipe.backends import Backends
 
 HTTP_TIMEOUT = 60.0
 
@@ -124,13 +128,13 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def retry(args: argparse.Namespace, settings: Settings) -> int:
-    from imgpipe.backends import open_status_store, open_storage
+    from imgpipe.backends import open_backends
     from imgpipe.status.document import request_document
     from imgpipe.status.request_rows import NotRetryable
 
-    store = open_status_store(settings)
+    backends = open_backends(settings)
     try:
-        todo = store.requeue_for_retry(args.request_id)
+        todo = backends.store.requeue_for_retry(args.request_id)
     except KeyError:
         print(f"no request {args.request_id} in the status store", file=sys.stderr)
         return 2
@@ -138,32 +142,30 @@ def retry(args: argparse.Namespace, settings: Settings) -> int:
         print(exc, file=sys.stderr)
         return 2
     print(f"{todo} image(s) of request {args.request_id} will be processed again; " + launch_retry(
-        settings, store, args.request_id))
+        backends, args.request_id))
     if not args.wait:
         return 0
-    storage = open_storage(settings)
     return report_outcome(wait_until_terminal(
-        lambda: request_document(store, storage, settings, args.request_id, view="summary").model_dump(mode="json"),
-        sys.stderr))
+        lambda: request_document(backends, args.request_id, view="summary").model_dump(mode="json"), sys.stderr))
 
 
-def launch_retry(settings: Settings, store, request_id: str) -> str:
+def launch_retry(backends: Backends, request_id: str) -> str:
     """Queues the retried request's run for the daemon now; what the person is told of it."""
     from imgpipe.runs.launch import launcher_at_once
 
-    launcher = launcher_at_once(settings, store, start_here=False)
+    launcher = launcher_at_once(backends, start_here=False)
     run_id = launcher.launch(request_id) if launcher else None
     if run_id:
         return f"run {run_id} is queued for the running daemon"
-    return f"the running daemon starts a run within about {settings.sensor_interval} s"
+    return f"the running daemon starts a run within about {backends.settings.sensor_interval} s"
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
-    from imgpipe.backends import open_status_store, open_storage
+    from imgpipe.backends import open_backends
     from imgpipe.status.document import request_document
 
     # The summary unless --products: a request of 20,000 images is not printed image by image by default.
-    document = request_document(open_status_store(settings), open_storage(settings), settings, args.request_id,
+    document = request_document(open_backends(settings), args.request_id,
                                 view="full" if args.products else "summary")
     if document is None:
         print(f"no request {args.request_id} in the status store", file=sys.stderr)
@@ -175,7 +177,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 def purge(args: argparse.Namespace, settings: Settings) -> int:
     """Whole requests older than --older-than: their files, rows and Dagster partitions; prints each ID. A request
     that has not ended is refused with the reason (exit 2), the others asked for are purged all the same."""
-    from imgpipe.backends import open_status_store, open_storage
+    from imgpipe.backends import open_backends
     from imgpipe.instance import configured_instance
     from imgpipe.retention import PurgePlan, parse_duration, parse_statuses, purge
     from imgpipe.runs.partitions import partition_forgetter
@@ -192,8 +194,7 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
         print(f"note: no Dagster instance at {dagster_home}; partitions are left as they are", file=sys.stderr)
     forget = partition_forgetter(instance, delete_runs=args.runs) if instance is not None else None
     refused = False
-    for outcome in purge(open_status_store(settings), open_storage(settings), plan, dry_run=args.dry_run,
-                         forget_partition=forget):
+    for outcome in purge(open_backends(settings), plan, dry_run=args.dry_run, forget_partition=forget):
         if outcome.refused:
             print(f"imgpipe purge: {outcome.refused}", file=sys.stderr, flush=True)
             refused = True

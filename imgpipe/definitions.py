@@ -1,8 +1,11 @@
-"""The Dagster code location: `build_defs(settings)` assembles the assets, jobs, sensors and resources; `defs`
-is that of this process's environment (the entry point Dagster loads), built from `settings`."""
+"""The Dagster code location: `build_defs(settings)` assembles the assets, jobs, sensors and resources; `defs` is
+the entry point Dagster loads, lazily (Dagster's `@definitions`): importing this module (a step process's
+forkserver preload, a test, a tool) reads no settings, configures no logging and builds nothing."""
 from __future__ import annotations
 
-from dagster import Definitions
+import functools
+
+from dagster import Definitions, definitions
 
 from imgpipe.backends import io_managers
 from imgpipe.defs.assets import compressed_images, output_csv, upload_manifest, webhook
@@ -30,6 +33,12 @@ def build_defs(settings: Settings, secrets_from_env: bool = True) -> Definitions
     )
 
 
-settings = load_settings()
-configure_logging(settings)  # imgpipe's own log lines (the inbox's) in IMGPIPE_LOG_FORMAT, on stderr
-defs = build_defs(settings)
+@definitions
+@functools.cache
+def defs() -> Definitions:
+    """The code location of this process's environment (IMGPIPE_* variables). Built once per process: Dagster's
+    loaders call this more than once (a code server at load, then for its repository), and a run worker forked
+    by the warm run server must find the jobs that server resolved, through this same call."""
+    settings = load_settings()
+    configure_logging(settings)  # imgpipe's own log lines (the inbox's) in IMGPIPE_LOG_FORMAT, on stderr
+    return build_defs(settings)

@@ -1,6 +1,6 @@
 """`imgpipe up`: the whole embedded stack in one command (what `make run` starts), speaking to a person.
 
-Starts a server for the bundled sample images, the REST API and `dagster dev` (webserver + daemon, so the
+Starts a server for the bundled sample images, the REST API and `dg dev` (webserver + daemon, so the
 sensors run), drops the sample CSV into the inbox, and keeps everything up until interrupted. The console shows
 imgpipe's own lines only: the addresses, each request as it is accepted or rejected (with its `errors.json`),
 a progress bar per running request, and each terminal status with its output CSV's URL and report URL.
@@ -12,7 +12,7 @@ the Launchpad, `imgpipe retry`): every second the requests changed since the las
 in SQL). With IMGPIPE_LOG_FORMAT=json each console line is a JSON object (logger `imgpipe.up`) with its
 `request_id` and `event`.
 
-Ctrl-C (or SIGTERM) stops everything within 10 s: `dagster dev` and the API are asked to stop, and whatever of
+Ctrl-C (or SIGTERM) stops everything within 10 s: `dg dev` and the API are asked to stop, and whatever of
 their process groups is left after 7 s is killed.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
-from imgpipe.backends import open_status_store, open_storage
+from imgpipe.backends import Backends, open_backends
 from imgpipe.files import write_atomically
 from imgpipe.lifetime import die_with_parent
 from imgpipe.logs import configure_logging
@@ -43,8 +43,7 @@ from imgpipe.runs.tags import CODE_LOCATION_NAME
 from imgpipe.settings import Settings, dagster_home_dir, process_environment
 from imgpipe.status.document import request_links
 from imgpipe.status.models import RequestRow, RequestStatus, utcnow
-from imgpipe.status.store import StatusStore, StoreBusy
-from imgpipe.storage.interface import Storage
+from imgpipe.status.store import StoreBusy
 from imgpipe.storage.keys import errors_key
 
 # Found in the package wherever it is installed, the checkout (make run) or site-packages (`pip install .`).
@@ -57,11 +56,10 @@ POLL_SECONDS = 1.0
 LOOK_BACK = timedelta(seconds=3)
 STOP_SECONDS = 7.0  # then the process groups are killed: within the 10 s a person waits after Ctrl-C
 READY_TIMEOUT = 180.0
-# Warnings Dagster prints on every start of a child that tell a person nothing they can act on: the stack runs
-# `dagster dev` on purpose (`dg` is another package), and the beta markers name APIs imgpipe chose. Filtered by
-# message in the children only (PYTHONWARNINGS); any other warning still reaches the log files.
+# Warnings Dagster prints on every start of a child that tell a person nothing they can act on: the beta markers
+# name APIs imgpipe chose. Filtered by message in the children only (PYTHONWARNINGS); any other warning still
+# reaches the log files.
 QUIET_WARNINGS = (
-    "ignore:Function `dev_command` is superseded",
     "ignore:Function `pandera_schema_to_dagster_type` is currently in beta",
     "ignore:Parameter `owners` of initializer `SensorDefinition.__init__` is currently in beta",
 )
@@ -155,9 +153,8 @@ class Console:
 class Watcher:
     """Shows each request of the status store as it comes, runs and ends."""
 
-    def __init__(self, settings: Settings, store: StatusStore, storage: Storage, console: Console,
-                 since: datetime):
-        self.settings, self.store, self.storage, self.console = settings, store, storage, console
+    def __init__(self, backends: Backends, console: Console, since: datetime):
+        self.backends, self.console = backends, console
         self.started = since
         self.cursor = since
         self.statuses: dict[str, RequestStatus] = {}
@@ -165,10 +162,10 @@ class Watcher:
     def poll(self) -> None:
         looked_at = utcnow()
         try:
-            changed = self.store.requests_updated_since(self.cursor - LOOK_BACK)
+            changed = self.backends.store.requests_updated_since(self.cursor - LOOK_BACK)
             running = {r.request_id for r in changed if not r.status.terminal} | {
                 request_id for request_id, status in self.statuses.items() if not status.terminal}
-            counts = self.store.image_counts_of(sorted(running))
+            counts = self.backends.store.image_counts_of(sorted(running))
         except StoreBusy:
             return  # the pipeline holds the store for longer than usual; look again next time
         self.cursor = looked_at
@@ -185,7 +182,7 @@ class Watcher:
         self.statuses[row.request_id] = row.status
         request_id, name = row.request_id, row.file_name or "upload.csv"
         if before is None and row.status is RequestStatus.REJECTED:
-            where = self.storage.location(errors_key(request_id))
+            where = self.backends.storage.location(errors_key(request_id))
             problems = [f"{_where(e)}{e['message']}" for e in row.errors[:3]]
             more = [f"... and {len(row.errors) - 3} more"] if len(row.errors) > 3 else []
             self.console.say(f"request {request_id} rejected: {name} ({row.source}) has {len(row.errors)} "
@@ -206,7 +203,7 @@ class Watcher:
     def _ended(self, row: RequestRow) -> None:
         request_id = row.request_id
         try:
-            view = self.store.request_view(request_id, with_products=False)
+            view = self.backends.store.request_view(request_id, with_products=False)
         except StoreBusy:  # the ended line without the sizes, rather than no line (or a stopped stack)
             view = None
         counts = view.counts if view else {"total": row.total_images or 0, "compressed": 0, "failed": 0}
@@ -220,7 +217,7 @@ class Watcher:
             summary += f", {counts['failed']} failed"
         if saved:
             summary += f", {saved} saved"
-        links = request_links(self.settings, self.storage, request_id, terminal=True)
+        links = request_links(self.backends, request_id, terminal=True)
         details = ([f"output CSV  {links['output_csv_url']}"] if "output_csv_url" in links else []) + [
             f"report      {links['report_url']}"]
         reason = f" ({row.error})" if row.status is RequestStatus.FAILED and row.error else ""
@@ -246,7 +243,7 @@ def _interrupt(signum, frame):
 def run_stack(settings: Settings, samples_port: int = 8001, api_port: int = 8000, ui_port: int = 3000,
               submit_sample: bool = True) -> int:
     # Ctrl-C, SIGINT and a plain `kill` all stop the stack, however it was started (a shell's background job
-    # starts with SIGINT ignored, which its children would inherit, and dagster dev then ignores SIGTERM too).
+    # starts with SIGINT ignored, which its children would inherit, and `dg dev` then ignores SIGTERM too).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up also when piped to a file
@@ -268,12 +265,13 @@ def run_stack(settings: Settings, samples_port: int = 8001, api_port: int = 8000
         children: list[subprocess.Popen] = []
         try:
             # Both from DAGSTER_HOME: `python -m` puts its working folder first on sys.path, so no `imgpipe`
-            # folder where the person stands shadows the installed package, and `dagster dev` finds no other
+            # folder where the person stands shadows the installed package, and `dg dev` finds no other
             # dagster.yaml there to warn about. `-m`: Dagster names the code location after its module, the name
-            # runs launched by the API give it (CODE_LOCATION_NAME).
+            # runs launched by the API give it (CODE_LOCATION_NAME); and given a module, `dg dev` needs no project
+            # configuration (pyproject.toml's [tool.dg]), which an installed wheel does not have.
             children.append(_start([sys.executable, "-m", "imgpipe.cli", "api", "--port", str(api_port)], env,
                                    api_log, cwd=dagster_home))
-            children.append(_start([str(Path(sys.executable).parent / "dagster"), "dev", "-m", CODE_LOCATION_NAME,
+            children.append(_start([str(Path(sys.executable).parent / "dg"), "dev", "-m", CODE_LOCATION_NAME,
                                     "-h", "127.0.0.1", "-p", str(ui_port)], env, dagster_log, cwd=dagster_home))
             return _serve(settings, console, children, samples_port, api_port, ui_port, submit_sample, started_at)
         except KeyboardInterrupt:
@@ -294,7 +292,7 @@ def _start(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> sub
         out.flush()
         # A group of its own, so that Ctrl-C reaches `imgpipe up` alone and it stops the children in order; and
         # the same stop signal when `imgpipe up` dies outright (kill -9 of it or of `make run`), so that the
-        # stack stops all the same (`dagster dev` then stops its webserver, daemon and code servers itself).
+        # stack stops all the same (`dg dev` then stops its webserver, daemon and code servers itself).
         return subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=functools.partial(die_with_parent, os.getpid(), _stop_signal(command)))
@@ -304,8 +302,7 @@ def _serve(settings: Settings, console: Console, children: list[subprocess.Popen
            api_port: int, ui_port: int, submit_sample: bool, started_at: datetime) -> int:
     ui, api, samples = (f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{api_port}",
                         f"http://127.0.0.1:{samples_port}")
-    store, storage = open_status_store(settings), open_storage(settings)
-    watcher = Watcher(settings, store, storage, console, started_at)
+    watcher = Watcher(open_backends(settings), console, started_at)
     if submit_sample:
         name = f"sample-{time.strftime('%Y%m%d-%H%M%S')}.csv"
         write_atomically(settings.inbox / name, sample_csv(samples_port))
@@ -341,12 +338,12 @@ def _answers(url: str) -> bool:
 
 
 def _stop_signal(command: list[str]) -> int:
-    """`dagster dev` shuts its webserver, daemon and code servers down on SIGINT; the API stops on SIGTERM."""
+    """`dg dev` shuts its webserver, daemon and code servers down on SIGINT; the API stops on SIGTERM."""
     return signal.SIGINT if "dev" in command else signal.SIGTERM
 
 
 def _stop(children: list[subprocess.Popen]) -> None:
-    """Each child leads a process group of its own: asked to stop (`dagster dev` shuts its webserver, daemon and
+    """Each child leads a process group of its own: asked to stop (`dg dev` shuts its webserver, daemon and
     code servers down on SIGINT), then whatever of the groups is left after STOP_SECONDS is killed, so no
     webserver, daemon, code server or run worker outlives `imgpipe up`."""
     for child in children:

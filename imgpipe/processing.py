@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
+from imgpipe.backends import Backends
 from imgpipe.images.batch import BatchRunner, Reuse, WorkItem, work_items
 from imgpipe.images.image_policy import POLICY_VERSION
 from imgpipe.images.renditions import RenditionSpec
@@ -26,7 +27,6 @@ from imgpipe.output.completion import Completion, complete_request
 from imgpipe.settings import Settings
 from imgpipe.status.models import ImageResult, RequestRow, RequestStatus
 from imgpipe.status.store import StatusStore
-from imgpipe.storage.interface import Storage
 from imgpipe.text import printable
 from imgpipe.webhooks.delivery import deliver
 
@@ -34,12 +34,12 @@ from imgpipe.webhooks.delivery import deliver
 REQUESTS_AT_ONCE = 4
 
 
-def reuse_for(settings: Settings, store: StatusStore, request: RequestRow | None,
-              items: Sequence[WorkItem]) -> Reuse | None:
+def reuse_for(backends: Backends, request: RequestRow | None, items: Sequence[WorkItem]) -> Reuse | None:
     """What earlier requests left for these images, unless reuse is off (IMGPIPE_REUSE) or the request asked
     for a fresh fetch."""
-    if not settings.reuse_enabled or (request and request.fresh):
+    if not backends.settings.reuse_enabled or (request and request.fresh):
         return None
+    store = backends.store
     kept: set[str] | None = None
     listing = threading.Lock()  # a batch's download threads find new images at once; one of them lists
 
@@ -65,14 +65,14 @@ def renditions_for(settings: Settings, request: RequestRow | None) -> RenditionS
     return RenditionSpec.parse(formats, widths)
 
 
-def compress_images(settings: Settings, store: StatusStore, storage: Storage, request_id: str,
-                    items: Sequence[WorkItem] | None = None, started_at: float | None = None) -> list[ImageResult]:
+def compress_images(backends: Backends, request_id: str, items: Sequence[WorkItem] | None = None,
+                    started_at: float | None = None) -> list[ImageResult]:
     """Download and compress `items` of the request (None: all it has left), recording results as they come;
     those whose every slot is already compressed (by a step that ran before, on a worker that died) are
     skipped. `started_at`: when the request's processing started (time.time(), so that it means the same on
     every machine; None: now), from which IMGPIPE_REQUEST_DEADLINE counts."""
-    with store.held():
-        images = ImagesToDo.read(settings, store, storage, request_id, items, started_at=started_at)
+    with backends.store.held():
+        images = ImagesToDo.read(backends, request_id, items, started_at=started_at)
     return images.run()
 
 
@@ -91,16 +91,17 @@ class ImagesToDo:
         return self.runner.request_id
 
     @classmethod
-    def read(cls, settings: Settings, store: StatusStore, storage: Storage, request_id: str,
-             items: Sequence[WorkItem] | None = None, hosts: HostSlots | None = None,
-             request: RequestRow | None = None, started_at: float | None = None) -> "ImagesToDo":
+    def read(cls, backends: Backends, request_id: str, items: Sequence[WorkItem] | None = None,
+             hosts: HostSlots | None = None, request: RequestRow | None = None,
+             started_at: float | None = None) -> "ImagesToDo":
+        settings, store = backends.settings, backends.store
         elapsed = 0.0 if started_at is None else time.time() - started_at
         deadline = time.monotonic() + settings.request_deadline - elapsed
         items = _unfinished(store, request_id, items)
         store.mark_processing(request_id, [item.input_url for item in items])
         request = request or store.get_request(request_id)
-        reuse = reuse_for(settings, store, request, items)
-        return cls(store, items, BatchRunner(settings, storage, request_id, reuse, hosts, deadline,
+        reuse = reuse_for(backends, request, items)
+        return cls(store, items, BatchRunner(settings, backends.storage, request_id, reuse, hosts, deadline,
                                              renditions_for(settings, request)))
 
     def run(self, then: Callable[[], None] | None = None) -> list[ImageResult]:
@@ -136,19 +137,20 @@ class Ended:
     completion: Completion | None
 
 
-def process_requests(settings: Settings, store: StatusStore, storage: Storage, request_ids: Sequence[str],
-                     run_id: str, *, again: bool = False) -> Iterator[Ended]:
+def process_requests(backends: Backends, request_ids: Sequence[str], run_id: str, *,
+                     again: bool = False) -> Iterator[Ended]:
     """Each request from start to end, REQUESTS_AT_ONCE at a time, yielded as it ends. `again` (a re-execution):
     requests that ended with images to redo are done again; otherwise only requests not yet ended are. The first
     webhook attempts are made beside the work, so that a slow receiver holds up nothing."""
-    hosts = HostSlots(settings.per_host_connections)
+    store = backends.store
+    hosts = HostSlots(backends.settings.per_host_connections)
 
     def one(request_id: str) -> Ended:
         ended: Completion | None = None
 
         def end(run_failure: str | None = None) -> None:
             nonlocal ended
-            ended = complete_request(settings, store, storage, request_id, run_id, run_failure=run_failure)
+            ended = complete_request(backends, request_id, run_id, run_failure=run_failure)
 
         try:
             with store.held():  # its row read, its processing started and its work listed in one session
@@ -158,7 +160,7 @@ def process_requests(settings: Settings, store: StatusStore, storage: Storage, r
                 if request is None or (request.status.terminal and not redo):
                     return Ended(request_id, None)
                 store.start_processing(request_id, run_id)
-                images = ImagesToDo.read(settings, store, storage, request_id, hosts=hosts, request=request)
+                images = ImagesToDo.read(backends, request_id, hosts=hosts, request=request)
             images.run(then=end)
         except Exception as exc:  # noqa: BLE001 - one request's failure must not end the others
             if ended is None:
@@ -174,6 +176,6 @@ def process_requests(settings: Settings, store: StatusStore, storage: Storage, r
             for future in done:
                 ended = future.result()
                 if ended.completion and ended.completion.webhook_id:
-                    webhooks.submit(deliver, settings, store, ended.completion.webhook_id, inline=True)
+                    webhooks.submit(deliver, backends, ended.completion.webhook_id, inline=True)
                 yield ended
 

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Iterable
 
+from imgpipe.backends import Backends
 from imgpipe.status.models import TERMINAL_STATUSES, RequestRow, RequestStatus, utcnow
 from imgpipe.status.retention_rows import NotPurgeable
-from imgpipe.status.store import StatusStore
-from imgpipe.storage.interface import Storage
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")  # \d would take any Unicode digit
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -61,24 +60,24 @@ class PurgeOutcome:
     refused: str | None = None  # why the request was not purged
 
 
-def purge(store: StatusStore, storage: Storage, plan: PurgePlan, *, dry_run: bool = False,
+def purge(backends: Backends, plan: PurgePlan, *, dry_run: bool = False,
           forget_partition: Callable[[str], None] | None = None) -> Iterable[PurgeOutcome]:
     """Yields each request of the plan, oldest first, purged (with `dry_run`, that would be) or refused with the
     reason. Per request: its ID marked purged, where the store refuses a request that has not ended and from then
     on any retry of it; its files; its rows (so that an interrupted purge is simply done again); the kept outputs
     nobody uses any more; its Dagster partition."""
-    for request in store.requests_created_before(utcnow() - plan.older_than, plan.statuses):
+    for request in backends.store.requests_created_before(utcnow() - plan.older_than, plan.statuses):
         if dry_run:
             refused = None if request.status.terminal else str(NotPurgeable(request.request_id, request.status))
         else:
-            refused = _purge_one(store, storage, request.request_id, forget_partition)
+            refused = _purge_one(backends, request.request_id, forget_partition)
         yield PurgeOutcome(request, refused)
 
 
-def _purge_one(store: StatusStore, storage: Storage, request_id: str,
-               forget_partition: Callable[[str], None] | None) -> str | None:
+def _purge_one(backends: Backends, request_id: str, forget_partition: Callable[[str], None] | None) -> str | None:
     """Purges the request; returns why not when the store refused it (its status is read in the transaction that
     marks it, so it may have changed since it was listed)."""
+    store, storage = backends.store, backends.storage
     try:
         store.mark_purged(request_id)
     except NotPurgeable as exc:

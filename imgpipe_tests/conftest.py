@@ -1,8 +1,9 @@
 """Session-wide settings for tests that run the pipeline.
 
 Step processes start from a forkserver that inherits the environment of the moment it starts, and the code
-location reads its settings when imported; so the environment is fixed here, before anything is imported or
-started, and every pipeline test shares one IMGPIPE_HOME (requests are isolated by their IDs).
+location reads its settings once per process, when first loaded; so the environment is fixed here, before
+anything is imported or started, and every pipeline test shares one IMGPIPE_HOME (requests are isolated by their
+IDs).
 """
 from __future__ import annotations
 
@@ -130,9 +131,9 @@ def postgres_url():
 
 @pytest.fixture(params=["embedded", "distributed"])
 def backends(request, tmp_path):
-    """(settings, store, storage) of one profile, public base URL http://127.0.0.1:8000; the distributed one over
-    PostgreSQL and moto's S3 server."""
-    from imgpipe.backends import open_status_store, open_storage
+    """The `Backends` of one profile, public base URL http://127.0.0.1:8000; the distributed one over PostgreSQL
+    and moto's S3 server."""
+    from imgpipe.backends import open_backends
 
     settings = Settings(home=tmp_path / "home", public_base_url="http://127.0.0.1:8000",
                         allow_private_hosts="127.0.0.1")
@@ -142,7 +143,7 @@ def backends(request, tmp_path):
             "profile": "distributed", "database_url": request.getfixturevalue("postgres_url"),
             "storage_url": f"s3://{s3['S3_BUCKET']}/t-{secrets.token_hex(4)}", "broker_url": "redis://127.0.0.1",
             "webhook_secret": "whsec_c2VjcmV0"})
-    return settings, open_status_store(settings), open_storage(settings)
+    return open_backends(settings)
 
 
 @pytest.fixture(params=["duckdb", "postgres"])

@@ -7,7 +7,7 @@ import io
 
 from dagster import DagsterInstance, execute_job, reconstructable
 
-from imgpipe.backends import open_status_store, open_storage
+from imgpipe.backends import Backends, open_backends
 from imgpipe.definitions import defs
 from imgpipe.images.batch import work_items
 from imgpipe.intake.intake import Upload, take_upload
@@ -23,13 +23,13 @@ HEADER = ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
 def resolved_process_request_job():
     """The processing job bound to its resources, for `reconstructable` runs outside the daemon: the multiprocess
     executor re-imports it in every step process."""
-    return defs.resolve_job_def(REQUEST_ASSET_JOB)
+    return defs().resolve_job_def(REQUEST_ASSET_JOB)
 
 
 def submit(settings: Settings, csv_text: str, name: str, webhook_url: str | None = None) -> str:
     """The intake of every entry, as the folder drop and the REST API call it."""
-    result = take_upload(open_status_store(settings), open_storage(settings), settings,
-                         Upload(csv_text.encode(), name, Source.FOLDER, webhook_url=webhook_url))
+    result = take_upload(open_backends(settings), Upload(csv_text.encode(), name, Source.FOLDER,
+                                                         webhook_url=webhook_url))
     assert result.accepted, result.errors
     return result.request_id
 
@@ -63,13 +63,13 @@ def slots_of(cell: str) -> list[str]:
     return [u.strip() for u in cell.split(",")]
 
 
-def process_here(settings: Settings, store, storage, rows: list[list[str]], name: str, fresh: bool = False,
+def process_here(backends: Backends, rows: list[list[str]], name: str, fresh: bool = False,
                  renditions: str | None = None, widths: str | None = None) -> str:
     """One request through the intake, its images, and its end, as a run's steps do them, in this process (the
     images still each in a process of their own)."""
     upload = Upload(csv_for(rows).encode(), name, Source.API, fresh=fresh, renditions=renditions, widths=widths)
-    request_id = take_upload(store, storage, settings, upload).request_id
-    store.start_processing(request_id, "run-1")
-    compress_images(settings, store, storage, request_id, work_items(store.unfinished_slots(request_id)))
-    complete_request(settings, store, storage, request_id, "run-1")
+    request_id = take_upload(backends, upload).request_id
+    backends.store.start_processing(request_id, "run-1")
+    compress_images(backends, request_id, work_items(backends.store.unfinished_slots(request_id)))
+    complete_request(backends, request_id, "run-1")
     return request_id

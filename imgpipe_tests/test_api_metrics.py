@@ -14,7 +14,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from imgpipe.backends import open_storage
+from imgpipe.backends import Backends, open_storage
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus, Source, utcnow
 from imgpipe_tests.servers import REPO, IsolatedHome, free_port, wait_for
@@ -56,10 +56,10 @@ def test_metrics_want_the_token_unless_they_are_public(api_server):
 
 def test_metrics_are_what_the_status_store_holds(api_server):
     server = api_server()
-    settings, store = server.settings, server.store
-    storage = open_storage(settings)
+    store = server.store
+    backends = Backends(server.settings, store, open_storage(server.settings))
     assert scrape(server.url)["imgpipe_oldest_queued_request_age_seconds"][()] == 0
-    finished = take_upload(store, storage, settings, Upload(CSV, "a.csv", Source.API)).request_id
+    finished = take_upload(backends, Upload(CSV, "a.csv", Source.API)).request_id
     store.start_processing(finished, "run-1")
     store.record_results(finished, [
         ImageResult("https://e.com/a.jpg", ImageStatus.COMPRESSED, bytes_in=1000, bytes_out=300, obtained="fetched",
@@ -68,8 +68,8 @@ def test_metrics_are_what_the_status_store_holds(api_server):
                     obtained="same_content", download_seconds=3.0, compress_seconds=0.0),
         ImageResult("https://e.com/c.jpg", ImageStatus.FAILED, error="HTTP 404")])
     store.finish_request(finished, RequestStatus.COMPLETED_WITH_ERRORS)
-    queued = take_upload(store, storage, settings, Upload(CSV, "b.csv", Source.FOLDER)).request_id
-    take_upload(store, storage, settings, Upload(b"no csv at all", "c.csv", Source.FOLDER))
+    queued = take_upload(backends, Upload(CSV, "b.csv", Source.FOLDER)).request_id
+    take_upload(backends, Upload(b"no csv at all", "c.csv", Source.FOLDER))
     for outcome in ((503, None), (None, "blocked: 10.0.0.1 is a private address"), (None, "network error"), (204, None)):
         store.enqueue_webhook(webhook_id=f"msg_{outcome}", request_id=finished, url="https://h.example/",
                               event_type="request.completed", payload=b"{}")

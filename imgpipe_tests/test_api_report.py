@@ -17,7 +17,7 @@ import requests
 from PIL import Image
 
 from imgpipe import report_links
-from imgpipe.backends import open_storage
+from imgpipe.backends import Backends, open_storage
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus, Source
 from imgpipe_tests.images import photo_like
@@ -39,9 +39,9 @@ def jpeg(width: int, height: int, seed: int, quality: int = 85) -> bytes:
 def seed_finished_request(server) -> str:
     """A request of two products, one image of which failed, ended as the pipeline ends one: images and
     thumbnails in the storage, results in the store, output CSV, then the terminal status."""
-    settings, store = server.settings, server.store
-    storage = open_storage(settings)
-    request_id = take_upload(store, storage, settings, Upload(CSV, "chairs.csv", Source.API)).request_id
+    settings, store, storage = server.settings, server.store, open_storage(server.settings)
+    backends = Backends(settings, store, storage)
+    request_id = take_upload(backends, Upload(CSV, "chairs.csv", Source.API)).request_id
     store.start_processing(request_id, "run-1")
     results = []
     for stem, url, seed in (("r1-p1", "https://shop.example/chair-front.jpg", 1),
@@ -250,7 +250,8 @@ def test_the_output_csv_assets_metadata_links_the_report(api_server):
 
     server = api_server(IMGPIPE_API_TOKEN=TOKEN)
     request_id = seed_finished_request(server)
-    completion = complete_request(server.settings, server.store, open_storage(server.settings), request_id, "run-2")
+    completion = complete_request(Backends(server.settings, server.store, open_storage(server.settings)), request_id,
+                                  "run-2")
 
     link = request_metadata(completion)["report_url"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from imgpipe.backends import open_storage
+from imgpipe.backends import Backends, open_storage
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus, Source
 from imgpipe_tests.test_api import CSV
@@ -26,11 +26,10 @@ RUN_TIMEOUT = 120
 
 
 def seed_a_finished_request(server) -> None:
-    settings = server.settings
-    storage = open_storage(settings)
+    storage = open_storage(server.settings)
     csv = CSV.replace(b"https://e.com/a.jpg", b'"https://e.com/a.jpg, https://e.com/b.png"')
-    result = take_upload(server.store, storage, settings, Upload(content=csv, file_name="seed.csv", source=Source.API),
-                         request_id=SEEDED_REQUEST)
+    result = take_upload(Backends(server.settings, server.store, storage),
+                         Upload(content=csv, file_name="seed.csv", source=Source.API), request_id=SEEDED_REQUEST)
     assert result.accepted, result.errors
     images = [storage.write_image(SEEDED_REQUEST, "a.jpg", b"\xff\xd8\xff\xe0 jpeg"),
               storage.write_image(SEEDED_REQUEST, "b.webp", b"RIFF\x00\x00\x00\x00WEBP")]

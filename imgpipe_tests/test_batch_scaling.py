@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
+from imgpipe.backends import Backends
 from imgpipe.images.batch import BatchRunner, WorkItem
 from imgpipe.images.image_policy import POLICY_VERSION
 from imgpipe.processing import reuse_for
@@ -57,7 +58,8 @@ def test_a_new_image_costs_no_store_session_and_a_kept_one_is_still_found(tmp_pa
         "https://x.example/kept.jpg", ImageStatus.COMPRESSED, output_path="/x", output_url="http://x", bytes_in=10,
         bytes_out=5, quality_in=80, quality_out=40, format_out="JPEG", obtained=Obtained.FETCHED, input_sha256=kept,
         kept_extension=".jpg")], POLICY_VERSION)
-    reuse = reuse_for(settings, store, store.get_request("r1"), [WorkItem("https://x.example/new.jpg", "r1-p1")])
+    backends = Backends(settings, store, LocalStorage(settings.home_dir, settings.public_base_url))
+    reuse = reuse_for(backends, store.get_request("r1"), [WorkItem("https://x.example/new.jpg", "r1-p1")])
     sessions = []
     original = store._transact
     monkeypatch.setattr(store, "_transact", lambda work: (sessions.append(threading.get_ident()), original(work))[1])

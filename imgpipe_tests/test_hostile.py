@@ -26,6 +26,7 @@ import pytest
 import urllib3.util.connection
 from PIL import Image
 
+from imgpipe.backends import Backends
 from imgpipe.images import batch
 from imgpipe.images.batch import BatchRunner, WorkItem
 from imgpipe.images.compressor import compress_isolated
@@ -499,18 +500,18 @@ def test_hostile_csv_is_rejected_with_row_column_and_reason(data, row, column, m
 def inbox(tmp_path) -> Inbox:
     settings = Settings(home=tmp_path / "home")
     settings.ensure_folders()
-    return Inbox(settings, DuckDBStatusStore(settings.db_path),
-                 LocalStorage(settings.home_dir, settings.public_base_url))
+    return Inbox(Backends(settings, DuckDBStatusStore(settings.db_path),
+                          LocalStorage(settings.home_dir, settings.public_base_url)))
 
 
 def assert_kept_byte_for_byte(tmp_path, inbox: Inbox, result, kept_name: str, data: bytes, error: str) -> None:
-    folder = inbox.settings.rejected_dir / result.request_id
+    folder = inbox.backends.settings.rejected_dir / result.request_id
     assert not result.accepted
     assert sorted(p.name for p in folder.iterdir()) == sorted([kept_name, "errors.json"])
     assert (folder / kept_name).read_bytes() == data
     errors = json.loads((folder / "errors.json").read_text())["errors"]
     assert any(error in e["message"] for e in errors), errors
-    assert inbox.store.get_request(result.request_id).status == "rejected"
+    assert inbox.backends.store.get_request(result.request_id).status == "rejected"
     assert os.listdir(tmp_path) == ["home"]  # nothing written beside IMGPIPE_HOME
 
 
@@ -532,7 +533,7 @@ def assert_kept_byte_for_byte(tmp_path, inbox: Inbox, result, kept_name: str, da
 ])
 def test_rejected_drop_is_kept_byte_for_byte_inside_its_rejected_folder(tmp_path, inbox, name, sidecar, data,
                                                                         kept_name, error):
-    folder = bytes(inbox.settings.inbox)
+    folder = bytes(inbox.backends.settings.inbox)
     if sidecar is not None:
         text = sidecar if isinstance(sidecar, str) else json.dumps(sidecar)
         Path(os.fsdecode(os.path.join(folder, name))).with_suffix(".json").write_text(text)
@@ -555,17 +556,17 @@ def test_rejected_drop_is_kept_byte_for_byte_inside_its_rejected_folder(tmp_path
     pytest.param("a\x00b\x1b[2J.csv", "a_b_[2J.csv", id="control-characters"),
 ])
 def test_an_uploaded_name_is_made_harmless_and_nothing_leaves_the_rejected_folder(tmp_path, inbox, name, kept_name):
-    result = take_upload(inbox.store, inbox.storage, inbox.settings, Upload(GARBAGE, name, Source.API))
+    result = take_upload(inbox.backends, Upload(GARBAGE, name, Source.API))
     assert_kept_byte_for_byte(tmp_path, inbox, result, kept_name, GARBAGE, "NUL character")
 
 
 def test_symlink_in_the_inbox_is_never_taken(tmp_path, inbox):
     secret = tmp_path / "secret.csv"
     secret.write_bytes(_rows(1))
-    (inbox.settings.inbox / "link.csv").symlink_to(secret)
+    (inbox.backends.settings.inbox / "link.csv").symlink_to(secret)
 
     assert inbox.take() == []
-    assert (inbox.settings.inbox / "link.csv").is_symlink()
+    assert (inbox.backends.settings.inbox / "link.csv").is_symlink()
     assert secret.read_bytes() == _rows(1)
 
 

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
+from imgpipe.backends import Backends
 from imgpipe.intake.intake import KEY_WAIT_SECONDS, IntakeResult, KeyPending, Upload, take_upload_once
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
@@ -178,7 +179,7 @@ def intake(store, tmp_path):
     upload = Upload(CSV, "keyed.csv", Source.API, idempotency_key="k")
     return SimpleNamespace(
         store=store, settings=settings, storage=plain,
-        take=lambda storage=plain, **options: take_upload_once(store, storage, settings, upload, **options))
+        take=lambda storage=plain, **options: take_upload_once(Backends(settings, store, storage), upload, **options))
 
 
 def in_thread(function) -> list:

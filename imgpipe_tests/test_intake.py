@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from imgpipe.backends import Backends, open_backends
 from imgpipe.intake import inbox as inbox_module
 from imgpipe.intake import intake as intake_module
 from imgpipe.intake.inbox import CLAIM_META, CLAIMED_SIDECAR, CLAIMS, Inbox
@@ -27,7 +28,7 @@ def setup(tmp_path):
     settings = Settings(home=tmp_path / "home")
     settings.ensure_folders()
     store = DuckDBStatusStore(settings.db_path)
-    return settings, store, Inbox(settings, store, LocalStorage(settings.home_dir, settings.public_base_url))
+    return settings, store, Inbox(Backends(settings, store, LocalStorage(settings.home_dir, settings.public_base_url)))
 
 
 def inbox_names(settings: Settings) -> list[str]:
@@ -76,7 +77,7 @@ def test_a_file_over_the_size_limit_is_kept_without_being_read(tmp_path):
     settings.ensure_folders()
     store = DuckDBStatusStore(settings.db_path)
     (settings.inbox / "huge.csv").write_bytes(GOOD.encode() * 10)
-    [result] = Inbox(settings, store, LocalStorage(settings.home_dir, settings.public_base_url)).take()
+    [result] = Inbox(Backends(settings, store, LocalStorage(settings.home_dir, settings.public_base_url))).take()
     assert [e.message for e in result.errors] == [f"file is {len(GOOD) * 10:,} bytes, more than the limit of 100"]
     assert (settings.rejected_dir / result.request_id / "huge.csv").read_bytes() == GOOD.encode() * 10
 
@@ -247,10 +248,10 @@ def test_whatever_one_file_raises_leaves_the_others_alone(setup, monkeypatch):
         (settings.inbox / name).write_text(GOOD)
     real_take_upload = inbox_module.take_upload
 
-    def fails_on_b(store_, storage, limits, upload, request_id=None):
+    def fails_on_b(backends, upload, request_id=None):
         if upload.file_name == "b.csv":
             raise RuntimeError("an unforeseen bug")
-        return real_take_upload(store_, storage, limits, upload, request_id)
+        return real_take_upload(backends, upload, request_id)
 
     monkeypatch.setattr(inbox_module, "take_upload", fails_on_b)
     assert sorted(r.file_name for r in inbox.take()) == ["a.csv", "c.csv"]
@@ -263,7 +264,7 @@ def test_one_pass_takes_a_bounded_number_of_files(setup):
     store = DuckDBStatusStore(settings.db_path)
     for index in range(5):
         (settings.inbox / f"f{index}.csv").write_text(GOOD)
-    inbox = Inbox(settings, store, LocalStorage(settings.home_dir, settings.public_base_url), max_files=2)
+    inbox = Inbox(Backends(settings, store, LocalStorage(settings.home_dir, settings.public_base_url)), max_files=2)
     assert [len(inbox.take()) for _ in range(4)] == [2, 2, 1, 0]
 
 
@@ -284,17 +285,17 @@ def test_a_request_is_seen_queued_only_once_its_file_and_every_slot_are_stored(t
         return result
 
     monkeypatch.setattr(store, "_transact", commit_then_look)
-    result = take_upload(store, storage, settings, Upload(GOOD.encode(), "a.csv", Source.API))
+    result = take_upload(Backends(settings, store, storage), Upload(GOOD.encode(), "a.csv", Source.API))
 
     assert result.accepted and seen and set(seen) == {(True, 1, 2, 2)}
 
 
 def test_taking_an_upload_again_under_its_id_changes_nothing(tmp_path):
     settings = Settings(home=tmp_path / "home")
-    store = DuckDBStatusStore(settings.db_path)
-    storage = LocalStorage(settings.home_dir, settings.public_base_url)
+    backends = open_backends(settings)
+    store = backends.store
     upload = Upload(GOOD.encode(), "twice.csv", Source.API, idempotency_key="k1")
-    first = take_upload(store, storage, settings, upload)
-    again = take_upload(store, storage, settings, upload, request_id=first.request_id)
+    first = take_upload(backends, upload)
+    again = take_upload(backends, upload, request_id=first.request_id)
     assert again.request_id == first.request_id and store.counts(first.request_id)["total"] == 2
     assert store.known_request_ids([first.request_id]) == {first.request_id}

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from imgpipe.backends import open_storage
+from imgpipe.backends import Backends, open_storage
 from imgpipe.definitions import defs
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.settings import load_settings
@@ -16,7 +16,7 @@ GOOD = "S. No.,Product Name,Input Image Urls\n1,Chair,https://img.example/a.jpg\
 
 
 def launch(csv: str, webhook_url: str | None = None, raise_on_error: bool = True):
-    job = defs.resolve_job_def("submit_csv_job")
+    job = defs().resolve_job_def("submit_csv_job")
     config = {"csv": csv, "webhook_url": webhook_url}
     return job.execute_in_process(run_config={"ops": {"submit_csv": {"config": config}}},
                                   raise_on_error=raise_on_error)
@@ -89,12 +89,12 @@ def test_the_end_of_a_dead_run_ends_its_request_once_and_leaves_it_to_a_retry():
     settings = load_settings()
     store = DuckDBStatusStore(settings.db_path)
     upload = Upload(GOOD.encode(), f"dead-{uuid.uuid4().hex[:6]}.csv", Source.API)
-    request_id = take_upload(store, open_storage(settings), settings, upload).request_id
+    request_id = take_upload(Backends(settings, store, open_storage(settings)), upload).request_id
     store.start_processing(request_id, "dead-run")
 
     def end_the_dead_run():
         config = {"request_ids": [request_id], "run_id": "dead-run", "reason": "its worker died"}
-        defs.resolve_job_def("end_failed_run_job").execute_in_process(
+        defs().resolve_job_def("end_failed_run_job").execute_in_process(
             run_config={"ops": {"end_failed_request": {"config": config}}})
 
     end_the_dead_run()

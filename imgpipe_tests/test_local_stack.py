@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from imgpipe.backends import open_storage
+from imgpipe.backends import open_backends
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.local_stack import Console, Watcher, sample_csv
 from imgpipe.settings import Settings
-from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import ImageResult, ImageStatus, RequestStatus, Source, utcnow
 from imgpipe_tests.servers import IsolatedHome, drop_into_inbox, free_port, wait_for
 from imgpipe_tests.stack import processes_with
@@ -146,20 +145,20 @@ def test_the_console_in_json_is_one_object_per_line_with_the_request_id(tmp_path
     object carrying its request's ID."""
     settings = Settings(home=str(tmp_path / "home"), log_format="json", api_token=TOKEN)
     settings.ensure_folders()
-    store, storage = DuckDBStatusStore(settings.db_path), open_storage(settings)
+    backends = open_backends(settings)
+    store = backends.store
     stream = _Lines()
-    watcher = Watcher(settings, store, storage, Console(settings, stream), utcnow())
+    watcher = Watcher(backends, Console(settings, stream), utcnow())
     good = b"S. No.,Product Name,Input Image Urls\n1,Shoe,\"https://e.com/a.jpg, https://e.com/b.jpg\"\n"
-    accepted = take_upload(store, storage, settings, Upload(good, "good.csv", Source.API)).request_id
-    rejected = take_upload(store, storage, settings,
-                           Upload(b"S. No.,Product Name\n1,Shoe\n", "bad.csv", Source.FOLDER)).request_id
+    accepted = take_upload(backends, Upload(good, "good.csv", Source.API)).request_id
+    rejected = take_upload(backends, Upload(b"S. No.,Product Name\n1,Shoe\n", "bad.csv", Source.FOLDER)).request_id
     watcher.poll()
     store.start_processing(accepted, "run-1")
     store.record_results(accepted, [ImageResult("https://e.com/a.jpg", ImageStatus.COMPRESSED, bytes_in=1000,
                                                 bytes_out=400, output_url="x/r1-p1.jpg")])
     watcher.poll()
     store.record_results(accepted, [ImageResult("https://e.com/b.jpg", ImageStatus.FAILED, error="HTTP 404")])
-    storage.write_output_csv(accepted, b"S. No.\n")
+    backends.storage.write_output_csv(accepted, b"S. No.\n")
     store.finish_request(accepted, RequestStatus.COMPLETED_WITH_ERRORS)
     watcher.poll()
 

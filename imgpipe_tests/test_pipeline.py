@@ -146,7 +146,7 @@ def test_the_csv_is_parsed_once_per_request(instance, image_server, image_root, 
     instance.add_dynamic_partitions("requests", [request_id])
 
     # In this process, so that every step's parsing would be counted.
-    result = defs.resolve_job_def("process_request").execute_in_process(instance=instance, partition_key=request_id)
+    result = defs().resolve_job_def("process_request").execute_in_process(instance=instance, partition_key=request_id)
 
     assert result.success and len(parsed) == 1
     assert DuckDBStatusStore(settings.db_path).get_request(request_id).status == "completed"

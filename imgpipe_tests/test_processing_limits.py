@@ -12,11 +12,11 @@ import pytest
 from dagster import instance_for_test
 
 from imgpipe import processing
+from imgpipe.backends import open_backends
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.settings import Settings, load_settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import Source, utcnow
-from imgpipe.storage.local import LocalStorage
 from imgpipe_tests.images import save_jpeg
 from imgpipe_tests.pipeline import csv_for, read_output, run, slots_of, submit
 from imgpipe_tests.servers import ImageServer
@@ -59,17 +59,18 @@ def test_a_black_holed_host_holds_up_no_other_host_and_fails_its_images_fast(tmp
                                                                              image_root):
     settings = Settings(home=tmp_path / "home", allow_private_hosts="127.0.0.1", connect_timeout=1, read_timeout=2,
                         image_timeout=10, request_deadline=30)
-    store, storage = DuckDBStatusStore(settings.db_path), LocalStorage(settings.home_dir, settings.public_base_url)
+    backends = open_backends(settings)
+    store = backends.store
     folder = uuid.uuid4().hex[:8]
     for name in ("a", "b"):
         save_jpeg(image_root / folder / f"{name}.jpg", quality=80, seed=ord(name))
     dead = [f"{black_hole.base}/img/{n}.jpg" for n in range(24)]
     healthy = [image_server.url(f"img/{folder}/{name}.jpg") for name in ("a", "b")]
     upload = Upload(csv_for([[url] for url in dead + healthy]).encode(), "dead-host.csv", Source.API)
-    request_id = take_upload(store, storage, settings, upload).request_id
+    request_id = take_upload(backends, upload).request_id
     started = utcnow()
 
-    [ended] = processing.process_requests(settings, store, storage, [request_id], "run-dead-host")
+    [ended] = processing.process_requests(backends, [request_id], "run-dead-host")
 
     images = {image.input_url: image for image in store.images(request_id)}
     for url in healthy:
@@ -132,15 +133,15 @@ def test_a_batch_that_starts_after_its_requests_deadline_fetches_nothing(tmp_pat
     """A compress_batch step that waited past the deadline (a queue of Celery workers, a step run again after a
     lost worker) counts from the request's start, not its own: its images fail at once."""
     settings = Settings(home=tmp_path / "home", allow_private_hosts="127.0.0.1", request_deadline=60)
-    store, storage = DuckDBStatusStore(settings.db_path), LocalStorage(settings.home_dir, settings.public_base_url)
+    backends = open_backends(settings)
+    store = backends.store
     folder = uuid.uuid4().hex[:8]
     save_jpeg(image_root / folder / "a.jpg", quality=80)
     url = image_server.url(f"img/{folder}/a.jpg")
-    request_id = take_upload(store, storage, settings,
-                             Upload(csv_for([[url]]).encode(), "late.csv", Source.API)).request_id
+    request_id = take_upload(backends, Upload(csv_for([[url]]).encode(), "late.csv", Source.API)).request_id
     store.start_processing(request_id, "run-late")
 
-    [result] = processing.compress_images(settings, store, storage, request_id, started_at=time.time() - 61)
+    [result] = processing.compress_images(backends, request_id, started_at=time.time() - 61)
 
     assert (result.status, result.error) == ("failed", "not done within IMGPIPE_REQUEST_DEADLINE (60 s)")
     assert image_server.hits_for(f"img/{folder}/a.jpg") == 0

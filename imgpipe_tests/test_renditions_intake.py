@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from imgpipe import cli
+from imgpipe.backends import Backends
 from imgpipe.definitions import defs
 from imgpipe.intake.inbox import Inbox
 from imgpipe.processing import renditions_for
@@ -53,7 +54,7 @@ def test_a_sidecar_names_them_as_a_comma_list_or_a_json_list(tmp_path):
     settings = Settings(home=tmp_path / "home")
     settings.ensure_folders()
     store = DuckDBStatusStore(settings.db_path)
-    inbox = Inbox(settings, store, LocalStorage(settings.home_dir, settings.public_base_url))
+    inbox = Inbox(Backends(settings, store, LocalStorage(settings.home_dir, settings.public_base_url)))
     for stem, sidecar in (("listed", {"renditions": ["avif"], "widths": [960, 480]}),
                           ("comma", {"renditions": "webp, avif", "widths": "320"}),
                           ("wrong", {"renditions": "webp", "widths": "wide"}),
@@ -77,7 +78,7 @@ def test_the_launchpad_config_names_them():
     name = f"ui-{uuid.uuid4().hex[:6]}.csv"
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     (settings.uploads_dir / name).write_text(GOOD)
-    job = defs.resolve_job_def("submit_csv_job")
+    job = defs().resolve_job_def("submit_csv_job")
 
     result = job.execute_in_process(run_config={"ops": {"submit_csv": {"config": {
         "csv": name, "renditions": "avif", "widths": "480,960"}}}})

@@ -69,11 +69,10 @@ def stored_keys(storage) -> set[str]:
 
 
 def test_renditions_are_served_from_the_main_url_by_accept_and_width_and_listed_everywhere(backends, catalogue):
-    settings, store, storage = backends
-    request_id = process_here(settings, store, storage, catalogue, "photos.csv", renditions="avif,WEBP",
-                              widths="2000,480")
-    plain = process_here(settings, store, storage, catalogue, "plain.csv", renditions="", widths="")
-    app = create_app(settings, storage)
+    store, storage = backends.store, backends.storage
+    request_id = process_here(backends, catalogue, "photos.csv", renditions="avif,WEBP", widths="2000,480")
+    plain = process_here(backends, catalogue, "plain.csv", renditions="", widths="")
+    app = create_app(backends.settings, storage)
 
     row = store.get_request(request_id)
     assert (row.renditions, row.widths) == ("webp,avif", "480,2000")
@@ -151,12 +150,12 @@ def main_size(store, request_id: str, image: dict) -> int:
 
 
 def test_a_re_upload_reuses_the_kept_renditions_and_one_asking_for_more_gets_them_made(backends, catalogue):
-    settings, store, storage = backends
-    first = process_here(settings, store, storage, catalogue, "night-1.csv", renditions="webp,avif", widths="480")
-    again = process_here(settings, store, storage, catalogue, "night-2.csv", renditions="webp,avif", widths="480")
-    webp_only = process_here(settings, store, storage, catalogue, "webp.csv", renditions="webp", widths="")
-    wider = process_here(settings, store, storage, catalogue, "wider.csv", renditions="avif", widths="480,960")
-    app = create_app(settings, storage)
+    store, storage = backends.store, backends.storage
+    first = process_here(backends, catalogue, "night-1.csv", renditions="webp,avif", widths="480")
+    again = process_here(backends, catalogue, "night-2.csv", renditions="webp,avif", widths="480")
+    webp_only = process_here(backends, catalogue, "webp.csv", renditions="webp", widths="")
+    wider = process_here(backends, catalogue, "wider.csv", renditions="avif", widths="480,960")
+    app = create_app(backends.settings, storage)
 
     def obtained(request_id):
         return [str(i.obtained) for i in store.images(request_id)]
@@ -191,17 +190,17 @@ def key_of(url: str) -> str:
 
 
 def test_purge_leaves_no_file_of_a_purged_request_and_kept_renditions_go_with_their_last_user(backends, catalogue):
-    settings, store, storage = backends
+    store, storage = backends.store, backends.storage
     before = stored_keys(storage)
-    older = process_here(settings, store, storage, catalogue, "older.csv", renditions="webp,avif", widths="480")
-    newer = process_here(settings, store, storage, catalogue, "newer.csv", renditions="avif", widths="640")
-    app = create_app(settings, storage)
+    older = process_here(backends, catalogue, "older.csv", renditions="webp,avif", widths="480")
+    newer = process_here(backends, catalogue, "newer.csv", renditions="avif", widths="640")
+    app = create_app(backends.settings, storage)
     older_urls = [r["url"] for image in images_of(app, older) for r in image["renditions"]]
     newer_urls = [r["url"] for image in images_of(app, newer) for r in image["renditions"]]
     shas = {i.input_sha256 for i in store.images(older)}
     made_old(store, older)
 
-    [purged] = purge(store, storage, PurgePlan(older_than=parse_duration("12h"), statuses=parse_statuses(None)))
+    [purged] = purge(backends, PurgePlan(older_than=parse_duration("12h"), statuses=parse_statuses(None)))
 
     assert (purged.request.request_id, purged.refused) == (older, None)
     assert [key for key in stored_keys(storage) if older in key] == []
@@ -214,7 +213,7 @@ def test_purge_leaves_no_file_of_a_purged_request_and_kept_renditions_go_with_th
     assert {key.rsplit(".", 2)[-2] for key in kept} >= {"w480", "w640", "w1200"}
 
     made_old(store, newer)
-    assert [o.request.request_id for o in purge(store, storage, PurgePlan(
+    assert [o.request.request_id for o in purge(backends, PurgePlan(
         older_than=parse_duration("12h"), statuses=parse_statuses(None)))] == [newer]
     assert stored_keys(storage) == before  # no file of either request, nor of what was kept for them
     assert not has_content(storage, POLICY_VERSION, next(iter(shas)), ".jpg")

@@ -35,9 +35,9 @@ BASE = "http://127.0.0.1:8000"
 
 def test_purge_removes_exactly_the_old_requests_and_keeps_what_the_others_reuse(backends, image_server,
                                                                                 image_root, tmp_path):
-    settings, store, storage = backends
+    store, storage = backends.store, backends.storage
     a, b, c, d, shared_url = served_images(uuid.uuid4().hex[:8], image_root, image_server, "a", "b", "c", "d", "shared")
-    ids = [process_here(settings, store, storage, rows, f"r{index}.csv") for index, rows in enumerate(
+    ids = [process_here(backends, rows, f"r{index}.csv") for index, rows in enumerate(
         [[[a]], [[b]], [[shared_url, c]], [[shared_url]], [[d]]])]
     old, kept = ids[:3], ids[3:]
     shared = {i.input_url: i for i in store.images(ids[3])}[shared_url]
@@ -49,12 +49,12 @@ def test_purge_removes_exactly_the_old_requests_and_keeps_what_the_others_reuse(
 
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("requests", ids)
-        dry = [o.request.request_id for o in purge(store, storage, plan, dry_run=True)]
+        dry = [o.request.request_id for o in purge(backends, plan, dry_run=True)]
         assert dry == old and all(store.get_request(r) for r in ids)
         assert all(storage.exists(input_key(r)) for r in ids)
 
         forget = partition_forgetter(instance, delete_runs=False)
-        purged = [o.request.request_id for o in purge(store, storage, plan, forget_partition=forget)]
+        purged = [o.request.request_id for o in purge(backends, plan, forget_partition=forget)]
 
         assert purged == old
         assert instance.get_dynamic_partitions("requests") == kept
@@ -66,7 +66,7 @@ def test_purge_removes_exactly_the_old_requests_and_keeps_what_the_others_reuse(
         assert not has_content(storage, POLICY_VERSION, sha256, ".jpg")
     assert has_content(storage, POLICY_VERSION, shared.input_sha256, ".jpg")  # still reused by request 4
 
-    app = create_app(settings)
+    app = create_app(backends.settings)
     for request_id in kept:
         status, _, body = asgi_get(app, f"/requests/{request_id}")
         document = json.loads(body)
@@ -108,25 +108,24 @@ def test_a_request_still_processing_is_refused_and_purged_whole_once_its_run_has
                                                                                         image_root):
     """The audit's case: purged while processing, its run wrote images and thumbnails afterwards that the API
     served and that no later purge removed (no rows were left to find them)."""
-    settings, store, storage = backends
+    store, storage = backends.store, backends.storage
     urls = served_images(uuid.uuid4().hex[:8], image_root, image_server, "a", "b")
-    request_id = take_upload(store, storage, settings, Upload(csv_for([urls]).encode(), "running.csv",
-                                                              Source.API)).request_id
+    request_id = take_upload(backends, Upload(csv_for([urls]).encode(), "running.csv", Source.API)).request_id
     store.start_processing(request_id, "run-1")
 
-    [refused] = purge(store, storage, PurgePlan(older_than=parse_duration("0s"), statuses=parse_statuses("processing")))
+    [refused] = purge(backends, PurgePlan(older_than=parse_duration("0s"), statuses=parse_statuses("processing")))
 
     assert (refused.request.request_id, refused.refused) == (
         request_id, f"request {request_id} is processing: cancel its run first")
     assert store.get_request(request_id).status == "processing" and store.purged_at(request_id) is None
     assert storage.exists(input_key(request_id))
     # The run goes on, writes its images and thumbnails, and ends.
-    compress_images(settings, store, storage, request_id, work_items(store.unfinished_slots(request_id)))
-    complete_request(settings, store, storage, request_id, "run-1")
+    compress_images(backends, request_id, work_items(store.unfinished_slots(request_id)))
+    complete_request(backends, request_id, "run-1")
     written = files_of(store, request_id)
     assert len(written) == 2 + 2 * 3 and all(storage.exists(key) for key in written)
 
-    [purged] = purge(store, storage, PurgePlan(older_than=parse_duration("0s"), statuses=parse_statuses(None)))
+    [purged] = purge(backends, PurgePlan(older_than=parse_duration("0s"), statuses=parse_statuses(None)))
 
     assert (purged.request.request_id, purged.refused) == (request_id, None)
     assert [key for key in written if storage.exists(key)] == []
@@ -134,14 +133,13 @@ def test_a_request_still_processing_is_refused_and_purged_whole_once_its_run_has
 
 
 def test_a_rejected_request_and_one_whose_outputs_another_still_uses_are_purged(backends, image_server, image_root):
-    settings, store, storage = backends
+    store, storage = backends.store, backends.storage
     [url] = served_images(uuid.uuid4().hex[:8], image_root, image_server, "shared")
-    rejected = take_upload(store, storage, settings, Upload(b"S. No.,Product Name\n1,,\n", "bad.csv",
-                                                            Source.API)).request_id
-    first, second = (process_here(settings, store, storage, [[url]], name) for name in ("first.csv", "second.csv"))
+    rejected = take_upload(backends, Upload(b"S. No.,Product Name\n1,,\n", "bad.csv", Source.API)).request_id
+    first, second = (process_here(backends, [[url]], name) for name in ("first.csv", "second.csv"))
     made_old(store, rejected, first)
 
-    outcomes = list(purge(store, storage, PurgePlan(older_than=parse_duration("30m"), statuses=parse_statuses(None))))
+    outcomes = list(purge(backends, PurgePlan(older_than=parse_duration("30m"), statuses=parse_statuses(None))))
 
     assert [(o.request.request_id, o.refused) for o in outcomes] == [(rejected, None), (first, None)]
     assert store.get_request(rejected) is None and not storage.exists(errors_key(rejected))
@@ -151,9 +149,9 @@ def test_a_rejected_request_and_one_whose_outputs_another_still_uses_are_purged(
 
 
 def test_the_retention_schedule_purges_the_old_requests_that_have_ended_and_no_other(backends):
-    settings, store, storage = backends
-    settings = settings.model_copy(update={"retention_days": 1})
-    ended, running, queued = (take_upload(store, storage, settings, Upload(
+    store, storage = backends.store, backends.storage
+    settings = backends.settings.model_copy(update={"retention_days": 1})
+    ended, running, queued = (take_upload(backends, Upload(
         csv_for([["https://e.com/a.jpg"]]).encode(), f"{name}.csv", Source.API)).request_id
         for name in ("ended", "running", "queued"))
     for request_id in (ended, running):

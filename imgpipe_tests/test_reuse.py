@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import os
+from dataclasses import replace
 
 import pytest
 
+from imgpipe.backends import Backends
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.storage.local import LocalStorage
@@ -20,12 +22,12 @@ BASE = "http://127.0.0.1:8000"
 
 @pytest.fixture
 def shop(tmp_path):
-    """A catalogue of 12 photos, its settings, store and storage."""
+    """A catalogue of 12 photos, and the backends of a home."""
     root = tmp_path / "cdn"
     for index in range(12):
         save_jpeg(root / f"p{index}.jpg", quality=70 + index, seed=index)
     settings = Settings(home=tmp_path / "home", public_base_url=BASE, allow_private_hosts="127.0.0.1")
-    return root, settings, DuckDBStatusStore(settings.db_path), LocalStorage(settings.home_dir, BASE)
+    return root, Backends(settings, DuckDBStatusStore(settings.db_path), LocalStorage(settings.home_dir, BASE))
 
 
 def catalogue(server: CatalogServer) -> list[list[str]]:
@@ -41,12 +43,13 @@ def output_rows(settings: Settings, request_id: str) -> list[list[str]]:
 
 
 def test_the_same_catalogue_again_is_all_304s_and_no_encode(shop):
-    root, settings, store, storage = shop
+    root, backends = shop
+    store = backends.store
     server = CatalogServer(root)
     try:
-        first = process_here(settings, store, storage, catalogue(server), "night-1.csv")
+        first = process_here(backends, catalogue(server), "night-1.csv")
         served_first = len(server.served)
-        second = process_here(settings, store, storage, catalogue(server), "night-2.csv")
+        second = process_here(backends, catalogue(server), "night-2.csv")
         again = server.served[served_first:]
     finally:
         server.close()
@@ -56,7 +59,7 @@ def test_the_same_catalogue_again_is_all_304s_and_no_encode(shop):
     assert [seen.status for seen in again] == [304] * 12 and sum(seen.body_bytes for seen in again) == 0
     assert all(seen.headers.get("if-none-match") for seen in again)
     # Same shape, its own URLs; its files are links to the same bytes, not copies.
-    first_rows, second_rows = output_rows(settings, first), output_rows(settings, second)
+    first_rows, second_rows = output_rows(backends.settings, first), output_rows(backends.settings, second)
     assert [r[:3] for r in first_rows] == [r[:3] for r in second_rows]
     assert all(f"/images/{second}/" in url for row in second_rows[1:] for url in row[3].split(", "))
     for before, after in zip(store.images(first), store.images(second)):
@@ -64,20 +67,21 @@ def test_the_same_catalogue_again_is_all_304s_and_no_encode(shop):
                                                                           before.quality_out)
         assert os.stat(after.output_path).st_ino == os.stat(before.output_path).st_ino
         assert os.stat(after.output_path).st_nlink >= 3  # the kept output and both requests' images
-    assert all(storage.read_thumbnail(second, f"r{row}-p{position}.{side}.jpg")
+    assert all(backends.storage.read_thumbnail(second, f"r{row}-p{position}.{side}.jpg")
                for row in range(1, 7) for position in (1, 2) for side in ("before", "after"))
 
 
 def test_changed_images_and_only_those_are_fetched_and_encoded_again(shop):
-    root, settings, store, storage = shop
+    root, backends = shop
+    store = backends.store
     server = CatalogServer(root)
     try:
-        process_here(settings, store, storage, catalogue(server), "night-1.csv")
+        process_here(backends, catalogue(server), "night-1.csv")
         changed = [1, 4, 5, 8, 11]
         for index in changed:
             save_jpeg(root / f"p{index}.jpg", quality=60, seed=100 + index)
             os.utime(root / f"p{index}.jpg", (0, 2_000_000_000))
-        third = process_here(settings, store, storage, catalogue(server), "night-3.csv")
+        third = process_here(backends, catalogue(server), "night-3.csv")
     finally:
         server.close()
 
@@ -86,12 +90,13 @@ def test_changed_images_and_only_those_are_fetched_and_encoded_again(shop):
 
 
 def test_without_validators_every_image_is_downloaded_and_none_is_encoded_again(shop):
-    root, settings, store, storage = shop
+    root, backends = shop
+    store = backends.store
     server = CatalogServer(root, validators=False)
     try:
-        process_here(settings, store, storage, catalogue(server), "night-1.csv")
+        process_here(backends, catalogue(server), "night-1.csv")
         served_first = len(server.served)
-        second = process_here(settings, store, storage, catalogue(server), "night-2.csv")
+        second = process_here(backends, catalogue(server), "night-2.csv")
         again = server.served[served_first:]
     finally:
         server.close()
@@ -107,13 +112,14 @@ def test_without_validators_every_image_is_downloaded_and_none_is_encoded_again(
 ], ids=["no-store", "IMGPIPE_REUSE=off", "fresh-request"])
 def test_reuse_can_be_refused_by_the_source_the_operator_or_the_request(shop, server_options, settings_update,
                                                                         fresh):
-    root, settings, store, storage = shop
-    settings = settings.model_copy(update=settings_update)
+    root, backends = shop
+    store = backends.store
+    backends = replace(backends, settings=backends.settings.model_copy(update=settings_update))
     server = CatalogServer(root, **server_options)
     try:
-        process_here(settings, store, storage, catalogue(server), "night-1.csv")
+        process_here(backends, catalogue(server), "night-1.csv")
         served_first = len(server.served)
-        second = process_here(settings, store, storage, catalogue(server), "night-2.csv", fresh=fresh)
+        second = process_here(backends, catalogue(server), "night-2.csv", fresh=fresh)
         again = server.served[served_first:]
     finally:
         server.close()
@@ -123,13 +129,14 @@ def test_reuse_can_be_refused_by_the_source_the_operator_or_the_request(shop, se
 
 
 def test_a_kept_output_whose_files_are_gone_is_made_again(shop):
-    root, settings, store, storage = shop
+    root, backends = shop
+    store = backends.store
     server = CatalogServer(root)
     try:
-        process_here(settings, store, storage, catalogue(server)[:1], "night-1.csv")
-        for kept in (settings.home_dir / "content").rglob("*.jpg"):
+        process_here(backends, catalogue(server)[:1], "night-1.csv")
+        for kept in (backends.settings.home_dir / "content").rglob("*.jpg"):
             kept.unlink()
-        second = process_here(settings, store, storage, catalogue(server)[:1], "night-2.csv")
+        second = process_here(backends, catalogue(server)[:1], "night-2.csv")
     finally:
         server.close()
 
@@ -140,11 +147,13 @@ def test_a_kept_output_whose_files_are_gone_is_made_again(shop):
 def test_reuse_stays_polite_with_throttling_hosts(shop):
     """Every image's first request is answered 429 Retry-After: 1, with many download threads: all end
     compressed, the host never saw more connections at once than the setting, and none came back too soon."""
-    root, settings, store, storage = shop
-    settings = settings.model_copy(update={"per_host_connections": 2, "download_threads": 8})
+    root, backends = shop
+    store = backends.store
+    backends = replace(backends, settings=backends.settings.model_copy(
+        update={"per_host_connections": 2, "download_threads": 8}))
     server = CatalogServer(root, throttle=True, retry_after="1", delay=0.05)
     try:
-        request_id = process_here(settings, store, storage, catalogue(server), "throttled.csv")
+        request_id = process_here(backends, catalogue(server), "throttled.csv")
     finally:
         server.close()
 

@@ -11,7 +11,7 @@ import pytest
 from dagster import DagsterRun, DagsterRunStatus, RunsFilter, build_sensor_context, instance_for_test
 from dagster._core.utils import make_new_run_id
 
-from imgpipe.backends import open_storage
+from imgpipe.backends import Backends, open_storage
 from imgpipe.definitions import build_defs
 from imgpipe.defs.sensors import due_after
 from imgpipe.intake.intake import Upload, take_upload
@@ -165,8 +165,8 @@ def test_a_request_launched_at_once_is_never_also_asked_for_by_the_sensor(home):
     request is launched by exactly one of the two, and gets exactly one run."""
     settings, _, store, instance = home
     settings = settings.model_copy(update={"max_runs": 100})
-    launcher = RunLauncherAtOnce(settings, store, instance, start_here=False)
-    storage = open_storage(settings)
+    backends = Backends(settings, store, open_storage(settings))
+    launcher = RunLauncherAtOnce(backends, instance, start_here=False)
 
     asked_by_sensor: list[str] = []
     stop = threading.Event()
@@ -175,7 +175,7 @@ def test_a_request_launched_at_once_is_never_also_asked_for_by_the_sensor(home):
 
     def upload_and_launch(index: int) -> tuple[str, str | None]:  # as the API does
         upload = Upload(GOOD.replace("Chair", f"Chair {index}").encode(), f"u{index}.csv", Source.API)
-        request_id = take_upload(store, storage, settings, upload).request_id
+        request_id = take_upload(backends, upload).request_id
         if index % 4 == 3:  # a launch that comes late: a whole tick of the sensor sees the request first
             with ticks:
                 seen = ticks_done

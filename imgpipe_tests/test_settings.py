@@ -28,9 +28,9 @@ def test_embedded_is_the_default_and_needs_no_service():
 
     assert (settings.profile, settings.distributed, settings.executor) == ("embedded", False, "in_process")
     resource = ImgpipeResource.from_settings(settings)
-    assert isinstance(resource.store(), DuckDBStatusStore)
-    assert str(resource.store().path) == "/srv/imgpipe/imgpipe.duckdb"
-    assert isinstance(resource.storage(), LocalStorage)
+    assert isinstance(resource.backends().store, DuckDBStatusStore)
+    assert str(resource.backends().store.path) == "/srv/imgpipe/imgpipe.duckdb"
+    assert isinstance(resource.backends().storage, LocalStorage)
     assert io_managers(settings) == {}  # Dagster's file system IO manager
 
 
@@ -47,8 +47,8 @@ def test_distributed_profile_swaps_every_backend():
     settings = Settings.from_env(DISTRIBUTED)
     resource = ImgpipeResource.from_settings(settings, secrets_from_env=False)
 
-    assert isinstance(resource.store(), PostgresStatusStore)
-    assert isinstance(resource.storage(), S3Storage)
+    assert isinstance(resource.backends().store, PostgresStatusStore)
+    assert isinstance(resource.backends().storage, S3Storage)
     io_manager = io_managers(settings)["io_manager"]
     assert (io_manager.s3_bucket, io_manager.s3_prefix) == ("product-images", "imgpipe/dagster-io")
 

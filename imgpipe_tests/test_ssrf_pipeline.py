@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from dagster import execute_job, instance_for_test, reconstructable
 
+from imgpipe.backends import Backends, open_storage
 from imgpipe.webhooks.delivery import deliver
 from imgpipe_tests.pipeline import resolved_process_request_job, submit as submit_csv
 from imgpipe.settings import Settings, load_settings
@@ -124,7 +125,7 @@ def deliver_once(url: str) -> tuple[str, dict]:
     webhook_id = f"msg_{request_id}"
     store.enqueue_webhook(webhook_id=webhook_id, request_id=request_id, url=url, event_type="request.completed",
                           payload=b"{}")
-    state = deliver(settings, store, webhook_id, inline=True)
+    state = deliver(Backends(settings, store, open_storage(settings)), webhook_id, inline=True)
     [attempt] = store.webhook_deliveries(request_id)
     return state, attempt
 

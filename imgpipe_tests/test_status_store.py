@@ -13,7 +13,7 @@ import pandas as pd
 import psycopg2
 import pytest
 
-from imgpipe.backends import open_status_store
+from imgpipe.backends import Backends, open_status_store
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.output.completion import complete_request
 from imgpipe.processing import compress_images
@@ -370,16 +370,17 @@ def test_status_lines_of_nul_bytes_and_ansi_escapes_end_printable_in_postgresql(
     servers whose reason phrase, redirect or whole status line holds NUL and ESC bytes fail their images with a
     printable reason, and the request ends with every result recorded."""
     settings = Settings(home=tmp_path / "home", allow_private_hosts="127.0.0.1")
-    store, storage = PostgresStatusStore(postgres_url), LocalStorage(tmp_path / "home", settings.public_base_url)
+    store = PostgresStatusStore(postgres_url)
+    backends = Backends(settings, store, LocalStorage(tmp_path / "home", settings.public_base_url))
     folder = uuid.uuid4().hex[:8]
     save_jpeg(image_root / folder / "good.jpg", quality=80)
     hostile = [image_server.url(f"rawstatus/{code}") for code in ("500", "302", "99")]
     rows = [[image_server.url(f"img/{folder}/good.jpg")], hostile]
-    request_id = take_upload(store, storage, settings, Upload(csv_for(rows).encode(), "x.csv", Source.API)).request_id
+    request_id = take_upload(backends, Upload(csv_for(rows).encode(), "x.csv", Source.API)).request_id
     store.start_processing(request_id, "run-1")
 
-    compress_images(settings, store, storage, request_id)
-    complete_request(settings, store, storage, request_id, "run-1")
+    compress_images(backends, request_id)
+    complete_request(backends, request_id, "run-1")
 
     assert store.get_request(request_id).status == RequestStatus.COMPLETED_WITH_ERRORS
     with contextlib.closing(psycopg2.connect(postgres_url)) as con, con.cursor() as cur:

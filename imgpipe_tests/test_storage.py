@@ -11,7 +11,7 @@ import boto3
 import pandas as pd
 import pytest
 
-from imgpipe.backends import open_storage
+from imgpipe.backends import Backends, open_storage
 from imgpipe_tests.asgi import asgi_get
 from imgpipe.intake.inbox import Inbox
 from imgpipe.settings import Settings
@@ -285,7 +285,7 @@ def s3_intake(tmp_path, bucket_url):
     settings = Settings(home=str(tmp_path / "home"), public_base_url=BASE)
     settings.ensure_folders()
     store = DuckDBStatusStore(settings.db_path)
-    return settings, store, Inbox(settings, store, S3Storage(bucket_url, BASE))
+    return settings, store, Inbox(Backends(settings, store, S3Storage(bucket_url, BASE)))
 
 
 def test_intake_puts_accepted_and_rejected_files_in_the_bucket(s3_intake):
@@ -295,9 +295,9 @@ def test_intake_puts_accepted_and_rejected_files_in_the_bucket(s3_intake):
     results = {r.file_name: r for r in inbox.take()}
     good, bad = results["good.csv"], results["bad.csv"]
     assert good.accepted and not bad.accepted
-    assert inbox.storage.read_input(good.request_id) == GOOD
-    assert inbox.storage.read(rejected_key(bad.request_id, "bad.csv")) == BAD
-    assert json.loads(inbox.storage.read(errors_key(bad.request_id)))["errors"]
+    assert inbox.backends.storage.read_input(good.request_id) == GOOD
+    assert inbox.backends.storage.read(rejected_key(bad.request_id, "bad.csv")) == BAD
+    assert json.loads(inbox.backends.storage.read(errors_key(bad.request_id)))["errors"]
     assert store.get_request(bad.request_id).status == "rejected"
     # Nothing stays on this machine's disk: other machines read the bucket.
     assert [p for p in settings.home_dir.rglob("*") if p.is_file() and "imgpipe.duckdb" not in p.name] == []
@@ -310,10 +310,10 @@ def test_a_failed_upload_is_taken_again_on_the_next_pass(s3_intake, monkeypatch)
     def unreachable(*args, **kwargs):
         raise ConnectionError("the bucket is unreachable")
 
-    monkeypatch.setattr(inbox.storage, "keep_input", unreachable)
+    monkeypatch.setattr(inbox.backends.storage, "keep_input", unreachable)
     assert inbox.take() == []  # logged, not raised: other files go on
     monkeypatch.undo()
     [result] = inbox.take()
-    assert result.accepted and inbox.storage.read_input(result.request_id) == GOOD
+    assert result.accepted and inbox.backends.storage.read_input(result.request_id) == GOOD
     assert result.file_name == "later.csv" and store.get_request(result.request_id).file_name == "later.csv"
     assert inbox.take() == [] and os.listdir(settings.inbox) == [".claimed"]

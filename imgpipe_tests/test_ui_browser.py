@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from imgpipe.backends import Backends
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.storage.local import LocalStorage
 from imgpipe_tests.images import illustration, save_jpeg
@@ -253,8 +254,8 @@ def test_the_report_of_a_request_with_renditions_gets_avif_in_chromium_and_jpeg_
     host = CatalogServer(tmp_path / "cdn")
     server = api_server(IMGPIPE_ALLOW_PRIVATE_HOSTS="127.0.0.1")  # the image host is this machine
     try:
-        request_id = process_here(server.settings, server.store, LocalStorage(server.settings.home_dir, server.url),
-                                  [[host.url("p0.jpg"), host.url("p1.jpg")]], "renditions.csv",
+        backends = Backends(server.settings, server.store, LocalStorage(server.settings.home_dir, server.url))
+        request_id = process_here(backends, [[host.url("p0.jpg"), host.url("p1.jpg")]], "renditions.csv",
                                   renditions="webp,avif", widths="480,960")
     finally:
         host.close()

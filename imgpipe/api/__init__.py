@@ -3,7 +3,7 @@
 - `app`: `create_app(settings, storage=None)`, which includes a router per concern: `request_routes` (uploads,
   a request's status, the list of requests), `report_routes` (the report, its thumbnails, `/metrics`),
   `file_routes` (images, output CSVs), `health_routes`.
-- `state`: what the routers share: the routes' state (store, storage, locks) and the answers several give alike.
+- `state`: what the routers share: the routes' state (the backends, locks) and the answers several give alike.
 - `uploads`: the body of `POST /requests`, streamed through python-multipart under limits.
 - `auth`: the bearer token (IMGPIPE_API_TOKEN), an ASGI middleware; it also takes a report's signed link
   (`imgpipe.report_links`) for that report and its thumbnails, and refuses a credential given twice.

@@ -20,7 +20,7 @@ CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 
 def file_routes(api: Api) -> APIRouter:
     router = APIRouter()
-    settings = api.settings
+    settings = api.backends.settings
     guarded = functools.partial(openapi.security, settings, True)
     errors = functools.partial(openapi.responses, settings)
 
@@ -56,12 +56,12 @@ def file_routes(api: Api) -> APIRouter:
 
 
 async def _output_csv(api: Api, request_id: str) -> Response:
-    row = await api.in_store(api.store.get_request, request_id)
+    row = await api.in_store(api.backends.store.get_request, request_id)
     if row is None:
         return await api.gone_or_unknown(request_id)
     if not row.status.terminal:
         raise ApiError(409, f"request {request_id} is {row.status}; its output CSV is written when it ends")
-    data = await run_in_threadpool(api.storage.read_output_csv, request_id)
+    data = await run_in_threadpool(api.backends.storage.read_output_csv, request_id)
     if data is None:
         raise ApiError(404, f"request {request_id} ended {row.status} without an output CSV")
     return Response(data, media_type=CSV_MEDIA_TYPE)
@@ -72,7 +72,7 @@ async def _image(api: Api, path: str, accept: str | None = None, width: int | No
     `accept` and `width` (`serve_image`). Only names the pipeline writes are looked up, so a folder, a `..` or
     any other path is a 404 before the storage is asked."""
     request_id, _, name = path.partition("/")
-    served = await api.stored(functools.partial(serve_image, api.storage, accept=accept, width=width),
+    served = await api.stored(functools.partial(serve_image, api.backends.storage, accept=accept, width=width),
                               request_id, name, missing=f"no image {path[:200]}")
     # A slot's files are written once (a retry only fills slots that failed), so caches may keep them a day;
     # one answer per Accept where that chooses the file.

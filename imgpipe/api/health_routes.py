@@ -10,7 +10,7 @@ from imgpipe.api.state import Api
 
 def health_routes(api: Api) -> APIRouter:
     router = APIRouter()
-    settings = api.settings
+    settings = api.backends.settings
 
     @router.get("/healthz", operation_id="health", response_model=Health,
                 summary="Liveness: the status store is readable (open without a token)",

@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from imgpipe.settings import Settings
-from imgpipe.status.store import StatusStore
+from imgpipe.backends import Backends
 
 log = logging.getLogger("imgpipe.api")
 # An upload that comes while the code location is still loading waits this long for it, else the sensor takes it.
@@ -18,8 +17,8 @@ STORAGE_WAIT = 600.0
 
 
 class LaunchAtOnce:
-    def __init__(self, settings: Settings, store: StatusStore):
-        self._settings, self._store = settings, store
+    def __init__(self, backends: Backends):
+        self._backends = backends
         self._launcher = None
         self._ready = threading.Event()
 
@@ -30,8 +29,7 @@ class LaunchAtOnce:
         try:
             from imgpipe.runs.launch import launcher_at_once
 
-            self._launcher = launcher_at_once(self._settings, self._store, start_here=True,
-                                              wait_for_storage=STORAGE_WAIT)
+            self._launcher = launcher_at_once(self._backends, start_here=True, wait_for_storage=STORAGE_WAIT)
             if self._launcher is None:
                 log.info("no Dagster instance for this process (no dagster.yaml in DAGSTER_HOME, or its storage not "
                          "made by the daemon): the inbox sensor launches the requests' runs")

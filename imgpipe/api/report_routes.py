@@ -20,7 +20,7 @@ from imgpipe.report import MAX_PAGE_SIZE, PAGE_SIZE, THUMBNAIL_HEADERS, read_rep
 
 def report_routes(api: Api) -> APIRouter:
     router = APIRouter()
-    settings = api.settings
+    settings = api.backends.settings
     guarded = functools.partial(openapi.security, settings, True)
     errors = functools.partial(openapi.responses, settings)
     # Where a token guards the API, a report and its thumbnails also open with a signed link.
@@ -80,7 +80,7 @@ def report_routes(api: Api) -> APIRouter:
 async def _report(api: Api, request_id: str, offset: int, limit: int, expires: int | None,
                   signature: str | None) -> Response:
     """The request's HTML report, a page of `limit` products from `offset`."""
-    found = await api.in_store(read_report, api.store, request_id, offset=offset, limit=limit)
+    found = await api.in_store(read_report, api.backends.store, request_id, offset=offset, limit=limit)
     if found is None:
         return await api.gone_or_unknown(request_id)
     view, renditions = found
@@ -93,11 +93,11 @@ async def _report(api: Api, request_id: str, offset: int, limit: int, expires: i
 
 async def _thumbnail(api: Api, request_id: str, name: str) -> Response:
     """A report's thumbnail (`<stem>.before.jpg` or `<stem>.after.jpg`); only those names are looked up."""
-    data = await api.stored(api.storage.read_thumbnail, request_id, name,
+    data = await api.stored(api.backends.storage.read_thumbnail, request_id, name,
                             missing=f"no thumbnail {name[:200]} of request {request_id[:200]}")
     return Response(data, media_type="image/jpeg", headers=THUMBNAIL_HEADERS)
 
 
 async def _metrics(api: Api) -> Response:
-    data = await api.in_store(exposition, lambda: api.store.metrics(METRIC_BUCKETS))
+    data = await api.in_store(exposition, lambda: api.backends.store.metrics(METRIC_BUCKETS))
     return Response(data, media_type=METRICS_CONTENT_TYPE)

@@ -55,7 +55,7 @@ def request_routes(api: Api) -> APIRouter:
 
 
 def _add_create_request(router: APIRouter, api: Api) -> None:
-    settings = api.settings
+    settings = api.backends.settings
 
     @router.post("/requests", operation_id="createRequest", summary="Upload a CSV for processing",
                  status_code=202, response_model=Accepted, **openapi.create_request_docs(settings))
@@ -84,8 +84,8 @@ def _add_create_request(router: APIRouter, api: Api) -> None:
 
 
 def _add_reads(router: APIRouter, api: Api) -> None:
-    guarded = functools.partial(openapi.security, api.settings, True)
-    errors = functools.partial(openapi.responses, api.settings)
+    guarded = functools.partial(openapi.security, api.backends.settings, True)
+    errors = functools.partial(openapi.responses, api.backends.settings)
 
     @router.get("/requests", operation_id="listRequests", response_model=RequestList,
                 summary="The requests, newest first, each as its summary",
@@ -123,7 +123,7 @@ def _add_reads(router: APIRouter, api: Api) -> None:
 async def _create_request(api: Api, request: Request, idempotency_key: str | None, webhook_url: str | None,
                           file_name: str | None, fresh: bool = False, renditions: str | None = None,
                           widths: str | None = None) -> JSONResponse:
-    received = await read_upload(request, api.settings.max_csv_bytes)
+    received = await read_upload(request, api.backends.settings.max_csv_bytes)
     key = (idempotency_key or "").strip() or None
     problems = _request_problems(api, received, key, webhook_url) + rendition_problems(renditions, widths)
     if problems:
@@ -160,7 +160,7 @@ def _request_problems(api: Api, received: ReceivedUpload, key: str | None,
     if received.content is None:
         problems.append(RowError(None, "file", "the form has no 'file' field"))
     for url in dict.fromkeys(u for u in (received.webhook_url, query_webhook_url) if u is not None):
-        problems += webhook_url_problems(url, api.settings.max_url_length)
+        problems += webhook_url_problems(url, api.backends.settings.max_url_length)
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         problems.append(RowError(None, "Idempotency-Key",
                                  f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"))
@@ -169,7 +169,7 @@ def _request_problems(api: Api, received: ReceivedUpload, key: str | None,
 
 def _csv_problems(api: Api, content: bytes) -> list[RowError]:
     try:
-        parse_upload(content, limits=api.settings)
+        parse_upload(content, limits=api.backends.settings)
     except UploadRejected as exc:
         return list(exc.errors)
     return []
@@ -180,13 +180,13 @@ async def _take(api: Api, upload: Upload) -> IntakeResult | RequestRow:
     # other requests; each store call inside takes the lock (SerializedStore). An upload with an
     # Idempotency-Key is taken once per key, whichever API process sharing the store receives it first.
     take = take_upload if upload.idempotency_key is None else take_upload_once
-    return await run_in_threadpool(take, api.store, api.storage, api.settings, upload)
+    return await run_in_threadpool(take, api.backends, upload)
 
 
 def _accepted(api: Api, request_id: str, replayed: bool = False) -> JSONResponse:
-    status_url = api.settings.status_url(request_id)
+    status_url = api.backends.settings.status_url(request_id)
     body = Accepted(request_id=request_id, status="queued", status_url=status_url,
-                    output_csv_url=api.settings.output_csv_url(request_id))
+                    output_csv_url=api.backends.settings.output_csv_url(request_id))
     headers = {"Location": status_url}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -222,20 +222,20 @@ async def _same_upload(api: Api, existing: RequestRow, upload: Upload) -> bool:
 def _kept_upload(api: Api, row: RequestRow) -> bytes | None:
     """The bytes the intake kept for `row`: its input, or its rejected file."""
     if row.status is RequestStatus.REJECTED:
-        return api.storage.read(rejected_key(row.request_id, kept_name(row.file_name or "")))
+        return api.backends.storage.read(rejected_key(row.request_id, kept_name(row.file_name or "")))
     try:
-        return api.storage.read_input(row.request_id)
+        return api.backends.storage.read_input(row.request_id)
     except FileNotFoundError:
         return None
 
 
 async def _list_requests(api: Api, statuses: list[RequestStatus] | None, limit: int, offset: int) -> JSONResponse:
     """A page of the requests, newest first, each as its summary view, and how many match in all."""
-    summaries, total = await api.in_store(stored_summaries, api.store, statuses=statuses, limit=limit,
+    summaries, total = await api.in_store(stored_summaries, api.backends.store, statuses=statuses, limit=limit,
                                           offset=offset)
     # Outside the store's lock: with S3 storage this asks the bucket about each ended request.
     linked = await run_in_threadpool(
-        lambda: [link_output_csv(summary, api.storage, api.settings) for summary in summaries])
+        lambda: [link_output_csv(summary, api.backends) for summary in summaries])
     return JSONResponse(RequestList(requests=linked, requests_total=total).model_dump(mode="json"))
 
 
@@ -243,12 +243,12 @@ async def _get_request(api: Api, request_id: str, view: str = "full", offset: in
                        limit: int | None = None) -> JSONResponse:
     """The status document; a page of its products with `offset`/`limit`, none with `view="summary"`. Paged
     in the store's SQL, so a request of 20,000 images costs a page, not the whole document."""
-    document = await api.in_store(stored_document, api.store, request_id, view=view, offset=offset,
+    document = await api.in_store(stored_document, api.backends.store, request_id, view=view, offset=offset,
                                   limit=limit)
     if document is None:
         return await api.gone_or_unknown(request_id)
     # Outside the store's lock: with S3 storage this asks the bucket.
-    linked = await run_in_threadpool(link_output_csv, document, api.storage, api.settings)
+    linked = await run_in_threadpool(link_output_csv, document, api.backends)
     return JSONResponse(linked.model_dump(mode="json"))
 
 

@@ -1,5 +1,5 @@
-"""What the API's routers share: `Api`, the routes' state (settings, store, storage, and the locks of this
-process), with the answers several routes give alike, and `RequestId`, the path parameter of a request's routes."""
+"""What the API's routers share: `Api`, the routes' state (the backends, and the locks of this process), with the
+answers several routes give alike, and `RequestId`, the path parameter of a request's routes."""
 
 import contextlib
 import functools
@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from imgpipe.api.errors import ApiError
 from imgpipe.api.launching import LaunchAtOnce
 from imgpipe.api.models import Purged
-from imgpipe.backends import open_status_store, open_storage
+from imgpipe.backends import Backends, open_status_store, open_storage
 from imgpipe.settings import Settings
 from imgpipe.status.store import StatusStore
 from imgpipe.storage.interface import Storage
@@ -51,16 +51,15 @@ class SerializedStore:
 
 
 class Api:
-    """The routes' state: settings, store, storage, and the locks of this process."""
+    """The routes' state: the backends (their store serialized by `store_lock`), and the locks of this process."""
 
     def __init__(self, settings: Settings, storage: Storage | None = None):
-        self.settings = settings
         self.store_lock = threading.RLock()
-        self.store: StatusStore = SerializedStore(open_status_store(settings), self.store_lock)
+        self.backends = Backends(settings, SerializedStore(open_status_store(settings), self.store_lock),
+                                 storage or open_storage(settings))
         self.health_store: StatusStore = SerializedStore(
             open_status_store(settings, lock_timeout=HEALTH_LOCK_TIMEOUT), self.store_lock)
-        self.storage = storage or open_storage(settings)
-        self.launcher = LaunchAtOnce(settings, self.store)
+        self.launcher = LaunchAtOnce(self.backends)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI):
@@ -89,7 +88,7 @@ class Api:
 
     async def gone_or_unknown(self, request_id: str) -> JSONResponse:
         """410 with the time for a request that was purged; 404 for one never seen."""
-        purged_at = await self.in_store(self.store.purged_at, request_id)
+        purged_at = await self.in_store(self.backends.store.purged_at, request_id)
         if purged_at is None:
             raise ApiError(404, f"no request {request_id[:200]}")
         body = Purged(request_id=request_id, status="purged", purged_at=purged_at.replace(tzinfo=timezone.utc))

@@ -46,7 +46,7 @@ def upload_manifest(context: AssetExecutionContext, imgpipe: ImgpipeResource) ->
     """The uploaded CSV as the intake validated it: one row per image slot (serial, product, row, position,
     URL). Read from the status store, where the intake recorded it; the request becomes `processing`."""
     request_id = context.partition_key
-    store = imgpipe.store()
+    store = imgpipe.backends().store
     with store.held():
         manifest = store.manifest(request_id)
         store.start_processing(request_id, context.run.run_id)
@@ -61,8 +61,9 @@ def upload_manifest(context: AssetExecutionContext, imgpipe: ImgpipeResource) ->
 def plan_batches(context: OpExecutionContext, imgpipe: ImgpipeResource):
     """The request's unfinished images (a re-executed run skips compressed ones), in bounded batches: from the
     status store, after the manifest is recorded (the manifest itself is not read)."""
-    items = work_items(imgpipe.store().unfinished_slots(context.partition_key))
-    batches = split_into_batches(items, batches_per_request(imgpipe.settings()), MIN_BATCH_SIZE)
+    backends = imgpipe.backends()
+    items = work_items(backends.store.unfinished_slots(context.partition_key))
+    batches = split_into_batches(items, batches_per_request(backends.settings), MIN_BATCH_SIZE)
     context.log.info(f"{len(items)} unique images to process in {len(batches)} batch(es)")
     # An empty request still yields one empty batch so that the collect step runs.
     for index, batch in enumerate(batches or [[]]):
@@ -75,8 +76,8 @@ def compress_batch(context: OpExecutionContext, batch: list, imgpipe: ImgpipeRes
     first run finished."""
     # IMGPIPE_REQUEST_DEADLINE counts from the run's start: one instant for every batch, wherever it runs.
     run_started = context.instance.get_run_record_by_id(context.run_id).start_time
-    results = compress_images(imgpipe.settings(), imgpipe.store(), imgpipe.storage(), context.partition_key,
-                              [WorkItem(**item) for item in batch], started_at=run_started)
+    results = compress_images(imgpipe.backends(), context.partition_key, [WorkItem(**item) for item in batch],
+                              started_at=run_started)
     failed = [r for r in results if r.status == ImageStatus.FAILED]
     context.log.info(f"{len(results) - len(failed)} compressed, {len(failed)} failed")
     return [(str(r.status), r.bytes_in or 0, r.bytes_out or 0) for r in results]
@@ -115,8 +116,7 @@ def compressed_images(upload_manifest: pd.DataFrame) -> dict:
 def output_csv(context: AssetExecutionContext, upload_manifest: pd.DataFrame,
                imgpipe: ImgpipeResource) -> MaterializeResult:
     """The output CSV lined up with the input; then the terminal status, and the webhook queued."""
-    completion = complete_request(imgpipe.settings(), imgpipe.store(), imgpipe.storage(), context.partition_key,
-                                  context.run.run_id)
+    completion = complete_request(imgpipe.backends(), context.partition_key, context.run.run_id)
     return MaterializeResult(
         metadata=request_metadata(completion),
         check_results=[AssetCheckResult(check_name=name, passed=passed, severity=AssetCheckSeverity.ERROR,
@@ -130,8 +130,8 @@ def webhook(context: AssetExecutionContext, imgpipe: ImgpipeResource) -> Materia
     """The signed webhook of the request's end: the attempts of its first minute (later ones are made by the
     `deliver_webhook_job`). A request without a webhook URL has nothing to send."""
     request_id = context.partition_key
-    settings, store = imgpipe.settings(), imgpipe.store()
-    for webhook_id in store.due_webhook_ids(request_id):
-        state = deliver(settings, store, webhook_id, inline=True)
+    backends = imgpipe.backends()
+    for webhook_id in backends.store.due_webhook_ids(request_id):
+        state = deliver(backends, webhook_id, inline=True)
         context.log.info(f"webhook {webhook_id}: {state}")
-    return MaterializeResult(metadata=webhook_metadata(store, request_id))
+    return MaterializeResult(metadata=webhook_metadata(backends.store, request_id))

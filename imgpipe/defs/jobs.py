@@ -62,17 +62,17 @@ class SubmitCsvConfig(Config):
 @op
 def submit_csv(context: OpExecutionContext, config: SubmitCsvConfig, imgpipe: ImgpipeResource) -> str:
     """Takes the CSV in, the same intake as every other upload, and queues its run at once."""
-    settings, store = imgpipe.settings(), imgpipe.store()
+    backends = imgpipe.backends()
+    settings = backends.settings
     data, file_name = read_csv_source(settings, config.csv)
-    result = take_upload(store, imgpipe.storage(), settings,
-                         Upload(data, file_name, Source.FOLDER, webhook_url=config.webhook_url, fresh=config.fresh,
-                                renditions=config.renditions, widths=config.widths))
+    result = take_upload(backends, Upload(data, file_name, Source.FOLDER, webhook_url=config.webhook_url,
+                                          fresh=config.fresh, renditions=config.renditions, widths=config.widths))
     metadata = {"request_id": result.request_id, "file_name": result.file_name,
                 "status_url": MetadataValue.url(settings.status_url(result.request_id))}
     if not result.accepted:
         raise Failure(description=f"{file_name} was rejected with {len(result.errors)} problem(s)", metadata={
             **metadata, "errors": MetadataValue.md("\n".join(f"- {error}" for error in result.errors))})
-    run_id = RunLauncherAtOnce(settings, store, context.instance, start_here=False).launch(result.request_id)
+    run_id = RunLauncherAtOnce(backends, context.instance, start_here=False).launch(result.request_id)
     if run_id:
         metadata["run_id"] = run_id
     context.add_output_metadata(metadata)
@@ -93,20 +93,19 @@ class RequestsConfig(Config):
 def process_requests(context: OpExecutionContext, config: RequestsConfig, imgpipe: ImgpipeResource) -> None:
     """Each request from start to end, a few at a time; each ends on its own (output CSV, terminal status,
     webhook) and is recorded as its partition's materialization of the four assets, with the output checks."""
-    settings, store, storage = imgpipe.settings(), imgpipe.store(), imgpipe.storage()
+    backends = imgpipe.backends()
     again = context.run.parent_run_id is not None  # a re-execution from the UI
     processed = []
-    for ended in processing.process_requests(settings, store, storage, config.request_ids, context.run.run_id,
-                                             again=again):
+    for ended in processing.process_requests(backends, config.request_ids, context.run.run_id, again=again):
         if ended.completion is None:
             context.log.info(f"request {ended.request_id}: already ended, nothing to do")
             continue
         processed.append(ended.request_id)
         context.log.info(f"request {ended.request_id}: {ended.completion.status}")
-        record_request(context, store, ended.request_id, ended.completion)
+        record_request(context, backends.store, ended.request_id, ended.completion)
     for request_id in processed:  # the webhooks' first minute is over once all are done
         context.log_event(AssetMaterialization(asset_key=webhook.key, partition=request_id,
-                                               metadata=webhook_metadata(store, request_id)))
+                                               metadata=webhook_metadata(backends.store, request_id)))
 
 
 def record_request(context: OpExecutionContext, store: StatusStore, request_id: str,
@@ -145,17 +144,17 @@ class FailedRunConfig(Config):
 @op
 def end_failed_request(context: OpExecutionContext, config: FailedRunConfig, imgpipe: ImgpipeResource) -> None:
     """A run that died cannot end its requests itself: their output CSVs, `failed` status and webhooks."""
-    settings, store, storage = imgpipe.settings(), imgpipe.store(), imgpipe.storage()
+    backends = imgpipe.backends()
     dead_run = context.instance.get_run_by_id(config.run_id)
     run_key = dead_run.tags.get(RUN_KEY_TAG) if dead_run else None
-    for request_id, completion in end_dead_run_requests(settings, store, storage, config.request_ids,
-                                                        config.run_id, run_key, config.reason):
+    for request_id, completion in end_dead_run_requests(backends, config.request_ids, config.run_id, run_key,
+                                                        config.reason):
         if completion is None:
             context.log.info(f"request {request_id} is no longer the dead run's to end")
             continue
         context.log.info(f"request {request_id} ended as failed: {config.reason}")
         if completion.webhook_id:
-            state = deliver(settings, store, completion.webhook_id, inline=True)
+            state = deliver(backends, completion.webhook_id, inline=True)
             context.log.info(f"webhook {completion.webhook_id}: {state}")
 
 
@@ -171,7 +170,7 @@ class WebhookAttemptConfig(Config):
 @op
 def attempt_webhook(context: OpExecutionContext, config: WebhookAttemptConfig, imgpipe: ImgpipeResource) -> None:
     """One attempt of a webhook that is due again (its first minute is the `webhook` asset's)."""
-    state = deliver(imgpipe.settings(), imgpipe.store(), config.webhook_id, inline=False)
+    state = deliver(imgpipe.backends(), config.webhook_id, inline=False)
     context.log.info(f"webhook {config.webhook_id}: {state or 'not due any more'}")
 
 

@@ -11,11 +11,12 @@ from imgpipe.settings import Settings
 
 @op
 def purge_old_requests(context: OpExecutionContext, imgpipe: ImgpipeResource) -> None:
-    settings = imgpipe.settings()
+    backends = imgpipe.backends()
+    settings = backends.settings
     # Only requests that have ended; one that a retry queued again since it was listed is refused by the store.
     plan = PurgePlan(older_than=settings.retention_period, statuses=parse_statuses(None))
     purged = []
-    for outcome in purge(imgpipe.store(), imgpipe.storage(), plan,
+    for outcome in purge(backends, plan,
                          forget_partition=partition_forgetter(context.instance, delete_runs=False)):
         if outcome.refused:
             context.log.warning(f"not purged: {outcome.refused}")

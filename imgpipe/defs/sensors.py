@@ -20,7 +20,7 @@ from dagster import (
     sensor,
 )
 
-from imgpipe.backends import open_status_store, open_storage, processing_run_limit
+from imgpipe.backends import processing_run_limit
 from imgpipe.defs.jobs import deliver_webhook_job, end_failed_run_job
 from imgpipe.defs.resources import ImgpipeResource
 from imgpipe.intake.inbox import Inbox
@@ -63,13 +63,13 @@ def inbox_sensor_for(settings: Settings, processing_jobs: list) -> SensorDefinit
         (the partition's asset job), small ones queued together in shared runs. Which runs, and when, is
         `imgpipe.run_plan.runs_to_ask_for`'s: a request's run is asked for under one run key every time, so
         Dagster launches it once, daemon restarts included."""
-        settings = imgpipe.settings()
-        store = open_status_store(settings)
-        for result in Inbox(settings, store, open_storage(settings)).take():
+        backends = imgpipe.backends()
+        settings = backends.settings
+        for result in Inbox(backends).take():
             verdict = "accepted" if result.accepted else f"rejected ({len(result.errors)} problems)"
             context.log.info(f"{result.file_name} -> request {result.request_id}: {verdict}")
         going = [run.tags.get(RUN_KEY_TAG) for run in processing_runs_going(context.instance)]
-        runs = runs_to_ask_for(store, going, processing_run_limit(settings))
+        runs = runs_to_ask_for(backends.store, going, processing_run_limit(settings))
         known = set(context.instance.get_dynamic_partitions(requests_partitions.name))
         new_keys = [r.request_id for requests in runs.values() for r in requests if r.request_id not in known]
         return SensorResult(
@@ -102,7 +102,7 @@ def dead_run_sensors(processing_jobs: list) -> list[SensorDefinition]:
 def end_requests(context: RunStatusSensorContext, imgpipe: ImgpipeResource, reason: str):
     run = context.dagster_run
     run_key = run.tags.get(RUN_KEY_TAG)
-    request_ids = imgpipe.store().requests_of_run(run_key) if run_key else []
+    request_ids = imgpipe.backends().store.requests_of_run(run_key) if run_key else []
     lone_request = run.tags.get(SINGLE_REQUEST_TAG) or run.tags.get("dagster/partition")
     request_ids = request_ids or ([lone_request] if lone_request else [])
     if not request_ids:
@@ -118,7 +118,7 @@ def ended_run_sensor(context: SensorEvaluationContext, imgpipe: ImgpipeResource)
     sensors ever ran, say) is ended the same way. Ending twice is harmless: the end job skips ended requests, and
     the webhook's ID is the request's and the run's."""
     ended: dict[str, list[str]] = {}
-    for request in imgpipe.store().processing_requests():
+    for request in imgpipe.backends().store.processing_requests():
         run = context.instance.get_run_by_id(request.run_id) if request.run_id else None
         if run is not None and run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
             ended.setdefault(run.run_id, []).append(request.request_id)
@@ -131,7 +131,7 @@ def ended_run_sensor(context: SensorEvaluationContext, imgpipe: ImgpipeResource)
 @sensor(job=deliver_webhook_job, minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
 def webhook_retry_sensor(context: SensorEvaluationContext, imgpipe: ImgpipeResource):
     """The webhook attempts due after the first minute, and any a dead run left behind."""
-    due = imgpipe.store().webhooks_due_again(FIRST_ATTEMPT_GRACE_SECONDS)
+    due = imgpipe.backends().store.webhooks_due_again(FIRST_ATTEMPT_GRACE_SECONDS)
     if not due:
         return SkipReason("no webhook attempt is due")
     return [RunRequest(run_key=f"{webhook_id}:{attempts}", tags={KIND_TAG: "webhook", **URGENT},

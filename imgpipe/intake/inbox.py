@@ -23,13 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgpipe.backends import Backends
 from imgpipe.files import write_atomically
 from imgpipe.intake.csv_schema import RowError
 from imgpipe.intake.intake import IntakeResult, Upload, as_text, new_request_id, take_upload
-from imgpipe.settings import Settings
 from imgpipe.status.models import Source
-from imgpipe.status.store import StatusStore
-from imgpipe.storage.interface import Storage
 
 log = logging.getLogger(__name__)
 
@@ -102,21 +100,18 @@ def _comma_list(key: str, value) -> str | None:
 
 
 class Inbox:
-    """Takes the files of `settings.inbox`, at most `max_files` or `max_seconds` per call (a sensor tick must
-    end well within Dagster's 60 s); what is left waits for the next call."""
+    """Takes the files of the settings' inbox folder, at most `max_files` or `max_seconds` per call (a sensor
+    tick must end well within Dagster's 60 s); what is left waits for the next call."""
 
-    def __init__(self, settings: Settings, store: StatusStore, storage: Storage, *, max_files: int = 100,
-                 max_seconds: float = 20.0):
-        self.settings = settings
-        self.store = store
-        self.storage = storage
+    def __init__(self, backends: Backends, *, max_files: int = 100, max_seconds: float = 20.0):
+        self.backends = backends
         self.max_files = max_files
         self.max_seconds = max_seconds
-        self.claims = settings.inbox / CLAIMS
+        self.claims = backends.settings.inbox / CLAIMS
 
     def take(self) -> list[IntakeResult]:
         started = time.monotonic()
-        self.settings.ensure_folders()
+        self.backends.settings.ensure_folders()
         results = self.recover()
         for path in self._candidates():
             if len(results) >= self.max_files or time.monotonic() - started > self.max_seconds:
@@ -134,7 +129,7 @@ class Inbox:
         if not self.claims.is_dir():
             return []
         folders = [p for p in self.claims.iterdir() if p.is_dir()]
-        known = self.store.known_request_ids(p.name for p in folders)
+        known = self.backends.store.known_request_ids(p.name for p in folders)
         results = []
         for folder in folders:
             try:
@@ -150,7 +145,7 @@ class Inbox:
 
     def _candidates(self) -> list[Path]:
         entries = []
-        for path in self.settings.inbox.iterdir():
+        for path in self.backends.settings.inbox.iterdir():
             try:
                 if is_candidate(path):
                     entries.append((path.stat().st_mtime, path.name, path))
@@ -178,7 +173,7 @@ class Inbox:
         upload = Upload(folder / CLAIMED_FILE, file_name, Source.FOLDER, webhook_url=sidecar.webhook_url,
                         fresh=sidecar.fresh, renditions=sidecar.renditions, widths=sidecar.widths,
                         problems=(RowError(None, None, sidecar.problem),) if sidecar.problem else ())
-        result = take_upload(self.store, self.storage, self.settings, upload, request_id=folder.name)
+        result = take_upload(self.backends, upload, request_id=folder.name)
         shutil.rmtree(folder)
         return result
 
@@ -187,7 +182,7 @@ class Inbox:
         sidecar = folder / CLAIMED_SIDECAR
         if sidecar.is_file() and (folder / CLAIM_META).is_file():
             stem = Path(json.loads((folder / CLAIM_META).read_text())["file_name"]).stem
-            target = self.settings.inbox / f"{stem}.json"
+            target = self.backends.settings.inbox / f"{stem}.json"
             if not target.exists():
                 os.replace(sidecar, target)
         shutil.rmtree(folder)

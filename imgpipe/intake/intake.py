@@ -17,13 +17,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from imgpipe.backends import Backends
 from imgpipe.images.renditions import RenditionSpecError, canonical, parse_formats, parse_widths
 from imgpipe.intake.csv_schema import RowError, UploadRejected, parse_upload
 from imgpipe.settings import Limits
 from imgpipe.status.idempotency import KeyTaken
 from imgpipe.status.models import RequestRow, Source
 from imgpipe.status.store import StatusStore
-from imgpipe.storage.interface import Storage
 from imgpipe.storage.keys import ERRORS_NAME
 from imgpipe.text import printable
 
@@ -77,9 +77,10 @@ class IntakeResult:
     errors: tuple[RowError, ...] = ()
 
 
-def take_upload(store: StatusStore, storage: Storage, limits: Limits, upload: Upload,
-                request_id: str | None = None) -> IntakeResult:
-    """Validate, keep and record one upload; `request_id` is given when an earlier attempt was interrupted."""
+def take_upload(backends: Backends, upload: Upload, request_id: str | None = None) -> IntakeResult:
+    """Validate, keep and record one upload (within the limits of the settings); `request_id` is given when an
+    earlier attempt was interrupted."""
+    store, storage, limits = backends.store, backends.storage, backends.settings
     request_id = request_id or new_request_id()
     file_name = as_text(upload.file_name)
     # What the status store and errors.json show: control characters escaped (PostgreSQL refuses a NUL).
@@ -115,13 +116,13 @@ class KeyPending(RuntimeError):
     """The upload that claimed this Idempotency-Key first has not recorded its request within the wait."""
 
 
-def take_upload_once(store: StatusStore, storage: Storage, limits: Limits, upload: Upload, *,
-                     wait: float = KEY_WAIT_SECONDS, expiry: timedelta = KEY_CLAIM_EXPIRY) -> IntakeResult | RequestRow:
+def take_upload_once(backends: Backends, upload: Upload, *, wait: float = KEY_WAIT_SECONDS,
+                     expiry: timedelta = KEY_CLAIM_EXPIRY) -> IntakeResult | RequestRow:
     """`take_upload` of an upload with an idempotency key, once per key however many processes receive it: the key
     is claimed in the status store first, and only the upload that claims it is taken (its IntakeResult). Any other
     gets the key's request (its RequestRow) once it is recorded, waiting up to `wait` seconds for it; KeyPending when
     it is not recorded by then."""
-    key = upload.idempotency_key
+    store, key = backends.store, upload.idempotency_key
     request_id = new_request_id()
     deadline = time.monotonic() + wait
     while True:
@@ -129,11 +130,11 @@ def take_upload_once(store: StatusStore, storage: Storage, limits: Limits, uploa
         if owner != request_id:
             return _recorded_request(store, owner, deadline)
         try:
-            return take_upload(store, storage, limits, upload, request_id=request_id)
+            return take_upload(backends, upload, request_id=request_id)
         except KeyTaken:
             # This intake outlived its claim's expiry and another upload took the key over: nothing was
             # recorded, and what was kept goes; the key's request is the other upload's.
-            storage.delete_request(request_id)
+            backends.storage.delete_request(request_id)
         except BaseException:
             store.release_idempotency_key(key, request_id)
             raise

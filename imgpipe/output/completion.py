@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator, Sequence
 
+from imgpipe.backends import Backends
 from imgpipe.output.output_csv import OutputRow, render_output_csv
-from imgpipe.settings import Settings
 from imgpipe.status.models import ImageRow, ImageStatus, RequestStatus, image_counts
 from imgpipe.status.store import StatusStore
-from imgpipe.storage.interface import Storage, StoredObject
+from imgpipe.storage.interface import StoredObject
 from imgpipe.webhooks.message import build_payload, event_type, message_id
 
 
@@ -59,8 +59,8 @@ def output_rows(store: StatusStore, request_id: str, images: list[ImageRow]) -> 
     ]
 
 
-def complete_request(settings: Settings, store: StatusStore, storage: Storage, request_id: str,
-                     run_id: str, run_failure: str | None = None) -> Completion:
+def complete_request(backends: Backends, request_id: str, run_id: str, run_failure: str | None = None) -> Completion:
+    settings, store, storage = backends.settings, backends.store, backends.storage
     # One store session throughout (the CSV is written while it is held: a local file, or one object).
     with store.held():
         images = store.images(request_id)
@@ -81,15 +81,15 @@ def complete_request(settings: Settings, store: StatusStore, storage: Storage, r
     return Completion(status, counts, csv_object, csv_bytes, images, webhook_id, error, renditions)
 
 
-def end_dead_run_requests(settings: Settings, store: StatusStore, storage: Storage, request_ids: Sequence[str],
-                          run_id: str, run_key: str | None, reason: str) -> Iterator[tuple[str, Completion | None]]:
+def end_dead_run_requests(backends: Backends, request_ids: Sequence[str], run_id: str, run_key: str | None,
+                          reason: str) -> Iterator[tuple[str, Completion | None]]:
     """Ends as failed, for `reason`, each of `request_ids` that the dead run `run_id` (launched under `run_key`)
     still holds; yields each request with its completion, None for one that is no longer the run's to end. Only
     the run that holds a request may end it: a retry may have put it back in the queue meanwhile, and the
     run-status sensors and their backstop may each have asked for this end."""
     for request_id in request_ids:
-        request = store.get_request(request_id)
+        request = backends.store.get_request(request_id)
         if request is None or not request.held_by(run_id, run_key):
             yield request_id, None
         else:
-            yield request_id, complete_request(settings, store, storage, request_id, run_id, run_failure=reason)
+            yield request_id, complete_request(backends, request_id, run_id, run_failure=reason)

@@ -22,14 +22,13 @@ from typing import Sequence
 
 from dagster import DagsterInstance, DagsterRunStatus, RunRequest, RunsFilter
 
-from imgpipe.backends import processing_run_limit
+from imgpipe.backends import Backends, processing_run_limit
 from imgpipe.run_plan import DIRECT_LAUNCH_GRACE, OWN_RUN_IMAGES, single_run_key
 from imgpipe.runs.partitions import requests_partitions
 from imgpipe.runs.tags import (CODE_LOCATION_NAME, KIND_TAG, PROCESS_REQUESTS_JOB, REQUEST_ASSET_JOB, RUN_KEY_TAG,
                                 SINGLE_REQUEST_TAG, request_tag)
 from imgpipe.settings import Settings
 from imgpipe.status.models import RequestRow, RequestStatus
-from imgpipe.status.store import StatusStore
 
 INBOX_SENSOR = "inbox_sensor"
 RUNS_GOING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
@@ -72,13 +71,13 @@ class RunLauncherAtOnce:
     location in-process (loaded on first use) for the jobs' snapshots and execution plans; one launch at a time
     from the threads of a process (the API's threadpool: a launch takes tens of milliseconds)."""
 
-    def __init__(self, settings: Settings, store: StatusStore, instance: DagsterInstance, *, start_here: bool):
+    def __init__(self, backends: Backends, instance: DagsterInstance, *, start_here: bool):
         """`start_here`: a long-lived process on the stack's machine (the API of the embedded profile) starts the
         run from its own warm run server, without the run queue's wait; any other process (the CLI, a
         Launchpad run, a distributed API) puts it in the queue, which the daemon's launcher takes within a
         second."""
-        self.settings, self.store, self.instance = settings, store, instance
-        self.start_here = start_here and not settings.distributed
+        self.settings, self.store, self.instance = backends.settings, backends.store, instance
+        self.start_here = start_here and not backends.settings.distributed
         self._location = None
         self._lock = threading.Lock()
 
@@ -156,12 +155,12 @@ class RunLauncherAtOnce:
 
     @staticmethod
     def _job_definition(job_name: str):
-        import importlib
+        from imgpipe.definitions import defs  # here: the code location's own modules import this one
 
-        return importlib.import_module(CODE_LOCATION_NAME).defs.resolve_job_def(job_name)
+        return defs().resolve_job_def(job_name)
 
 
-def launcher_at_once(settings: Settings, store: StatusStore, *, start_here: bool,
+def launcher_at_once(backends: Backends, *, start_here: bool,
                      wait_for_storage: float = 0.0) -> RunLauncherAtOnce | None:
     """This process's launcher at once, over the Dagster instance in DAGSTER_HOME; None where this process has
     no instance configured (a distributed API without DAGSTER_HOME: the inbox sensor launches its requests), or
@@ -169,7 +168,7 @@ def launcher_at_once(settings: Settings, store: StatusStore, *, start_here: bool
     from imgpipe.instance import configured_instance
     from imgpipe.settings import dagster_home_dir
 
-    home = dagster_home_dir(settings)
+    home = dagster_home_dir(backends.settings)
     if not (home / "dagster.yaml").is_file():
         return None
     storage = _storage_files(home)
@@ -179,7 +178,7 @@ def launcher_at_once(settings: Settings, store: StatusStore, *, start_here: bool
             return None
         time.sleep(0.5)
     instance = configured_instance(home)
-    return None if instance is None else RunLauncherAtOnce(settings, store, instance, start_here=start_here)
+    return None if instance is None else RunLauncherAtOnce(backends, instance, start_here=start_here)
 
 
 def _storage_files(home: Path) -> list[Path]:

@@ -31,7 +31,6 @@ import traceback
 from typing import TYPE_CHECKING
 
 from imgpipe.lifetime import die_with_parent
-from imgpipe.runs.tags import CODE_LOCATION_NAME
 
 if TYPE_CHECKING:
     from imgpipe.settings import Settings
@@ -39,16 +38,18 @@ if TYPE_CHECKING:
 
 def warm_up() -> Settings:
     """Everything a run imports and resolves before its first event, done once here for every worker; the
-    settings the code location was built from (this process's environment)."""
-    import importlib
-
+    settings of this process's environment, which the code location is built from too."""
     from dagster._core.execution.api import execute_run_iterator  # noqa: F401  the run's machinery
 
-    definitions = importlib.import_module(CODE_LOCATION_NAME)
-    repository = definitions.defs.get_repository_def()
+    from imgpipe.definitions import defs
+    from imgpipe.settings import load_settings
+
+    # The call a worker's `recon_job_from_origin` makes too (the run's code pointer names `defs`): it returns the
+    # same Definitions, built once per process, whose repository then already holds every job resolved here.
+    repository = defs().get_repository_def()
     for job in repository.get_all_jobs():
         repository.get_job(job.name)
-    return definitions.settings
+    return load_settings()
 
 
 class Instances:

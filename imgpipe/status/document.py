@@ -11,12 +11,11 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
+from imgpipe.backends import Backends
 from imgpipe.images.renditions import MAIN, served_links
 from imgpipe.report_links import report_url
-from imgpipe.settings import Settings
 from imgpipe.status.models import ImageStatus, Obtained, RenditionRow, RequestStatus, RequestView
 from imgpipe.status.store import StatusStore
-from imgpipe.storage.interface import Storage
 
 
 class RowErrorModel(BaseModel):
@@ -108,28 +107,26 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc)
 
 
-def request_document(store: StatusStore, storage: Storage, settings: Settings, request_id: str, *,
-                     view: str = "full", offset: int | None = None,
+def request_document(backends: Backends, request_id: str, *, view: str = "full", offset: int | None = None,
                      limit: int | None = None) -> RequestDocument | RequestPage | RequestSummary | None:
     """The document of `request_id` (None for an unknown request): whole, a page of its products when `offset`
     or `limit` is given, or its summary (`view="summary"`, no products)."""
-    document = stored_document(store, request_id, view=view, offset=offset, limit=limit)
-    return link_output_csv(document, storage, settings) if document is not None else None
+    document = stored_document(backends.store, request_id, view=view, offset=offset, limit=limit)
+    return link_output_csv(document, backends) if document is not None else None
 
 
-def link_output_csv(document: RequestDocument | RequestPage | RequestSummary, storage: Storage,
-                    settings: Settings) -> RequestDocument | RequestPage | RequestSummary:
+def link_output_csv(document: RequestDocument | RequestPage | RequestSummary,
+                    backends: Backends) -> RequestDocument | RequestPage | RequestSummary:
     """With its links: `report_url`, and `output_csv_url` once the request has ended with its CSV in the storage
     (a file or an object)."""
-    return document.model_copy(update=request_links(settings, storage, document.request_id,
-                                                    document.status.terminal))
+    return document.model_copy(update=request_links(backends, document.request_id, document.status.terminal))
 
 
-def request_links(settings: Settings, storage: Storage, request_id: str, terminal: bool) -> dict[str, str]:
+def request_links(backends: Backends, request_id: str, terminal: bool) -> dict[str, str]:
     """`report_url`, and `output_csv_url` once the request has ended with its CSV in the storage."""
-    links = {"report_url": report_url(settings, request_id)}
-    if terminal and storage.has_output_csv(request_id):
-        links["output_csv_url"] = settings.output_csv_url(request_id)
+    links = {"report_url": report_url(backends.settings, request_id)}
+    if terminal and backends.storage.has_output_csv(request_id):
+        links["output_csv_url"] = backends.settings.output_csv_url(request_id)
     return links
 
 

@@ -11,10 +11,9 @@ import time
 from datetime import timedelta
 from typing import Callable
 
+from imgpipe.backends import Backends
 from imgpipe.net.url_safety import AllowList
-from imgpipe.settings import Settings
 from imgpipe.status.models import utcnow
-from imgpipe.status.store import StatusStore
 from imgpipe.webhooks.attempt import attempt_delivery
 from imgpipe.webhooks.retry import RetryPolicy
 from imgpipe.webhooks.signing import load_or_create_secret, signed_headers
@@ -22,10 +21,11 @@ from imgpipe.webhooks.signing import load_or_create_secret, signed_headers
 CLAIM_LEASE_SECONDS = 120.0
 
 
-def deliver(settings: Settings, store: StatusStore, webhook_id: str, *, inline: bool,
-            policy: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep) -> str | None:
+def deliver(backends: Backends, webhook_id: str, *, inline: bool, policy: RetryPolicy | None = None,
+            sleep: Callable[[float], None] = time.sleep) -> str | None:
     """Attempt the entry if it is due; with `inline`, keep attempting through the inline window.
     Returns the entry's state after the last attempt made here, or None when none was due."""
+    settings, store = backends.settings, backends.store
     policy = policy or RetryPolicy.from_delays(settings.webhook_delays)
     secret = load_or_create_secret(settings.home_dir, settings.webhook_secret)
     allow = AllowList.parse(settings.allow_private_hosts)
