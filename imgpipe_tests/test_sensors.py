@@ -17,7 +17,7 @@ from imgpipe.defs.sensors import due_after
 from imgpipe.intake.intake import Upload, take_upload
 from imgpipe.run_plan import OWN_RUN_IMAGES
 from imgpipe.runs.launch import RunLauncherAtOnce
-from imgpipe.runs.tags import request_tag
+from imgpipe.runs.tags import REQUEST_ASSET_JOB, request_tag
 from imgpipe.settings import Settings
 from imgpipe.status.duckdb_store import DuckDBStatusStore
 from imgpipe.status.models import Source, utcnow
@@ -217,3 +217,16 @@ def test_the_inbox_is_checked_on_the_first_daemon_loop_its_interval_after_the_la
     assert due_after(interval) == given
     sensor = build_defs(Settings(sensor_interval=interval)).get_sensor_def("inbox_sensor")
     assert sensor.minimum_interval_seconds == given
+
+
+def test_a_large_request_launched_at_once_gets_a_run_of_the_asset_job_for_its_partition(home):
+    """A request of OWN_RUN_IMAGES images, launched at once as the API does, runs the partitioned asset job,
+    its tags and config resolved from the job as the run worker loads it."""
+    settings, _, store, instance = home
+    backends = Backends(settings, store, open_storage(settings))
+    csv = product_csv([[f"https://img.example/{i}.jpg"] for i in range(OWN_RUN_IMAGES)])
+    request_id = take_upload(backends, Upload(csv.encode(), "big.csv", Source.API)).request_id
+    run_id = RunLauncherAtOnce(backends, instance, start_here=False).launch(request_id)
+    run = instance.get_run_by_id(run_id)
+    assert run.job_name == REQUEST_ASSET_JOB
+    assert run.tags["dagster/partition"] == request_id and run.tags[request_tag(request_id)] == "true"

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 from dagster import DagsterInstance, DagsterRunStatus, RunRequest, RunsFilter
+# The job through its code pointer, as a run worker loads it: the code location's own modules import this one.
+from dagster._utils.hosted_user_process import recon_job_from_origin
 
 from imgpipe.backends import Backends, processing_run_limit
 from imgpipe.run_plan import DIRECT_LAUNCH_GRACE, OWN_RUN_IMAGES, single_run_key
@@ -116,7 +118,7 @@ class RunLauncherAtOnce:
         remote_job = repository.get_full_job(request.job_name)
         self.instance.add_dynamic_partitions(requests_partitions.name, [partition])
         if request.partition_key is not None:
-            job_def = self._job_definition(request.job_name)
+            job_def = recon_job_from_origin(remote_job.get_python_origin()).get_definition()
             request = request.with_resolved_tags_and_config(
                 target_definition=job_def, dynamic_partitions_requests=[], dynamic_partitions_store=self.instance)
         plan = location.get_execution_plan(remote_job, request.run_config, step_keys_to_execute=None,
@@ -152,12 +154,6 @@ class RunLauncherAtOnce:
                 location_name=CODE_LOCATION_NAME)
             self._location = origin.create_location(self.instance)
         return self._location
-
-    @staticmethod
-    def _job_definition(job_name: str):
-        from imgpipe.definitions import defs  # here: the code location's own modules import this one
-
-        return defs().resolve_job_def(job_name)
 
 
 def launcher_at_once(backends: Backends, *, start_here: bool,
