@@ -161,7 +161,7 @@ def launcher_at_once(backends: Backends, *, start_here: bool,
     """This process's launcher at once, over the Dagster instance in DAGSTER_HOME; None where this process has
     no instance configured (a distributed API without DAGSTER_HOME: the inbox sensor launches its requests), or
     where the instance's SQLite storage has not been made after `wait_for_storage` seconds."""
-    from imgpipe.instance import configured_instance
+    from imgpipe.instance import instance_at
     from imgpipe.settings import dagster_home_dir
 
     home = dagster_home_dir(backends.settings)
@@ -173,8 +173,7 @@ def launcher_at_once(backends: Backends, *, start_here: bool,
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.5)
-    instance = configured_instance(home)
-    return None if instance is None else RunLauncherAtOnce(backends, instance, start_here=start_here)
+    return RunLauncherAtOnce(backends, instance_at(home), start_here=start_here)
 
 
 def _storage_files(home: Path) -> list[Path]:
