@@ -161,24 +161,20 @@ def with_charts(markdown: str, page_uri: str, drawn: set[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------------- the hooks
 
-_drawn: set[str] = set()
-
-
 def on_files(files, config):
-    _drawn.clear()
     for name, path in available().items():
         try:
             svg = chart_svg(name, json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise PluginError(f"chart {name}: {path} is not what its bench writes: {exc!r}") from exc
         files.append(File.generated(config, f"{CHART_DIR}/{name}.svg", content=svg))
-        _drawn.add(name)
         log.info("chart %s drawn from %s", name, path.name)
     return files
 
 
 def on_page_markdown(markdown, page, config, files):
-    return with_charts(markdown, page.file.src_uri, _drawn)
+    # Every chart whose JSON is there was drawn: one that could not be fails the build in `on_files`.
+    return with_charts(markdown, page.file.src_uri, set(available()))
 
 
 def _figure(rows: int, columns: int, width: float, height: float):
