@@ -23,6 +23,15 @@ TOKEN = "schemathesis-token"
 # The request the configuration's dictionaries name, so that the GETs can answer 200 too.
 SEEDED_REQUEST = "st-completed"
 RUN_TIMEOUT = 120
+# The suite gates every landing, so its fuzzing is reproducible: the same cases each run, from this seed, unless
+# IMGPIPE_SCHEMATHESIS_SEED names another ("random": a new one each run, printed in the report, for exploring).
+# A random run once found a 413 the configuration did not count as a rejection (schemathesis.toml).
+DEFAULT_SEED = "290541419685872612381549202265578771041"
+
+
+def seed_arguments() -> list[str]:
+    seed = os.environ.get("IMGPIPE_SCHEMATHESIS_SEED", DEFAULT_SEED)
+    return [] if seed == "random" else ["--seed", seed]
 
 
 def seed_a_finished_request(server) -> None:
@@ -49,7 +58,8 @@ def run_schemathesis(url: str, workdir: Path) -> tuple[subprocess.CompletedProce
     document.raise_for_status()
     (workdir / "openapi.json").write_bytes(document.content)
     command = [sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(CONFIG), "run",
-               str(workdir / "openapi.json"), "--url", url, "--report", "json", "--report-dir", str(workdir)]
+               str(workdir / "openapi.json"), "--url", url, "--report", "json", "--report-dir", str(workdir),
+               *seed_arguments()]
     env = {**os.environ, "IMGPIPE_API_TOKEN": TOKEN}
     started = time.monotonic()
     # The working directory is the test's own: schemathesis writes nothing into the repository.

@@ -19,14 +19,20 @@ class LocalStorage(Storage):
     def __init__(self, home: Path | str, public_base_url: str):
         super().__init__(public_base_url)
         self.home = Path(home)
+        # Joined as strings: a re-upload links three files an image, and pathlib's joins cost more CPU than the
+        # links themselves (docs/performance.md#re-uploads).
+        self._private_base, self._public_base = str(self.home), str(self.home / "public")
 
     def path(self, key: str) -> Path:
+        return Path(self._file(key))
+
+    def _file(self, key: str) -> str:
         key = checked_key(key)
-        base = self.home / "public" if key.split("/", 1)[0] in PUBLIC_ROOTS else self.home
-        return base / key
+        base = self._public_base if key.split("/", 1)[0] in PUBLIC_ROOTS else self._private_base
+        return os.path.join(base, key)
 
     def location(self, key: str) -> str:
-        return str(self.path(key))
+        return self._file(key)
 
     def _put(self, key: str, data: bytes | Path, content_type: str) -> None:
         path = self.path(key)
@@ -45,18 +51,19 @@ class LocalStorage(Storage):
         return self.path(key).is_file()
 
     def _link(self, source: str, target: str) -> None:
-        source_path, target_path = self.path(source), self.path(target)
+        source_path, target_path = self._file(source), self._file(target)
         try:
             os.link(source_path, target_path)  # a new name, the usual case: no reader can have seen another file
             return
         except FileNotFoundError:  # the request's folder is made by its first image (a missing source fails below)
-            target_path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(target_path), exist_ok=True)
         except FileExistsError:
             pass
         except OSError as exc:
             if exc.errno != errno.EXDEV:  # another file system: copied below
                 raise
-        temporary = target_path.with_name(f".{target_path.name}.{secrets.token_hex(4)}.tmp")
+        folder, name = os.path.split(target_path)
+        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
         _link_or_copy(source_path, temporary)
         os.replace(temporary, target_path)  # a reader sees the old file or the new one
 
@@ -84,7 +91,7 @@ class LocalStorage(Storage):
                 (path.parent / name).unlink(missing_ok=True)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _link_or_copy(source: str, target: str) -> None:
     try:
         os.link(source, target)
     except OSError as exc:
