@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 
 from imgpipe.images import compressor
 from imgpipe.runs.warm_server import SpareCompressor
@@ -43,3 +45,24 @@ def test_no_spare_where_runs_compress_elsewhere():
     spares = SpareCompressor(wanted=False)
     spares.refill()
     assert spares.take() is None
+
+
+def test_warm_up_leaves_the_status_schema_made_for_the_workers_it_forks(tmp_path):
+    """A worker forked after `warm_up` finds the status store's schema checked (no session of its own for it) and
+    DuckDB imported."""
+    script = (
+        "import os, sys\n"
+        "from imgpipe.runs.warm_server import warm_up\n"
+        "from imgpipe.status.store import StatusStore\n"
+        "settings = warm_up()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    from imgpipe.backends import open_status_store\n"
+        "    key = open_status_store(settings)._schema_key()\n"
+        "    os._exit(0 if key in StatusStore._schema_ready and 'duckdb' in sys.modules else 1)\n"
+        "sys.exit(os.waitpid(pid, 0)[1] >> 8)\n"
+    )
+    env = {**os.environ, "IMGPIPE_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "home" / "imgpipe.duckdb").is_file()

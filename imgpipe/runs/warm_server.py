@@ -22,6 +22,7 @@ EOF on stdin stops the server.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -41,6 +42,7 @@ def warm_up() -> Settings:
     settings of this process's environment, which the code location is built from too."""
     from dagster._core.execution.api import execute_run_iterator  # noqa: F401  the run's machinery
 
+    from imgpipe.backends import open_status_store
     from imgpipe.definitions import defs
     from imgpipe.settings import load_settings
 
@@ -49,7 +51,13 @@ def warm_up() -> Settings:
     repository = defs().get_repository_def()
     for job in repository.get_all_jobs():
         repository.get_job(job.name)
-    return load_settings()
+    settings = load_settings()
+    # The status store's module imported and its schema checked here rather than in every worker: DuckDB's import
+    # and the check's session took a run 0.3-0.4 s of CPU (docs/performance.md#re-uploads). A store out of
+    # reach now is the run's to report, when it needs it.
+    with contextlib.suppress(Exception):
+        open_status_store(settings).ensure_schema()
+    return settings
 
 
 class Instances:

@@ -41,7 +41,7 @@ class DuckDBStatusStore(StatusStore):
         if getattr(self._held, "con", None) is not None:
             yield
             return
-        self._ensure_schema()
+        self.ensure_schema()
         with self._session() as con:
             self._held.con = con
             try:
@@ -80,7 +80,7 @@ class DuckDBStatusStore(StatusStore):
         held = getattr(self._held, "con", None)
         if held is not None:
             return self._in_transaction(held, work)
-        self._ensure_schema()
+        self.ensure_schema()
         with self._session() as con:
             return self._in_transaction(con, work)
 

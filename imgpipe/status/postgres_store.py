@@ -57,7 +57,7 @@ class PostgresStatusStore(StatusStore):
         return psycopg2.connect(self.url, connect_timeout=self.CONNECT_TIMEOUT, application_name="imgpipe")
 
     def _transact(self, work: Callable[[psycopg2.extensions.cursor], T]) -> T:
-        self._ensure_schema()
+        self.ensure_schema()
         deadline = time.monotonic() + self.lock_timeout
         with contextlib.closing(self._connect()) as con:
             con.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE)

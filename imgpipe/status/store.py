@@ -95,7 +95,9 @@ class StatusStore(RequestRows, ImageRows, RetentionRows, WebhookOutbox, Dashboar
         its own transaction. Nothing to share here (a server's connections are cheap); see DuckDBStatusStore."""
         yield
 
-    def _ensure_schema(self) -> None:
+    def ensure_schema(self) -> None:
+        """The schema made, once per process and database (every operation asks first). A process that forks
+        workers asks before it forks, so that they find it done."""
         key = self._schema_key()
         if key in StatusStore._schema_ready:
             return
