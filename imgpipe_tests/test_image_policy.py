@@ -7,6 +7,7 @@ import random
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -591,3 +592,27 @@ def test_outputs_are_byte_for_byte_the_recorded_ones(name):
     result = compress_image(OUTPUT_CASES[name](), **LIMITS)
     assert (result.format, result.quality_in, result.quality_out, hashlib.sha256(result.data).hexdigest()[:16],
             result.note is not None) == RECORDED_OUTPUTS[name]
+
+
+def test_every_readable_and_written_format_works_without_pillows_other_plugins():
+    """The policy registers the plugins it uses when imported (in the fork server, before any child): reading and
+    making every format it knows, renditions included, never loads Pillow's other 40-odd plugins (`Image.init()`,
+    about 100 ms a child, and decoders the policy never uses)."""
+    script = """
+import io, sys
+from PIL import Image
+from imgpipe.images.image_policy import READABLE_FORMATS, compress_image
+from imgpipe.images.renditions import RenditionSpec
+from imgpipe_tests.images import noisy_gradient
+for fmt in READABLE_FORMATS:
+    buffer = io.BytesIO()
+    noisy_gradient((96, 64)).save(buffer, format=fmt)
+    compress_image(buffer.getvalue(), max_pixels=10**6, max_frames=10,
+                   renditions=RenditionSpec.parse("webp,avif", "48"))
+print(Image._initialized, len(Image.OPEN))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    initialized, registered = map(int, done.stdout.split())
+    assert initialized < 2 and registered < 20, done.stdout

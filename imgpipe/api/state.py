@@ -4,7 +4,7 @@ answers several routes give alike, and `RequestId`, the path parameter of a requ
 import contextlib
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timezone
 from typing import Annotated, Any, TypeVar
 
@@ -48,6 +48,13 @@ class SerializedStore:
                 return attribute(*args, **kwargs)
 
         return locked
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The store's session for this thread's calls inside, with the lock held throughout (through
+        `__getattr__` it would be held only while the session's context manager is made)."""
+        with self._lock, self._store.held():
+            yield
 
 
 class Api:

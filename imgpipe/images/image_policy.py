@@ -12,7 +12,9 @@ import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import (AvifImagePlugin, BmpImagePlugin, GifImagePlugin, Image, ImageCms, ImageFile, ImageOps,  # noqa: F401
+                 JpegImagePlugin, MpoImagePlugin, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError,
+                 WebPImagePlugin)
 
 from imgpipe.images.jpeg_scan import ScanData, check_scan_lengths, check_where_it_ends, read_scan_data
 from imgpipe.images.metadata import MalformedContainer, strip_metadata
@@ -20,8 +22,10 @@ from imgpipe.images.quality import estimate_jpeg_quality, output_quality
 from imgpipe.images.rendition_encoding import make_renditions
 from imgpipe.images.renditions import Rendition, RenditionSpec
 
-# Registers every Pillow plugin now, in the parent, so that each forked child finds them already imported.
-Image.init()
+# The plugins of the formats read and written are registered by their imports above, in the parent, so that each
+# forked child finds them imported. Not `Image.init()`: its 40-odd other plugins (PDF, DDS, ICNS ...) took half of
+# a fork server's start, which a run pays while it works (docs/performance.md#re-uploads), for decoders the
+# policy never lets open a file.
 
 # AVIF only when this Pillow build can read it. An MPO (a JPEG with extra frames) opens through "JPEG".
 READABLE_FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "AVIF") if f in Image.OPEN)

@@ -90,15 +90,16 @@ class RunLauncherAtOnce:
             return self._launch(request_id)
 
     def _launch(self, request_id: str) -> str | None:
-        request = self.store.get_request(request_id)
-        if request is None or request.status is not RequestStatus.QUEUED or request.run_key:
-            return None
         if len(processing_runs_going(self.instance)) >= processing_run_limit(self.settings):
             return None
-        run_key = single_run_key(request)
-        started = time.monotonic()
-        if request_id not in self.store.assign_run_keys({request_id: run_key}):
-            return None
+        with self.store.held():  # the request read and its key given in one session of the status store
+            request = self.store.get_request(request_id)
+            if request is None or request.status is not RequestStatus.QUEUED or request.run_key:
+                return None
+            run_key = single_run_key(request)
+            started = time.monotonic()
+            if request_id not in self.store.assign_run_keys({request_id: run_key}):
+                return None
         run_id = self._create_run(run_request(self.settings, run_key, [request]), request_id)
         if time.monotonic() - started > DIRECT_LAUNCH_GRACE.total_seconds() / 2:
             # The sensor may ask for this key any moment now: its run-key check finds this run (its tags are the
