@@ -33,11 +33,12 @@ services:
 
 # Two pytests side by side, as most of these tests wait on other processes: the slow ones that stand up whole stacks
 # (test_restart.py: stacks started, killed and started again; test_distributed.py: Celery workers, PostgreSQL, S3;
-# about 14 minutes together) in the background, with folders of their own, and the rest in the foreground; the
+# test_e2e.py: the daemon, the folder and the API end to end; about 16 minutes together on 2 cores, as long as the
+# rest beside them) in the background, with folders of their own, and the rest in the foreground; the
 # background's output follows the rest's. The exit status is the rest's if it failed, else the background's.
 # Interrupted (Ctrl-C, kill), the background pytest is stopped with SIGINT and waited for
 # (imgpipe_tests/conftest.py has it heed SIGINT, which a background job ignores); its log and folder go in any case.
-SLOW_TESTS := imgpipe_tests/test_restart.py imgpipe_tests/test_distributed.py
+SLOW_TESTS := imgpipe_tests/test_restart.py imgpipe_tests/test_distributed.py imgpipe_tests/test_e2e.py
 test: $(STAMP) test-system-deps services
 	@slow= slow_log= slow_tmp=; \
 	trap 'rm -rf $$slow_log $$slow_tmp' EXIT; \
