@@ -82,8 +82,9 @@ class Daemon:
         self.env = {**os.environ, "IMGPIPE_HOME": str(self.home), "DAGSTER_HOME": str(self.dagster_home),
                     "IMGPIPE_ALLOW_PRIVATE_HOSTS": "127.0.0.1", "IMGPIPE_SENSOR_INTERVAL": str(SENSOR_INTERVAL),
                     "IMGPIPE_ISOLATION": isolation}
+        self.api_url = f"http://127.0.0.1:{self.api_port}" if api else None
         if api:
-            self.env["IMGPIPE_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{self.api_port}"
+            self.env["IMGPIPE_PUBLIC_BASE_URL"] = self.api_url
         self.env.update(env or {})
         self.proc = self.api = None
         self.code_server_port = free_port()
@@ -126,7 +127,7 @@ class Daemon:
 
     def _api_up(self) -> bool:
         try:
-            return requests.get(f"http://127.0.0.1:{self.api_port}/healthz", timeout=2).ok
+            return requests.get(f"{self.api_url}/healthz", timeout=2).ok
         except requests.RequestException:
             return False
 

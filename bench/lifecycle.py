@@ -121,15 +121,14 @@ def phases(daemon: Daemon, request_id: str, started: float, arrived: float) -> d
 def wake(daemon: Daemon, receiver: WebhookReceiver, server: ImageServer) -> float:
     """A first one-image request, not counted: the stack's first run starts its warm run servers, which no later
     request waits for (a first upload that did would flatter the re-upload's speed-up)."""
-    started, request_id = post(f"http://127.0.0.1:{daemon.api_port}", catalogue(server.urls("photo", 1, tag="wake"), 1),
-                               receiver.url)
+    started, request_id = post(daemon.api_url, catalogue(server.urls("photo", 1, tag="wake"), 1), receiver.url)
     waking = receiver.wait_for(request_id, 120)[0] - started
     print(f"waking request: {waking:.2f} s from the POST to its webhook", flush=True)
     return waking
 
 
 def one_image_requests(daemon: Daemon, receiver: WebhookReceiver, server: ImageServer, count: int) -> dict:
-    api = f"http://127.0.0.1:{daemon.api_port}"
+    api = daemon.api_url
     urls = server.urls("photo", 2 * count, tag="latency")
     through_api, api_phases = [], []
     for i in range(count):
@@ -157,7 +156,7 @@ def one_image_requests(daemon: Daemon, receiver: WebhookReceiver, server: ImageS
 
 
 def re_upload(daemon: Daemon, receiver: WebhookReceiver, server: ImageServer, count: int, tag: str) -> dict:
-    api = f"http://127.0.0.1:{daemon.api_port}"
+    api = daemon.api_url
     csv_bytes = catalogue(server.urls("photo", count, tag=tag))
     uploads = {}
     for upload in ("first", "second"):

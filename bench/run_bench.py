@@ -304,7 +304,7 @@ def run_huge(server: ImageServer, isolation: str, work: Path, sizes=(2000, 20000
     result: dict = {"isolation": isolation, "image": f"{SMALL[0]}x{SMALL[1]} photographs", "runs": {}}
     with Daemon(work / f"huge-{isolation}", isolation, api=True) as daemon, \
             TreeMonitor(daemon.processes) as monitor:
-        api = f"http://127.0.0.1:{daemon.api_port}"
+        api = daemon.api_url
         print(f"\n== requests of {', '.join(map(str, sizes))} small images, IMGPIPE_ISOLATION={isolation}, "
               f"REST API at {api}", flush=True)
         daemon.process(f"huge-warm-up-{isolation}.csv", server.urls("small", 4, tag="warm"), timeout=300,
