@@ -119,6 +119,27 @@ def test_child_that_ends_without_answering_fails_only_its_image(compress_isolate
     assert_reaped(outcome.pid)
 
 
+def test_a_server_started_where_sigchld_is_ignored_still_learns_how_its_child_died(isolation):
+    """As the warm run server starts the fork server its next run worker adopts: with SIGCHLD ignored, which exec
+    keeps."""
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        server = compressor.start_server()
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    client = compressor.ForkServerClient()
+    client.adopt(server.pid, server.stdin, server.stdout)
+    try:
+        outcome = client.compress(jpeg(), **LIMITS, **GENEROUS, work=faults.KILLED,
+                                  recycle=RECYCLE if isolation == "pool" else 1)
+    finally:
+        server.stdin.close()  # the server's end of file: it exits
+        assert server.wait(10) == 0
+
+    assert (outcome.ok, outcome.error) == (False, "compression process died (signal 9)")
+    assert_reaped(outcome.pid)
+
+
 def test_memory_cap_fails_a_large_image_and_not_the_parent(compress_isolated):
     # 40 megapixels decode to 160 MB: far beyond the allowance, even with what the child inherits as free heap.
     buffer = io.BytesIO()

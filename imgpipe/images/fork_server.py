@@ -248,6 +248,10 @@ def main() -> None:
     os.dup2(2, 1)
     widen_pipe(answers_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the caller, whose exit ends this server
+    # An ignored SIGCHLD survives exec, and the warm run server, which starts the fork servers its run workers adopt,
+    # ignores it: the kernel would then reap each image process, and waitpid could tell neither how it died (a
+    # crash was reported as "exit code 0") nor its CPU time.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # Everything imported so far is shared with every child; frozen, no collection in a child touches (and so
     # copies) those pages, and none here walks them again.
     gc.collect()
