@@ -6,7 +6,9 @@
 For each corpus (`bench/corpus.py`: real photographs, and the synthetic noise-heavy images) and each isolation
 mode (IMGPIPE_ISOLATION), it serves the images from 127.0.0.1 and times, size by size and `--repeat` times:
 1. the baseline: a persistent pool of one process per core that downloads each image and re-encodes it with
-   imgpipe's own policy (`compress_image`, thumbnails included), writing the output files and nothing else;
+   imgpipe's own policy (`compress_image`, thumbnails included), writing the output files and nothing else; with
+   `--baseline codec`, the codec's work alone instead (decode, a Huffman-optimised encode at half the estimated
+   quality, as bench/codec_floor.py's floor), the physical limit of the job;
 2. imgpipe: a real `dagster-daemon` with a fresh IMGPIPE_HOME and DAGSTER_HOME, one CSV dropped into the inbox
    per size, timed from the drop to the request's terminal status (end to end) and from the Dagster run's start
    to its end (the run alone). Every run's images are new to imgpipe by URL and by content (a JPEG comment of
@@ -57,6 +59,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from codec_floor import codec_floor, half_quality  # noqa: E402
 from corpus import CORPORA, CPUS, RESULTS, SMALL, SMALL_FILES, ImageServer, corpus_stats, ensure_images  # noqa: E402
 from procstat import TreeMonitor, own_cpu_seconds  # noqa: E402
 
@@ -84,11 +87,23 @@ def _download_and_compress(url: str, out_path: str) -> int:
     return len(image.data)
 
 
-def time_baseline(pool, workers: list[int], urls: list[str], out: Path) -> dict:
+def _download_and_encode(url: str, out_path: str) -> int:
+    response = _session.get(url, timeout=30)
+    response.raise_for_status()
+    data = codec_floor(response.content, half_quality(response.content))
+    Path(out_path).write_bytes(data)
+    return len(data)
+
+
+# The pool's work on each image, by --baseline.
+BASELINES = {"policy": _download_and_compress, "codec": _download_and_encode}
+
+
+def time_baseline(pool, workers: list[int], urls: list[str], out: Path, baseline: str) -> dict:
     out.mkdir(parents=True)
     cpu_before, load_before = own_cpu_seconds(workers), load()
     started = time.perf_counter()
-    pool.starmap(_download_and_compress, [(url, str(out / f"{i:05d}.jpg")) for i, url in enumerate(urls)],
+    pool.starmap(BASELINES[baseline], [(url, str(out / f"{i:05d}.jpg")) for i, url in enumerate(urls)],
                  chunksize=1)
     seconds = time.perf_counter() - started
     cpu = own_cpu_seconds(workers) - cpu_before
@@ -102,14 +117,15 @@ def time_baseline(pool, workers: list[int], urls: list[str], out: Path) -> dict:
 # ---------------------------------------------------------------- throughput runs
 
 def run_mode(isolation: str, pool, workers: list[int], server: ImageServer, corpora: list[str], sizes: list[int],
-             repeat: int, reuse_count: int, work: Path, fresh: bool) -> dict:
-    """Every corpus and size through the pool and through imgpipe under one daemon in `isolation` mode."""
+             repeat: int, reuse_count: int, work: Path, fresh: bool, baseline: str) -> dict:
+    """Every corpus and size through the pool (doing `baseline`'s work) and through imgpipe under one daemon in
+    `isolation` mode."""
     result: dict = {"corpora": {}}
     with Daemon(work / isolation, isolation) as daemon, \
             TreeMonitor(daemon.processes) as monitor:
         print(f"\n== IMGPIPE_ISOLATION={isolation}: warming up the pool, and the daemon with a one-image request",
               flush=True)
-        time_baseline(pool, workers, server.urls(corpora[0], CPUS, tag="warm"), work / "warm-up")
+        time_baseline(pool, workers, server.urls(corpora[0], CPUS, tag="warm"), work / "warm-up", baseline)
         daemon.process(f"warm-up-{isolation}.csv", server.urls(corpora[0], 1, tag=f"warm-{isolation}"), timeout=300)
         one = daemon.process(f"one-{isolation}.csv", server.urls(corpora[0], 1, tag=f"one-{isolation}"), timeout=300,
                              monitor=monitor)
@@ -122,7 +138,7 @@ def run_mode(isolation: str, pool, workers: list[int], server: ImageServer, corp
                     # Images new to imgpipe by URL and by content (see corpus.ImageServer), so that nothing is
                     # reused from an earlier run, without the `fresh` opt-out: the path of any new upload.
                     urls = server.urls(corpus, n, tag=f"{isolation}-{n}-{rep}")
-                    base = time_baseline(pool, workers, urls, work / f"baseline-{corpus}-{n}")
+                    base = time_baseline(pool, workers, urls, work / f"baseline-{corpus}-{n}", baseline)
                     mine = daemon.process(f"{corpus}-{n}-{isolation}-{rep}.csv", urls, timeout=120 + n,
                                           monitor=monitor, fresh=fresh)
                     runs[n]["pool"].append(base)
@@ -377,6 +393,8 @@ def main() -> None:
     parser.add_argument("--renditions", type=int, default=renditions_bench.IMAGES,
                         help="photographs per JPEG quality for the renditions' calibration and costs "
                              "(bench/renditions.py; 0: none)")
+    parser.add_argument("--baseline", choices=sorted(BASELINES), default="policy",
+                        help="the pool's work: imgpipe's policy (compress_image) or the codec alone")
     parser.add_argument("--out", default="bench.json", help="file name under bench-results/")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in ("50,200" if args.quick else args.sizes).split(","))
@@ -386,7 +404,7 @@ def main() -> None:
     modes = [m for m in args.isolation.split(",") if m]
     settings = load_settings()
     print(f"imgpipe executor {settings.executor}, {settings.compress_slots} compress workers; corpora {corpora}, "
-          f"isolation {modes}, sizes {sizes}, {repeat} run(s) each")
+          f"isolation {modes}, sizes {sizes}, {repeat} run(s) each; the baseline's pool does {args.baseline}")
     RESULTS.mkdir(exist_ok=True)
     load_at_start = os.getloadavg()
     count = max(sizes[-1], reuse_count)
@@ -401,13 +419,14 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results: dict = {"machine": machine, "corpora": {c: corpus_stats(f) for c, f in folders.items()},
                      "sizes": sizes, "repeat": repeat, "sensor_interval_s": SENSOR_INTERVAL,
-                     "executor": settings.executor, "fresh_sidecar": args.fresh, "modes": {}}
+                     "executor": settings.executor, "fresh_sidecar": args.fresh, "baseline": args.baseline,
+                     "modes": {}}
     with pool, tempfile.TemporaryDirectory(dir=RESULTS, prefix="work-") as tmp, \
             ImageServer(folders, cycled={"small": SMALL_FILES}) as server:
         if not args.huge_only:
             for mode in modes:
                 results["modes"][mode] = run_mode(mode, pool, workers, server, corpora, sizes, repeat, reuse_count,
-                                                  Path(tmp), args.fresh)
+                                                  Path(tmp), args.fresh, args.baseline)
                 for corpus in corpora:
                     print_table(mode, corpus, results["modes"][mode]["corpora"][corpus], sizes)
         if many and not args.huge_only:
