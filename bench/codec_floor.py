@@ -53,12 +53,19 @@ def ms_per_image(work: Callable[[bytes], object], datas: list[bytes]) -> float:
 
 def half_quality(data: bytes) -> int:
     with Image.open(io.BytesIO(data)) as image:
-        return quality.output_quality(quality.estimate_jpeg_quality(image.quantization))
+        return _half_quality_of(image)
 
 
-def codec_floor(data: bytes, quality_out: int) -> bytes:
-    """What any re-encoder must do: decode, encode at `quality_out` with optimised Huffman tables."""
+def _half_quality_of(image: Image.Image) -> int:
+    return quality.output_quality(quality.estimate_jpeg_quality(image.quantization))
+
+
+def codec_floor(data: bytes, quality_out: int | None = None) -> bytes:
+    """What any re-encoder must do: decode, encode at `quality_out` (None: half the quality estimated from the image
+    as it is opened, its tables read once) with optimised Huffman tables."""
     with Image.open(io.BytesIO(data)) as image:
+        if quality_out is None:
+            quality_out = _half_quality_of(image)
         image.load()
         output = io.BytesIO()
         image.save(output, "JPEG", quality=quality_out, optimize=True, subsampling="keep")

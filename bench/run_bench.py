@@ -59,7 +59,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from codec_floor import codec_floor, half_quality  # noqa: E402
+from codec_floor import codec_floor  # noqa: E402
 from corpus import CORPORA, CPUS, RESULTS, SMALL, SMALL_FILES, ImageServer, corpus_stats, ensure_images  # noqa: E402
 from procstat import TreeMonitor, own_cpu_seconds  # noqa: E402
 
@@ -79,31 +79,27 @@ def _start_worker() -> None:
     _session, _limits = requests.Session(), Settings()
 
 
-def _download_and_compress(url: str, out_path: str) -> int:
-    response = _session.get(url, timeout=30)
-    response.raise_for_status()
-    image = compress_image(response.content, max_pixels=_limits.max_pixels, max_frames=_limits.max_frames)
-    Path(out_path).write_bytes(image.data)
-    return len(image.data)
+def _policy_output(data: bytes) -> bytes:
+    return compress_image(data, max_pixels=_limits.max_pixels, max_frames=_limits.max_frames).data
 
 
-def _download_and_encode(url: str, out_path: str) -> int:
+# The pool's work on each image's bytes, by --baseline: imgpipe's policy, or the codec alone.
+BASELINES = {"policy": _policy_output, "codec": codec_floor}
+
+
+def _download_and_write(baseline: str, url: str, out_path: str) -> int:
     response = _session.get(url, timeout=30)
     response.raise_for_status()
-    data = codec_floor(response.content, half_quality(response.content))
+    data = BASELINES[baseline](response.content)
     Path(out_path).write_bytes(data)
     return len(data)
-
-
-# The pool's work on each image, by --baseline.
-BASELINES = {"policy": _download_and_compress, "codec": _download_and_encode}
 
 
 def time_baseline(pool, workers: list[int], urls: list[str], out: Path, baseline: str) -> dict:
     out.mkdir(parents=True)
     cpu_before, load_before = own_cpu_seconds(workers), load()
     started = time.perf_counter()
-    pool.starmap(BASELINES[baseline], [(url, str(out / f"{i:05d}.jpg")) for i, url in enumerate(urls)],
+    pool.starmap(_download_and_write, [(baseline, url, str(out / f"{i:05d}.jpg")) for i, url in enumerate(urls)],
                  chunksize=1)
     seconds = time.perf_counter() - started
     cpu = own_cpu_seconds(workers) - cpu_before
