@@ -1,0 +1,112 @@
+"""The embedded profile's Dagster storages (`package_data/dagster.yaml`): Dagster's own SQLite run, schedule and
+event log storages, the same files and tables, with two costs paid once per process instead of on every use.
+
+- Dagster's SQLite storages build a SQLAlchemy engine for every connection, about 1 ms of CPU each: its dialect,
+  its pool and their event listeners, for an engine used once. Here each database file has one engine per process.
+  It keeps no connection open (`NullPool`, as Dagster's), so each use still opens the file afresh, from any
+  thread, and a process forked from this one (the warm run server's workers) shares nothing open with it.
+- The run and schedule storages check their database's schema version (alembic) whenever one is made, and Dagster
+  makes an instance, so these storages, for every sensor tick in the code server: alembic reads all of Dagster's
+  migration scripts each time, about 60 ms of CPU for an idle stack's tick. Here the first storage of a database in
+  a process checks it (creating or stamping it as Dagster does); later ones in that process trust that check.
+
+`home` is the instance's folder, DAGSTER_HOME: the databases are where Dagster's defaults put them
+(history/runs.db, schedules/schedules.db, and the event log's one file in the home itself).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import sqlalchemy
+from dagster import StringSource
+from dagster._core.storage.event_log import ConsolidatedSqliteEventLogStorage
+from dagster._core.storage.runs import SqliteRunStorage
+from dagster._core.storage.schedules import SqliteScheduleStorage
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
+from dagster._serdes import ConfigurableClassData
+from sqlalchemy.pool import NullPool
+
+T = TypeVar("T")
+
+_engines_lock = threading.Lock()
+_engines: dict[str, sqlalchemy.Engine] = {}
+_check_lock = threading.Lock()
+_checked: set[str] = set()  # the databases whose schema this process has checked
+
+
+def engine_for(conn_string: str) -> sqlalchemy.Engine:
+    """This process's one engine for the database at `conn_string`."""
+    with _engines_lock:
+        if conn_string not in _engines:
+            _engines[conn_string] = sqlalchemy.create_engine(
+                conn_string, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+        return _engines[conn_string]
+
+
+def _checked_once(conn_string: str, check: Callable[[], T]) -> T | None:
+    """`check()`'s storage, made by Dagster's own checks and set-up, the first time this process asks for
+    `conn_string`; None after that. (Held all along: a second thread must not use a database still being made.)"""
+    with _check_lock:
+        if conn_string in _checked:
+            return None
+        storage = check()
+        _checked.add(conn_string)
+        return storage
+
+
+class _CheckedOncePerProcess:
+    """Dagster's SQLite run or schedule storage (the class after this one) in `home`/`folder`/`database`.db."""
+
+    folder: str
+    database: str
+
+    @classmethod
+    def config_type(cls):
+        return {"home": StringSource}
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value):
+        base_dir = os.path.join(config_value["home"], cls.folder)
+        conn_string = create_db_conn_string(base_dir, cls.database)
+        return (_checked_once(conn_string, lambda: cls.from_local(base_dir, inst_data))
+                or cls(conn_string, inst_data))
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[sqlalchemy.Connection]:
+        with engine_for(self._conn_string).connect() as conn, conn.begin():
+            yield conn
+
+
+class EmbeddedRunStorage(_CheckedOncePerProcess, SqliteRunStorage):
+    folder, database = "history", "runs"
+
+
+class EmbeddedScheduleStorage(_CheckedOncePerProcess, SqliteScheduleStorage):
+    folder, database = "schedules", "schedules"
+
+
+class EmbeddedEventLogStorage(ConsolidatedSqliteEventLogStorage):
+    """Dagster's `ConsolidatedSqliteEventLogStorage`: every run's events in one file in `home`. (It creates the
+    file only when it is missing, and so checks nothing otherwise: only its engine is kept here.)"""
+
+    @classmethod
+    def config_type(cls):
+        return {"home": StringSource}
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> "EmbeddedEventLogStorage":
+        return cls(config_value["home"], inst_data=inst_data)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlalchemy.Connection]:
+        with engine_for(self._conn_string).connect() as conn, conn.begin():
+            yield conn
+
+    def has_table(self, table_name: str) -> bool:
+        engine = engine_for(self._conn_string)
+        with engine.connect() as conn:
+            return bool(engine.dialect.has_table(conn, table_name))
