@@ -49,8 +49,9 @@ test: $(STAMP) test-system-deps services
 	wait $$slow; slow_status=$$?; echo "== $(SLOW_TESTS)"; cat $$slow_log; \
 	[ $$rest -ne 0 ] && exit $$rest; exit $$slow_status
 
-# Throughput against a warm process pool, on photographs (scikit-image's, the `bench` extra) and synthetic images,
-# under both IMGPIPE_ISOLATION modes (bench-results/bench.json). BENCH_ARGS=--quick for 50 and 200 images;
+# Throughput and CPU per image against a warm process pool doing only the codec's work (download, decode, encode at
+# half quality), on photographs (scikit-image's, the `bench` extra) and synthetic images, under both
+# IMGPIPE_ISOLATION modes (bench-results/bench.json). BENCH_ARGS=--quick for 50 and 200 images;
 # BENCH_ARGS=--huge adds requests of 2,000 and 20,000 images with the status API polled (bench-results/huge.json).
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP) setup.cfg
