@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +100,13 @@ def test_what_one_process_writes_another_reads(dagster_home):
 def test_a_forked_child_uses_the_parents_engine_without_sharing_a_connection(dagster_home):
     with instance_at(dagster_home) as instance:
         _add_run(instance, "d" * 32)
+        # Forked while another thread holds the engines' lock, as can happen in the warm run server.
+        held, release = threading.Event(), threading.Event()
+        holder = threading.Thread(target=lambda: (sqlite_storage._engines_lock.acquire(), held.set(), release.wait(),
+                                                  sqlite_storage._engines_lock.release()))
+        holder.start()
+        held.wait()
+        sqlite_storage._engines.clear()  # so that the child must take the lock to make its engine
         pid = os.fork()
         if pid == 0:  # as the warm run server's workers are forked from it, instance and all
             try:
@@ -105,7 +114,21 @@ def test_a_forked_child_uses_the_parents_engine_without_sharing_a_connection(dag
                 os._exit(0)
             except BaseException:
                 os._exit(1)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        release.set()
+        holder.join()
+        assert _exit_code(pid, within=20) == 0
         instance.report_engine_event("from the parent", instance.get_run_by_id("d" * 32))
         assert [e.dagster_event.message for e in instance.all_logs("d" * 32)] == ["from the child", "from the parent"]
+
+
+def _exit_code(pid: int, within: float) -> int | None:
+    """The child's exit code; None, the child killed, if it has not ended `within` seconds (it hangs)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        ended, status = os.waitpid(pid, os.WNOHANG)
+        if ended:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None

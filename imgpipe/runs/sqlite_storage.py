@@ -38,6 +38,16 @@ _check_lock = threading.Lock()
 _checked: set[str] = set()  # the databases whose schema this process has checked
 
 
+def _fresh_locks() -> None:
+    # A child forked while another thread of its parent held a lock would wait for it for ever. Its engines (no
+    # connection in them) and the checks its parent made stand.
+    global _engines_lock, _check_lock
+    _engines_lock, _check_lock = threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks)
+
+
 def engine_for(conn_string: str) -> sqlalchemy.Engine:
     """This process's one engine for the database at `conn_string`."""
     with _engines_lock:
