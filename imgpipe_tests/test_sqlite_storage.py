@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -132,3 +133,24 @@ def _exit_code(pid: int, within: float) -> int | None:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     return None
+
+
+def test_processes_making_the_databases_at_once_make_each_once(dagster_home):
+    """`imgpipe up` starts Dagster's processes and the REST API together on a new home: each makes the databases
+    it finds missing, and two stamping one at once left it with two schema heads, which no process could open."""
+    script = ("import sys; from pathlib import Path; from imgpipe.instance import instance_at;"
+              "i = instance_at(Path(sys.argv[1])); i.get_runs(); i.all_instigator_state(); print('ok')")
+    for attempt in range(3):
+        home = dagster_home.parent / f"home-{attempt}"
+        home.mkdir()
+        shutil.copy(EMBEDDED_YAML, home / "dagster.yaml")
+        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        makers = [subprocess.Popen([sys.executable, "-c", script, str(home)], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for _ in range(6)]
+        for maker in makers:
+            out, err = maker.communicate(timeout=120)
+            assert maker.returncode == 0 and out.strip() == "ok", err[-2000:]
+        # (Dagster's event log storage leaves its stamp uncommitted: none there, and so none twice.)
+        for database, stamps in (("history/runs.db", 1), ("schedules/schedules.db", 1), ("event_log.db", 0)):
+            with sqlite3.connect(home / database) as db:
+                assert db.execute("SELECT count(*) FROM alembic_version").fetchone() == (stamps,), database

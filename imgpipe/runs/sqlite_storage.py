@@ -16,6 +16,7 @@ event log storages, the same files and tables, with two costs paid once per proc
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from typing import TypeVar
 import sqlalchemy
 from dagster import StringSource
 from dagster._core.storage.event_log import ConsolidatedSqliteEventLogStorage
+from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import SQLITE_EVENT_LOG_FILENAME
 from dagster._core.storage.runs import SqliteRunStorage
 from dagster._core.storage.schedules import SqliteScheduleStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
@@ -57,14 +59,19 @@ def engine_for(conn_string: str) -> sqlalchemy.Engine:
         return _engines[conn_string]
 
 
-def _checked_once(conn_string: str, check: Callable[[], T]) -> T | None:
-    """`check()`'s storage, made by Dagster's own checks and set-up, the first time this process asks for
-    `conn_string`; None after that. (Held all along: a second thread must not use a database still being made.)"""
+def _checked_once(database: str, check: Callable[[], T]) -> T | None:
+    """`check()`'s storage, made by Dagster's own checks and set-up, the first time this process asks for the
+    `database` file; None after that. Held all along, in this process (a second thread must not use a database
+    still being made) and across processes, by a lock file beside it: two processes making a new database at once
+    both stamped its schema, and no process could open it after that (alembic found two heads)."""
     with _check_lock:
-        if conn_string in _checked:
+        if database in _checked:
             return None
-        storage = check()
-        _checked.add(conn_string)
+        os.makedirs(os.path.dirname(database), exist_ok=True)
+        with open(database + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            storage = check()
+        _checked.add(database)
         return storage
 
 
@@ -81,9 +88,8 @@ class _CheckedOncePerProcess:
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value):
         base_dir = os.path.join(config_value["home"], cls.folder)
-        conn_string = create_db_conn_string(base_dir, cls.database)
-        return (_checked_once(conn_string, lambda: cls.from_local(base_dir, inst_data))
-                or cls(conn_string, inst_data))
+        return (_checked_once(os.path.join(base_dir, f"{cls.database}.db"), lambda: cls.from_local(base_dir, inst_data))
+                or cls(create_db_conn_string(base_dir, cls.database), inst_data))
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlalchemy.Connection]:
@@ -100,8 +106,9 @@ class EmbeddedScheduleStorage(_CheckedOncePerProcess, SqliteScheduleStorage):
 
 
 class EmbeddedEventLogStorage(ConsolidatedSqliteEventLogStorage):
-    """Dagster's `ConsolidatedSqliteEventLogStorage`: every run's events in one file in `home`. (It creates the
-    file only when it is missing, and so checks nothing otherwise: only its engine is kept here.)"""
+    """Dagster's `ConsolidatedSqliteEventLogStorage`: every run's events in one file in `home`. (It makes the
+    database only when the file is missing, and checks nothing otherwise: the first of a process looks under the
+    lock of `_checked_once`.)"""
 
     @classmethod
     def config_type(cls):
@@ -109,7 +116,9 @@ class EmbeddedEventLogStorage(ConsolidatedSqliteEventLogStorage):
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> "EmbeddedEventLogStorage":
-        return cls(config_value["home"], inst_data=inst_data)
+        home = config_value["home"]
+        return (_checked_once(os.path.join(home, SQLITE_EVENT_LOG_FILENAME + ".db"), lambda: cls(home, inst_data))
+                or cls(home, inst_data))
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlalchemy.Connection]:
