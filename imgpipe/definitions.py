@@ -24,12 +24,13 @@ def build_defs(settings: Settings, secrets_from_env: bool = True) -> Definitions
     jobs = jobs_for(settings)
     process_job = next(j for j in jobs if j.name == REQUEST_ASSET_JOB)
     shared_job = next(j for j in jobs if j.name == PROCESS_REQUESTS_JOB)
+    imgpipe = ImgpipeResource.from_settings(settings, secrets_from_env)
     return Definitions(
         assets=[upload_manifest, compressed_images, output_csv, webhook],
         jobs=[*jobs, purge_old_requests_job],
-        sensors=build_sensors(settings, process_job, shared_job),
+        sensors=build_sensors(settings, process_job, shared_job, imgpipe),
         schedules=schedules_for(settings),
-        resources={"imgpipe": ImgpipeResource.from_settings(settings, secrets_from_env), **io_managers(settings)},
+        resources={"imgpipe": imgpipe, **io_managers(settings)},
     )
 
 
