@@ -27,7 +27,7 @@ from imgpipe.images.renditions import Rendition, RenditionSpec
 # a fork server's start, which a run pays while it works (docs/performance.md#re-uploads), for decoders the
 # policy never lets open a file. `Image.preinit()`, which Pillow runs on the first open or save of a process, adds
 # only the PPM plugin to those; run here, in the parent, it is not run again by each child, which imported that
-# module for every image (1-2 ms of its CPU).
+# module for every image (about 1 ms of its CPU).
 Image.preinit()
 
 # AVIF only when this Pillow build can read it. An MPO (a JPEG with extra frames) opens through "JPEG".

@@ -180,8 +180,10 @@ def launcher_at_once(backends: Backends, *, start_here: bool,
 def _storage_files(home: Path) -> list[Path]:
     """The files whose existence means the instance's storage is made (none for storage other than SQLite). An
     instance on SQLite (the embedded default, no `storage:` in dagster.yaml) is made by the first process that
-    opens it, and two processes making it at once stamp its schema twice (alembic then finds two heads, and the
-    instance is unusable): so only the daemon makes it, and the others open it once it is there."""
+    opens it. The shipped dagster.yaml's storages take turns making it (`imgpipe.runs.sqlite_storage`); Dagster's
+    own, which a dagster.yaml copied before them still names, do not, and two processes making it at once stamp its
+    schema twice (alembic then finds two heads, and the instance is unusable): so with those only the daemon makes
+    it, and the others open it once it is there."""
     import yaml
 
     config = yaml.safe_load((home / "dagster.yaml").read_text()) or {}

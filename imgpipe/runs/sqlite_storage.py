@@ -19,8 +19,7 @@ import contextlib
 import fcntl
 import os
 import threading
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import sqlalchemy
 from dagster import StringSource
@@ -31,8 +30,6 @@ from dagster._core.storage.schedules import SqliteScheduleStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.pool import NullPool
-
-T = TypeVar("T")
 
 _engines_lock = threading.Lock()
 _engines: dict[str, sqlalchemy.Engine] = {}
@@ -59,42 +56,52 @@ def engine_for(conn_string: str) -> sqlalchemy.Engine:
         return _engines[conn_string]
 
 
-def _checked_once(database: str, check: Callable[[], T]) -> T | None:
-    """`check()`'s storage, made by Dagster's own checks and set-up, the first time this process asks for the
-    `database` file; None after that. Held all along, in this process (a second thread must not use a database
-    still being made) and across processes, by a lock file beside it: two processes making a new database at once
-    both stamped its schema, and no process could open it after that (alembic found two heads)."""
+@contextlib.contextmanager
+def _first_in_this_process(database: str) -> Iterator[bool]:
+    """True the first time this process opens the `database` file, which is then made or checked (Dagster's own
+    set-up) inside this block; False after that. Held all along, in this process (a second thread must not use a
+    database still being made) and across processes, by a lock file beside it: two processes making a new database
+    at once both stamped its schema, and no process could open it after that (alembic found two heads)."""
     with _check_lock:
         if database in _checked:
-            return None
+            yield False
+            return
         os.makedirs(os.path.dirname(database), exist_ok=True)
         with open(database + ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            storage = check()
+            yield True
         _checked.add(database)
-        return storage
 
 
-class _CheckedOncePerProcess:
+class _InHome:
+    """What the three storages share: their config, `home`, and a transaction on this process's engine."""
+
+    @classmethod
+    def config_type(cls):
+        return {"home": StringSource}
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlalchemy.Connection]:
+        with engine_for(self._conn_string).connect() as conn, conn.begin():
+            yield conn
+
+
+class _CheckedOncePerProcess(_InHome):
     """Dagster's SQLite run or schedule storage (the class after this one) in `home`/`folder`/`database`.db."""
 
     folder: str
     database: str
 
     @classmethod
-    def config_type(cls):
-        return {"home": StringSource}
-
-    @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value):
         base_dir = os.path.join(config_value["home"], cls.folder)
-        return (_checked_once(os.path.join(base_dir, f"{cls.database}.db"), lambda: cls.from_local(base_dir, inst_data))
-                or cls(create_db_conn_string(base_dir, cls.database), inst_data))
+        with _first_in_this_process(os.path.join(base_dir, f"{cls.database}.db")) as first:
+            if first:
+                return cls.from_local(base_dir, inst_data)
+            return cls(create_db_conn_string(base_dir, cls.database), inst_data)
 
-    @contextlib.contextmanager
-    def connect(self) -> Iterator[sqlalchemy.Connection]:
-        with engine_for(self._conn_string).connect() as conn, conn.begin():
-            yield conn
+    def connect(self):
+        return self._transaction()
 
 
 class EmbeddedRunStorage(_CheckedOncePerProcess, SqliteRunStorage):
@@ -105,25 +112,19 @@ class EmbeddedScheduleStorage(_CheckedOncePerProcess, SqliteScheduleStorage):
     folder, database = "schedules", "schedules"
 
 
-class EmbeddedEventLogStorage(ConsolidatedSqliteEventLogStorage):
+class EmbeddedEventLogStorage(_InHome, ConsolidatedSqliteEventLogStorage):
     """Dagster's `ConsolidatedSqliteEventLogStorage`: every run's events in one file in `home`. (It makes the
     database only when the file is missing, and checks nothing otherwise: the first of a process looks under the
-    lock of `_checked_once`.)"""
-
-    @classmethod
-    def config_type(cls):
-        return {"home": StringSource}
+    lock of `_first_in_this_process`.)"""
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> "EmbeddedEventLogStorage":
         home = config_value["home"]
-        return (_checked_once(os.path.join(home, SQLITE_EVENT_LOG_FILENAME + ".db"), lambda: cls(home, inst_data))
-                or cls(home, inst_data))
+        with _first_in_this_process(os.path.join(home, SQLITE_EVENT_LOG_FILENAME + ".db")):
+            return cls(home, inst_data)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlalchemy.Connection]:
-        with engine_for(self._conn_string).connect() as conn, conn.begin():
-            yield conn
+    def _connect(self):
+        return self._transaction()
 
     def has_table(self, table_name: str) -> bool:
         engine = engine_for(self._conn_string)
